@@ -1,0 +1,50 @@
+"""jlstm: LSTM, GRU and plain RNN cells as pure JAX functions.
+
+A cell is a named tuple of pure functions (``init``, ``initial_state``, ``step``);
+:func:`scan` runs one over a sequence with lengths, masks and reverse; the layers
+(:func:`recurrent`, :func:`stack`, :func:`bidirectional`) compose cells into sequence
+models with ``init`` and ``apply``.
+"""
+
+from jlstm._bidirectional import (
+    BidirectionalParams,
+    BidirectionalState,
+    bidirectional,
+)
+from jlstm._fused_lstm import lstm_sequence
+from jlstm._gru import GRUParams, GRUState, gru
+from jlstm._layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
+from jlstm._lstm import LSTMParams, LSTMState, lstm
+from jlstm._recurrent import recurrent
+from jlstm._scan import default_unroll, reverse_index, scan, time_loop
+from jlstm._simple_rnn import RNNParams, RNNState, simple_rnn
+from jlstm._stack import stack
+from jlstm._types import Cell, SequenceModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BidirectionalParams",
+    "BidirectionalState",
+    "Cell",
+    "GRUParams",
+    "GRUState",
+    "LSTMParams",
+    "LSTMState",
+    "LayerNormLSTMParams",
+    "RNNParams",
+    "RNNState",
+    "SequenceModel",
+    "bidirectional",
+    "default_unroll",
+    "gru",
+    "layer_norm_lstm",
+    "lstm",
+    "lstm_sequence",
+    "recurrent",
+    "reverse_index",
+    "scan",
+    "simple_rnn",
+    "stack",
+    "time_loop",
+]

@@ -1,0 +1,145 @@
+"""Trace-time argument checks shared by the cells, the scan and the layers.
+
+Every check raises a ``ValueError`` or ``TypeError`` whose message names what
+was expected, what came, and how to fix the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_size(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> None:
+    """Check that ``value`` is an int >= ``minimum`` (a layer or feature size)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be a Python int, got {value!r} of type {type(value).__name__}; "
+            f"pass a whole number such as {name}=32."
+        )
+    if value < minimum:
+        raise ValueError(
+            f"{name} must be >= {minimum}, got {value}; pass a positive size such as {name}=32."
+        )
+
+
+def check_option(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    """Check that ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(
+            f"unknown {name}={value!r}; expected one of {', '.join(repr(a) for a in allowed)}."
+        )
+
+
+def check_rate(name: str, value: Any, *, upper_inclusive: bool = False) -> None:
+    """Check that a dropout-like rate lies in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {value!r}.")
+    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+    if not ok:
+        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{name} must lie in {bound}, got {value}; for example {name}=0.1.")
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def check_array(name: str, x: Any, where: str) -> None:
+    """Check that ``x`` is an array of floating point numbers."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(
+            f"{where}: {name} must be an array, got {type(x).__name__}; "
+            f"wrap it with jnp.asarray(...)."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: {name} must hold floating point numbers, got dtype {x.dtype}; "
+            f"convert it with {name}.astype(jnp.float32)."
+        )
+
+
+def check_features(x: Any, expected: int, where: str, name: str = "x") -> None:
+    """Check an input's last axis against the size the params were built for."""
+    check_array(name, x, where)
+    if len(shape_of(x)) < 1:
+        raise ValueError(
+            f"{where}: {name} must have a feature axis, shape [*batch, {expected}], "
+            f"got a scalar; reshape it to (..., {expected})."
+        )
+    if x.shape[-1] != expected:
+        raise ValueError(
+            f"{where}: {name} has {x.shape[-1]} features in its last axis (shape {x.shape}), "
+            f"but the params were initialised for input_size={expected}; pass inputs of shape "
+            f"[..., {expected}] or re-initialise with cell.init(key, {x.shape[-1]})."
+        )
+
+
+def check_type(name: str, value: Any, expected: type, where: str, hint: str) -> None:
+    if not isinstance(value, expected):
+        raise TypeError(
+            f"{where}: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
+        )
+
+
+def check_param_shapes(params: Any, expected: dict[str, tuple[int, ...] | None], where: str) -> None:
+    """Check each named field of a params NamedTuple against its expected shape."""
+    for field, want in expected.items():
+        got = getattr(params, field)
+        if want is None:
+            if got is not None:
+                raise ValueError(
+                    f"{where}: params.{field} should be None for this cell's configuration, "
+                    f"got an array of shape {shape_of(got)}; these params belong to a cell with "
+                    f"other options."
+                )
+            continue
+        if got is None:
+            raise ValueError(
+                f"{where}: params.{field} is None but this cell expects shape {want}; "
+                f"these params belong to a cell with other options: build them with this "
+                f"cell's init."
+            )
+        if shape_of(got) != tuple(want):
+            raise ValueError(
+                f"{where}: params.{field} has shape {shape_of(got)}, expected {tuple(want)}; "
+                f"these params belong to another cell size: build them with this cell's init."
+            )
+
+
+def check_state_shapes(
+    state: Any, expected: dict[str, int], batch_shape: Sequence[int] | None, where: str
+) -> tuple[int, ...]:
+    """Check the fields of a state NamedTuple: trailing sizes and a common batch shape."""
+    batch: tuple[int, ...] | None = None if batch_shape is None else tuple(batch_shape)
+    for field, size in expected.items():
+        value = getattr(state, field)
+        shp = shape_of(value)
+        if len(shp) < 1 or shp[-1] != size:
+            raise ValueError(
+                f"{where}: state.{field} has shape {shp}, expected [..., {size}]; "
+                f"this state belongs to another cell size: build it with cell.initial_state."
+            )
+        if batch is None:
+            batch = shp[:-1]
+        elif shp[:-1] != batch:
+            raise ValueError(
+                f"{where}: state.{field} has batch shape {shp[:-1]}, expected {batch} "
+                f"(the batch shape of the inputs); build the state with "
+                f"cell.initial_state(params, batch_shape={batch})."
+            )
+    return batch if batch is not None else ()
+
+
+def check_batch(x: Any, h: Any, where: str) -> None:
+    """Check that an input and a state agree on their batch shape."""
+    if shape_of(h)[:-1] != shape_of(x)[:-1]:
+        raise ValueError(
+            f"{where}: x has batch shape {shape_of(x)[:-1]} but the state has batch shape "
+            f"{shape_of(h)[:-1]}; build the state with "
+            f"initial_state(params, batch_shape={shape_of(x)[:-1]}).")

@@ -1,0 +1,127 @@
+"""The layer-normalised LSTM (Ba, Kiros & Hinton 2016), without peepholes.
+
+Row-vector convention; gate blocks i, f, g, o; ``LN(v) = (v - mean(v)) / sqrt(var(v) + eps)``
+over the last axis::
+
+    z_t = LN(x_t W_x) ⊙ γ_x + LN(h_{t-1} W_h) ⊙ γ_h + b
+    c_t = σ(z_f) ⊙ c_{t-1} + σ(z_i) ⊙ tanh(z_g)
+    h_t = σ(z_o) ⊙ tanh(LN(c_t) ⊙ γ_c + β_c)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jlstm import _checks, _initializers
+from jlstm._lstm import LSTMState
+from jlstm._math import canonical_dtype, carry_dtype, matmul, output
+from jlstm._types import Cell
+
+
+class LayerNormLSTMParams(NamedTuple):
+    """w_x (input, 4H), w_h (H, 4H), b (4H), gamma_x (4H), gamma_h (4H), gamma_c (H), beta_c (H)."""
+
+    w_x: jax.Array
+    w_h: jax.Array
+    b: jax.Array
+    gamma_x: jax.Array
+    gamma_h: jax.Array
+    gamma_c: jax.Array
+    beta_c: jax.Array
+
+
+def _normalise(v: jax.Array, eps: float) -> jax.Array:
+    v32 = v.astype(jnp.float32)
+    mean = jnp.mean(v32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(v32 - mean), axis=-1, keepdims=True)
+    return ((v32 - mean) * jax.lax.rsqrt(var + eps)).astype(v.dtype)
+
+
+def layer_norm_lstm(
+    hidden_size: int,
+    *,
+    eps: float = 1e-5,
+    forget_bias: float = 1.0,
+    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
+    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Build a layer-normalised LSTM cell (see the module docstring for the equations).
+
+    The state is an :class:`jlstm.LSTMState`; gains start at 1 and ``β_c`` at 0.
+
+    Example:
+      >>> cell = jlstm.layer_norm_lstm(32)
+      >>> params = cell.init(jax.random.key(0), 8)
+    """
+    _checks.check_size("hidden_size", hidden_size)
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}; the default is 1e-5.")
+    dtype = canonical_dtype(dtype, "dtype")
+    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    H = int(hidden_size)
+    state_dtype = carry_dtype(param_dtype, dtype)
+    where = f"layer_norm_lstm({H})"
+
+    def init(key: jax.Array, input_size: int) -> LayerNormLSTMParams:
+        _checks.check_size("input_size", input_size)
+        kx, kh = jax.random.split(key)
+        b = jnp.zeros((4 * H,), param_dtype).at[H:2 * H].set(forget_bias)
+        return LayerNormLSTMParams(
+            w_x=kernel_init(kx, (input_size, 4 * H), param_dtype),
+            w_h=_initializers.per_gate(recurrent_init, kh, H, H, 4, param_dtype),
+            b=b,
+            gamma_x=jnp.ones((4 * H,), param_dtype),
+            gamma_h=jnp.ones((4 * H,), param_dtype),
+            gamma_c=jnp.ones((H,), param_dtype),
+            beta_c=jnp.zeros((H,), param_dtype),
+        )
+
+    def check(params, state=None, x=None, where: str = where) -> None:
+        _checks.check_type("params", params, LayerNormLSTMParams, where,
+                           "build the params with this cell's init(key, input_size).")
+        input_size = _checks.shape_of(params.w_x)[0]
+        _checks.check_param_shapes(params, {
+            "w_x": (input_size, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
+            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}, where)
+        if state is not None:
+            _checks.check_type("state", state, LSTMState, where,
+                               "build the state with this cell's initial_state(params, batch_shape).")
+            _checks.check_state_shapes(state, {"h": H, "c": H}, None, where)
+        if x is not None:
+            _checks.check_features(x, input_size, where)
+            if state is not None:
+                _checks.check_batch(x, state.h, where)
+
+    def initial_state(params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
+        check(params, where=where + ".initial_state")
+        shape = tuple(batch_shape) + (H,)
+        return LSTMState(h=jnp.zeros(shape, state_dtype), c=jnp.zeros(shape, state_dtype))
+
+    def project(params: LayerNormLSTMParams, x: jax.Array) -> jax.Array:
+        zx = _normalise(matmul(x, params.w_x, dtype), eps)
+        return zx * params.gamma_x.astype(zx.dtype) + params.b.astype(zx.dtype)
+
+    def step_projected(params: LayerNormLSTMParams, state: LSTMState, xp: jax.Array,
+                       recurrent_mask: jax.Array | None = None):
+        h, c = state.h, state.c
+        h_in = h if recurrent_mask is None else h * recurrent_mask
+        zh = _normalise(matmul(h_in, params.w_h, dtype), eps)
+        z = xp + zh * params.gamma_h.astype(zh.dtype)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        c_new = jax.nn.sigmoid(zf) * c.astype(z.dtype) + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+        cn = _normalise(c_new, eps) * params.gamma_c.astype(z.dtype) + params.beta_c.astype(z.dtype)
+        h_new = jax.nn.sigmoid(zo) * jnp.tanh(cn)
+        return LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype)), output(h_new, dtype)
+
+    def step(params: LayerNormLSTMParams, state: LSTMState, x: jax.Array):
+        check(params, state, x, where + ".step")
+        return step_projected(params, state, project(params, x))
+
+    return Cell(init=init, initial_state=initial_state, step=step, project=project,
+                step_projected=step_projected, check=check, hidden_size=H, output_size=H,
+                name=where)

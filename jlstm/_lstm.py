@@ -1,0 +1,202 @@
+"""The LSTM cell: no peepholes, diagonal peepholes, or the article's full peephole matrices.
+
+Row-vector convention (``x @ W``); gate blocks in the order i, f, g, o::
+
+    z_t = x_t W_x + h_{t-1} W_h + b                       (4H)
+    i_t = σ(z_i + P_i(c))      f_t = σ(z_f + P_f(c))      g_t = tanh(z_g)
+    c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t                       (clipped to ±cell_clip if set)
+    o_t = σ(z_o + P_o(c))
+    h_t = o_t ⊙ tanh(c_t)                                 (then h_t W_p with proj_size)
+
+Peepholes ``P``:
+
+* ``peephole=None``: none (PyTorch, Keras, Flax, Equinox).
+* ``peephole="full"``: the founding article, ``P_k(c) = c_{t-1} W_ck`` with matrices
+  ``W_ck`` of shape (H, H); all three gates read ``c_{t-1}``. ``w_c`` is (H, 3H),
+  blocks i, f, o.
+* ``peephole="diagonal"``: Gers & Schmidhuber / Graves / TF1, ``P_k(c) = w_ck ⊙ c``
+  with vectors; i and f read ``c_{t-1}``, o reads the new ``c_t``. ``w_c`` is (3, H),
+  rows i, f, o.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jlstm import _checks, _initializers
+from jlstm._math import canonical_dtype, carry_dtype, matmul, output
+from jlstm._types import Cell
+
+PEEPHOLES = (None, "diagonal", "full")
+
+
+class LSTMParams(NamedTuple):
+    """LSTM parameters (public layout).
+
+    Attributes:
+      w_x: (input_size, 4H), gate blocks i, f, g, o.
+      w_h: (R, 4H) with R = H, or proj_size for an LSTMP.
+      b: (4H,), the single bias (PyTorch's b_ih + b_hh).
+      w_c: peepholes: (H, 3H) for ``"full"``, (3, H) for ``"diagonal"``, blocks i, f, o;
+        ``None`` without peepholes.
+      w_p: (H, proj_size) output projection of an LSTMP; ``None`` otherwise.
+    """
+
+    w_x: jax.Array
+    w_h: jax.Array
+    b: jax.Array
+    w_c: jax.Array | None = None
+    w_p: jax.Array | None = None
+
+
+class LSTMState(NamedTuple):
+    """LSTM state: ``h`` is [*batch, R] (R = H or proj_size), ``c`` is [*batch, H]."""
+
+    h: jax.Array
+    c: jax.Array
+
+
+def lstm(
+    hidden_size: int,
+    *,
+    peephole: str | None = None,
+    proj_size: int | None = None,
+    cell_clip: float | None = None,
+    forget_bias: float = 1.0,
+    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
+    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
+    bias_init: _initializers.Initializer = _initializers.zeros,
+    peephole_init: _initializers.Initializer | None = None,
+    proj_init: _initializers.Initializer = _initializers.glorot_uniform,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Build an LSTM cell.
+
+    Args:
+      hidden_size: number of units H.
+      peephole: ``None``, ``"diagonal"`` or ``"full"`` (see the module docstring).
+      proj_size: if set, an LSTMP (Sak et al. 2014; PyTorch's ``proj_size``):
+        ``h_t = (o_t ⊙ tanh(c_t)) W_p`` with ``W_p`` of shape (H, proj_size), and the
+        recurrence reads the projected ``h``.
+      cell_clip: if set, ``c_t`` is clipped to ``[-cell_clip, cell_clip]`` (TF1's ``cell_clip``).
+      forget_bias: initial value of the forget-gate bias block.
+      kernel_init, recurrent_init, bias_init, peephole_init, proj_init: initialisers
+        ``(key, shape, dtype)``; recurrent_init is applied per gate block.
+      dtype: dtype of the matmuls and outputs (``jnp.bfloat16`` for mixed precision; the
+        state then stays in float32). ``None`` follows the inputs and params.
+      param_dtype: dtype of the parameters made by ``init``.
+
+    Returns:
+      A :class:`jlstm.Cell`. ``step(params, state, x)`` takes ``x`` of shape
+      ``[*batch, input_size]`` and returns ``(LSTMState, y)`` with ``y = h_t``.
+
+    Example:
+      >>> cell = jlstm.lstm(8, peephole="full")
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> state = cell.initial_state(params, (2,))
+      >>> state, y = cell.step(params, state, jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 8)
+    """
+    _checks.check_size("hidden_size", hidden_size)
+    _checks.check_option("peephole", peephole, PEEPHOLES)
+    _checks.check_size("proj_size", proj_size, allow_none=True)
+    if cell_clip is not None and not cell_clip > 0:
+        raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}.")
+    dtype = canonical_dtype(dtype, "dtype")
+    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    H = int(hidden_size)
+    R = H if proj_size is None else int(proj_size)
+    state_dtype = carry_dtype(param_dtype, dtype)
+    desc = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
+        f", proj_size={proj_size}" if proj_size else "") + (
+        f", cell_clip={cell_clip}" if cell_clip else "") + ")"
+    where = desc
+
+    def init(key: jax.Array, input_size: int) -> LSTMParams:
+        _checks.check_size("input_size", input_size)
+        kx, kh, kb, kc, kp = jax.random.split(key, 5)
+        w_x = kernel_init(kx, (input_size, 4 * H), param_dtype)
+        w_h = _initializers.per_gate(recurrent_init, kh, R, H, 4, param_dtype)
+        b = bias_init(kb, (4 * H,), param_dtype)
+        b = b.at[H:2 * H].add(jnp.asarray(forget_bias, param_dtype))
+        w_c = None
+        if peephole == "full":
+            pinit = peephole_init or _initializers.uniform(1.0 / H ** 0.5)
+            w_c = pinit(kc, (H, 3 * H), param_dtype)
+        elif peephole == "diagonal":
+            pinit = peephole_init or _initializers.uniform(1.0 / H ** 0.5)
+            w_c = pinit(kc, (3, H), param_dtype)
+        w_p = None if proj_size is None else proj_init(kp, (H, R), param_dtype)
+        return LSTMParams(w_x, w_h, b, w_c, w_p)
+
+    def check(params, state=None, x=None, where: str = where) -> None:
+        _checks.check_type(
+            "params", params, LSTMParams, where,
+            "build the params with this cell's init(key, input_size).")
+        input_size = _checks.shape_of(params.w_x)[0] if params.w_x is not None else None
+        w_c_shape = {None: None, "full": (H, 3 * H), "diagonal": (3, H)}[peephole]
+        _checks.check_param_shapes(params, {
+            "w_x": (input_size, 4 * H), "w_h": (R, 4 * H), "b": (4 * H,), "w_c": w_c_shape,
+            "w_p": None if proj_size is None else (H, R)}, where)
+        if state is not None:
+            _checks.check_type("state", state, LSTMState, where,
+                               "build the state with this cell's initial_state(params, batch_shape).")
+            _checks.check_state_shapes(state, {"h": R, "c": H}, None, where)
+        if x is not None:
+            _checks.check_features(x, input_size, where)
+            if state is not None:
+                _checks.check_batch(x, state.h, where)
+
+    def initial_state(params: LSTMParams, batch_shape=()) -> LSTMState:
+        check(params, where=where + ".initial_state")
+        batch_shape = tuple(batch_shape)
+        return LSTMState(h=jnp.zeros(batch_shape + (R,), state_dtype),
+                         c=jnp.zeros(batch_shape + (H,), state_dtype))
+
+    def project(params: LSTMParams, x: jax.Array) -> jax.Array:
+        return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
+
+    def step_projected(params: LSTMParams, state: LSTMState, xp: jax.Array,
+                       recurrent_mask: jax.Array | None = None):
+        h, c = state.h, state.c
+        h_in = h if recurrent_mask is None else h * recurrent_mask
+        z = xp + matmul(h_in, params.w_h, dtype)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        cf = c.astype(z.dtype)
+        if peephole == "full":
+            pi, pf, po = jnp.split(matmul(cf, params.w_c, dtype), 3, axis=-1)
+            zi, zf, zo = zi + pi, zf + pf, zo + po
+        elif peephole == "diagonal":
+            w_c = params.w_c.astype(z.dtype)
+            zi, zf = zi + w_c[0] * cf, zf + w_c[1] * cf
+        i, f, g = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg)
+        c_new = f * cf + i * g
+        if cell_clip is not None:
+            c_new = jnp.clip(c_new, -cell_clip, cell_clip)
+        if peephole == "diagonal":
+            zo = zo + params.w_c[2].astype(z.dtype) * c_new
+        o = jax.nn.sigmoid(zo)
+        h_new = o * jnp.tanh(c_new)
+        if proj_size is not None:
+            h_new = matmul(h_new, params.w_p, dtype)
+        new = LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype))
+        return new, output(h_new, dtype)
+
+    def step(params: LSTMParams, state: LSTMState, x: jax.Array):
+        check(params, state, x, where + ".step")
+        return step_projected(params, state, project(params, x))
+
+    fused = None
+    if peephole is None and proj_size is None and cell_clip is None:
+        from jlstm._fused_lstm import make_fused
+
+        fused = make_fused(dtype)
+
+    return Cell(init=init, initial_state=initial_state, step=step, project=project,
+                step_projected=step_projected, check=check, hidden_size=H, output_size=R,
+                name=desc, fused=fused)

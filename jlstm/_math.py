@@ -1,0 +1,45 @@
+"""Small numeric helpers shared by the cells: mixed-precision matmul and dtype rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def canonical_dtype(dtype: Any, name: str) -> jnp.dtype | None:
+    """Turn a user dtype option into a numpy dtype, rejecting non-float types."""
+    if dtype is None:
+        return None
+    try:
+        d = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{name}={dtype!r} is not a dtype; pass e.g. {name}=jnp.float32.") from e
+    if not jnp.issubdtype(d, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating point dtype, got {d}; pass jnp.float32 or jnp.bfloat16."
+        )
+    return d
+
+
+def matmul(a: jax.Array, w: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """``a @ w`` computed in ``dtype``; low-precision products accumulate in float32."""
+    if dtype is None:
+        return jnp.matmul(a, w)
+    if dtype in _LOW_PRECISION:
+        return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.matmul(a.astype(dtype), w.astype(dtype))
+
+
+def carry_dtype(param_dtype: jnp.dtype, dtype: jnp.dtype | None) -> jnp.dtype:
+    """The dtype of the recurrent state: float32 when the matmuls run in bf16/f16."""
+    if dtype is None or dtype in _LOW_PRECISION:
+        return jnp.dtype(param_dtype) if jnp.dtype(param_dtype) not in _LOW_PRECISION else jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
+def output(y: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    return y if dtype is None else y.astype(dtype)

@@ -1,0 +1,332 @@
+"""All of jlstm's time looping: lengths, masks, reverse, unroll and remat, written once."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jlstm import _checks
+from jlstm._types import Cell
+
+REMAT_POLICIES = (None, "step", "segment")
+
+
+def default_unroll(backend: str | None = None) -> int:
+    """The ``unroll`` used when the caller passes none: measured per backend.
+
+    On GPU an XLA while-loop iteration costs several microseconds, so unrolling 8 steps
+    amortises it. On CPU the per-step matmul dominates and unrolling only lengthens
+    compilation.
+    """
+    backend = backend or jax.default_backend()
+    return 8 if backend in ("gpu", "cuda", "rocm", "tpu") else 1
+
+
+def _check_unroll(unroll: Any) -> Union[int, bool]:
+    if unroll is None:
+        return default_unroll()
+    if isinstance(unroll, bool):
+        return unroll
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int (or True for a full unroll), got {unroll!r}.")
+    return unroll
+
+
+def _check_remat(remat: Any) -> Any:
+    if isinstance(remat, int) and not isinstance(remat, bool):
+        if remat < 1:
+            raise ValueError(f"remat as a segment length must be >= 1, got {remat}.")
+        return remat
+    if remat is False:
+        return None
+    _checks.check_option("remat", remat, REMAT_POLICIES + (True,))
+    return "step" if remat is True else remat
+
+
+def valid_steps(
+    T: int,
+    batch_shape: tuple[int, ...],
+    lengths: jax.Array | None,
+    mask: jax.Array | None,
+    where: str,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Check ``lengths``/``mask`` and combine them into one boolean ``[T, *batch]`` array.
+
+    Returns ``(valid, lengths)``; ``valid`` is ``None`` when every step is valid.
+    """
+    valid = None
+    if lengths is not None:
+        if not hasattr(lengths, "dtype"):
+            lengths = jnp.asarray(lengths)
+        if not jnp.issubdtype(lengths.dtype, jnp.integer) or lengths.dtype == jnp.bool_:
+            raise TypeError(
+                f"{where}: lengths must be integers, got dtype {lengths.dtype}; pass "
+                f"lengths.astype(jnp.int32) (a count of valid steps per sequence).")
+        if tuple(lengths.shape) != tuple(batch_shape):
+            raise ValueError(
+                f"{where}: lengths has shape {tuple(lengths.shape)}, expected the batch shape "
+                f"{tuple(batch_shape)} of xs (one length per sequence).")
+        t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
+        valid = t < lengths[None]
+    if mask is not None:
+        if not hasattr(mask, "dtype"):
+            mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(
+                f"{where}: mask must be boolean (True = a step to process), got dtype "
+                f"{mask.dtype}; pass mask.astype(bool).")
+        if tuple(mask.shape) != (T,) + tuple(batch_shape):
+            raise ValueError(
+                f"{where}: mask has shape {tuple(mask.shape)}, expected {(T,) + tuple(batch_shape)} "
+                f"([T, *batch], time-major like xs).")
+        valid = mask if valid is None else valid & mask
+    return valid, lengths
+
+
+def reverse_index(T: int, lengths: jax.Array) -> jax.Array:
+    """``[T, *batch]`` indices that reverse each sequence's valid prefix and leave its padding.
+
+    The permutation is its own inverse, so the same indices restore the original order.
+    """
+    t = jnp.arange(T).reshape((T,) + (1,) * lengths.ndim)
+    L = jnp.clip(lengths, 0, T)[None]
+    return jnp.where(t < L, L - 1 - t, t)
+
+
+def _gather_time(x: jax.Array, idx: jax.Array) -> jax.Array:
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim))
+    return jnp.take_along_axis(x, jnp.broadcast_to(idx, x.shape), axis=0)
+
+
+def flip_time(tree: Any, lengths: jax.Array | None) -> Any:
+    """Reverse every leaf along time: whole sequences, or each valid prefix given lengths."""
+    if lengths is None:
+        return jax.tree.map(lambda a: jnp.flip(a, axis=0), tree)
+    T = jax.tree.leaves(tree)[0].shape[0]
+    idx = reverse_index(T, lengths)
+    return jax.tree.map(lambda a: _gather_time(a, idx), tree)
+
+
+def _select(valid_t: jax.Array, new: Any, old: Any) -> Any:
+    def pick(n, o):
+        v = valid_t.reshape(valid_t.shape + (1,) * (n.ndim - valid_t.ndim))
+        return jnp.where(v, n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def time_loop(
+    step: Callable[[Any, Any], tuple[Any, jax.Array]],
+    state: Any,
+    inputs: Any,
+    valid: jax.Array | None,
+    *,
+    unroll: Union[int, bool] = 1,
+    remat: Any = None,
+) -> tuple[Any, Any]:
+    """Run ``step(state, input_t) -> (state, y_t)`` over the leading axis of ``inputs``.
+
+    Where ``valid[t]`` is False the state is kept and ``y_t`` is zero. ``remat`` is
+    ``None``, ``"step"`` (checkpoint each step), ``"segment"`` (checkpoint segments of
+    ⌈√T⌉ steps, so memory grows like √T) or an int segment length.
+    """
+    T = jax.tree.leaves(inputs)[0].shape[0]
+
+    def body(carry, inp):
+        x_t, v_t = inp
+        new, y = step(carry, x_t)
+        if v_t is not None:
+            new = _select(v_t, new, carry)
+            y = jax.tree.map(lambda a: jnp.where(
+                v_t.reshape(v_t.shape + (1,) * (a.ndim - v_t.ndim)), a, jnp.zeros_like(a)), y)
+        return new, y
+
+    if remat is None or T == 0:
+        return lax.scan(body, state, (inputs, valid), unroll=unroll)
+    if remat == "step":
+        return lax.scan(jax.checkpoint(body), state, (inputs, valid), unroll=unroll)
+
+    seg = max(1, math.isqrt(max(T - 1, 0)) + 1) if remat == "segment" else int(remat)
+    seg = min(seg, T)
+    n_seg = -(-T // seg)
+    pad = n_seg * seg - T
+    if valid is None:
+        batch = jax.tree.leaves(state)[0].shape[:-1]
+        valid = jnp.ones((T,) + batch, bool)
+
+    def pad_split(a, fill):
+        a = jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
+        return a.reshape((n_seg, seg) + a.shape[1:])
+
+    seg_inputs = jax.tree.map(lambda a: pad_split(a, 0), inputs)
+    seg_valid = pad_split(valid, False)
+
+    @jax.checkpoint
+    def segment(carry, inp):
+        return lax.scan(body, carry, inp, unroll=unroll)
+
+    final, ys = lax.scan(segment, state, (seg_inputs, seg_valid))
+    ys = jax.tree.map(lambda a: a.reshape((n_seg * seg,) + a.shape[2:])[:T], ys)
+    return final, ys
+
+
+def scan(
+    cell: Cell,
+    params: Any,
+    xs: jax.Array,
+    state: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reverse: bool = False,
+    unroll: Union[int, bool] | None = None,
+    time_major: bool = True,
+    remat: Any = None,
+    fast: bool = True,
+) -> tuple[Any, jax.Array]:
+    """Run ``cell`` over a sequence: ``lax.scan`` of ``cell.step`` with lengths, masks and reverse.
+
+    Args:
+      cell: a :class:`jlstm.Cell` (``jlstm.lstm(...)``, ``jlstm.gru(...)``, ...).
+      params: the cell's params.
+      xs: ``[T, *batch, input_size]`` (time-major, lax.scan's convention) or, with
+        ``time_major=False``, ``[*batch, T, input_size]``. A single sequence ``[T, input]``
+        works.
+      state: the initial state; ``None`` means zeros (``cell.initial_state``).
+      lengths: int ``[*batch]``. Steps ``t >= lengths`` keep the state and output zeros,
+        so the final state is the state after step ``length - 1``. Values in the padding,
+        NaN included, change neither the results nor the gradients.
+      mask: bool ``[T, *batch]`` (``[*batch, T]`` with ``time_major=False``). A step whose
+        mask is False keeps the state and outputs zeros: missing values inside a sequence.
+      reverse: run from the last valid step to the first. With ``lengths``, only each
+        valid prefix is reversed; the outputs come back in the original order.
+      unroll: steps per loop iteration; ``None`` picks :func:`default_unroll`.
+      time_major: layout of ``xs``, ``mask`` and the returned ``ys``.
+      remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment
+        length: trade recomputation for memory in training.
+      fast: allow the cell's fused whole-sequence path (an LSTM without peepholes: one
+        input GEMM, a custom VJP whose weight gradients are single GEMMs). It supports
+        reverse-mode differentiation only: pass ``fast=False`` for ``jax.jvp``/``jacfwd``.
+
+    Returns:
+      ``(final_state, ys)`` with ``ys`` of shape ``[T, *batch, cell.output_size]``.
+
+    Example:
+      >>> cell = jlstm.lstm(16)
+      >>> params = cell.init(jax.random.key(0), 4)
+      >>> xs = jnp.ones((10, 3, 4))                  # T=10, batch 3
+      >>> state, ys = jlstm.scan(cell, params, xs, lengths=jnp.array([10, 4, 0]))
+      >>> ys.shape
+      (10, 3, 16)
+    """
+    return scan_impl(cell, params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
+                     unroll=unroll, time_major=time_major, remat=remat, fast=fast)
+
+
+def scan_impl(
+    cell: Cell,
+    params: Any,
+    xs: jax.Array,
+    state: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    reverse: bool = False,
+    unroll: Union[int, bool] | None = None,
+    time_major: bool = True,
+    remat: Any = None,
+    fast: bool = True,
+    recurrent_mask: jax.Array | None = None,
+    zoneout: float = 0.0,
+    zoneout_key: jax.Array | None = None,
+    where: str = "jlstm.scan",
+) -> tuple[Any, jax.Array]:
+    """:func:`scan` plus the per-step regularisers that the layers need.
+
+    ``recurrent_mask`` ([*batch, R]) multiplies ``h_{t-1}`` in the recurrent matmul.
+    ``zoneout`` keeps each unit of the previous state with that probability: sampled
+    with ``zoneout_key``, or in expectation without it.
+    """
+    if not isinstance(cell, Cell):
+        raise TypeError(f"{where}: cell must be a jlstm.Cell (e.g. jlstm.lstm(32)), got "
+                        f"{type(cell).__name__}.")
+    _checks.check_array("xs", xs, where)
+    if xs.ndim < 2:
+        raise ValueError(
+            f"{where}: xs must have a time and a feature axis, shape [T, *batch, input_size], "
+            f"got shape {tuple(xs.shape)}; for a single step call cell.step instead, or add "
+            f"a time axis with xs[None].")
+    if not isinstance(time_major, bool):
+        raise TypeError(f"{where}: time_major must be True or False, got {time_major!r}.")
+    unroll = _check_unroll(unroll)
+    remat = _check_remat(remat)
+    if not time_major:
+        xs = jnp.moveaxis(xs, -2, 0)
+        if mask is not None and getattr(mask, "ndim", 0) >= 1:
+            mask = jnp.moveaxis(jnp.asarray(mask), -1, 0)
+    T, batch = xs.shape[0], tuple(xs.shape[1:-1])
+    cell.check(params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), where)
+    valid, lengths = valid_steps(T, batch, lengths, mask, where)
+    if state is None:
+        state = cell.initial_state(params, batch)
+
+    if reverse:
+        xs, valid = flip_time((xs, valid), lengths)
+    if valid is not None:
+        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))
+
+    plain = recurrent_mask is None and not zoneout
+    if plain and fast and cell.fused is not None and remat is None and T > 0:
+        final, ys = cell.fused(params, xs, state, valid, unroll)
+    else:
+        inputs = xp = cell.project(params, xs)
+
+        def step(s, x):
+            return cell.step_projected(params, s, x, recurrent_mask=recurrent_mask)
+
+        if zoneout:
+            step, inputs = _zoneout(step, xp, state, T, zoneout, zoneout_key)
+        final, ys = time_loop(step, state, inputs, valid, unroll=unroll, remat=remat)
+    if reverse:
+        ys = flip_time(ys, lengths)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return final, ys
+
+
+def _zoneout(step, xp, state, T, rate, key):
+    """Wrap ``step`` so each state unit keeps its previous value with probability ``rate``.
+
+    With a key the keep-masks are sampled per step and unit (Krueger et al. 2017);
+    without one the update is the expectation ``rate·old + (1-rate)·new``.
+    """
+    leaves, treedef = jax.tree.flatten(state)
+    if key is None:
+        def det_step(s, x):
+            new, y = step(s, x)
+            new = jax.tree.map(lambda n, o: (rate * o + (1.0 - rate) * n).astype(o.dtype), new, s)
+            return new, _zoneout_output(new, y)
+
+        return det_step, xp
+    keys = jax.random.split(key, len(leaves))
+    keep = treedef.unflatten([jax.random.bernoulli(k, rate, (T,) + leaf.shape)
+                              for k, leaf in zip(keys, leaves)])
+
+    def rand_step(s, inp):
+        x, keep_t = inp
+        new, y = step(s, x)
+        new = jax.tree.map(lambda n, o, kp: jnp.where(kp, o, n), new, s, keep_t)
+        return new, _zoneout_output(new, y)
+
+    return rand_step, (xp, keep)
+
+
+def _zoneout_output(new, y):
+    h = getattr(new, "h", None)
+    if h is not None and h.shape == y.shape:
+        return h.astype(y.dtype)
+    return y

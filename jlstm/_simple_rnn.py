@@ -1,0 +1,106 @@
+"""The plain (Elman) RNN: ``h_t = act(x_t W_x + h_{t-1} W_h + b)``.
+
+It is the baseline whose vanishing and exploding gradients motivate the LSTM.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jlstm import _checks, _initializers
+from jlstm._math import canonical_dtype, carry_dtype, matmul, output
+from jlstm._types import Cell
+
+
+class RNNParams(NamedTuple):
+    """Plain RNN parameters: w_x (input, H), w_h (H, H), b (H)."""
+
+    w_x: jax.Array
+    w_h: jax.Array
+    b: jax.Array
+
+
+class RNNState(NamedTuple):
+    """Plain RNN state: ``h`` of shape [*batch, H]."""
+
+    h: jax.Array
+
+
+def simple_rnn(
+    hidden_size: int,
+    *,
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
+    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
+    bias_init: _initializers.Initializer = _initializers.zeros,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> Cell:
+    """Build a plain RNN cell ``h_t = activation(x_t W_x + h_{t-1} W_h + b)``.
+
+    Args:
+      hidden_size: number of units H.
+      activation: elementwise nonlinearity (``jnp.tanh``; ``jax.nn.relu`` for an IRNN).
+      kernel_init, recurrent_init, bias_init: initialisers.
+      dtype, param_dtype: compute and parameter dtypes.
+
+    Example:
+      >>> cell = jlstm.simple_rnn(8)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> state, y = cell.step(params, cell.initial_state(params, (5,)), jnp.ones((5, 2)))
+    """
+    _checks.check_size("hidden_size", hidden_size)
+    if not callable(activation):
+        raise TypeError(f"activation must be a function such as jnp.tanh, got {activation!r}.")
+    dtype = canonical_dtype(dtype, "dtype")
+    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    H = int(hidden_size)
+    state_dtype = carry_dtype(param_dtype, dtype)
+    where = f"simple_rnn({H})"
+
+    def init(key: jax.Array, input_size: int) -> RNNParams:
+        _checks.check_size("input_size", input_size)
+        kx, kh, kb = jax.random.split(key, 3)
+        return RNNParams(w_x=kernel_init(kx, (input_size, H), param_dtype),
+                         w_h=recurrent_init(kh, (H, H), param_dtype),
+                         b=bias_init(kb, (H,), param_dtype))
+
+    def check(params, state=None, x=None, where: str = where) -> None:
+        _checks.check_type("params", params, RNNParams, where,
+                           "build the params with this cell's init(key, input_size).")
+        input_size = _checks.shape_of(params.w_x)[0]
+        _checks.check_param_shapes(
+            params, {"w_x": (input_size, H), "w_h": (H, H), "b": (H,)}, where)
+        if state is not None:
+            _checks.check_type("state", state, RNNState, where,
+                               "build the state with this cell's initial_state(params, batch_shape).")
+            _checks.check_state_shapes(state, {"h": H}, None, where)
+        if x is not None:
+            _checks.check_features(x, input_size, where)
+            if state is not None:
+                _checks.check_batch(x, state.h, where)
+
+    def initial_state(params: RNNParams, batch_shape=()) -> RNNState:
+        check(params, where=where + ".initial_state")
+        return RNNState(h=jnp.zeros(tuple(batch_shape) + (H,), state_dtype))
+
+    def project(params: RNNParams, x: jax.Array) -> jax.Array:
+        return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
+
+    def step_projected(params: RNNParams, state: RNNState, xp: jax.Array,
+                       recurrent_mask: jax.Array | None = None):
+        h = state.h
+        h_in = h if recurrent_mask is None else h * recurrent_mask
+        h_new = activation(xp + matmul(h_in, params.w_h, dtype))
+        return RNNState(h=h_new.astype(h.dtype)), output(h_new, dtype)
+
+    def step(params: RNNParams, state: RNNState, x: jax.Array):
+        check(params, state, x, where + ".step")
+        return step_projected(params, state, project(params, x))
+
+    return Cell(init=init, initial_state=initial_state, step=step, project=project,
+                step_projected=step_projected, check=check, hidden_size=H, output_size=H,
+                name=where)
