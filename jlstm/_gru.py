@@ -64,7 +64,6 @@ def gru(
     dtype = canonical_dtype(dtype, "dtype")
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
-    state_dtype = carry_dtype(param_dtype, dtype)
     where = f"gru({H})"
 
     def init(key: jax.Array, input_size: int) -> GRUParams:
@@ -94,7 +93,7 @@ def gru(
 
     def initial_state(params: GRUParams, batch_shape=()) -> GRUState:
         check(params, where=where + ".initial_state")
-        return GRUState(h=jnp.zeros(tuple(batch_shape) + (H,), state_dtype))
+        return GRUState(h=jnp.zeros(tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
 
     def project(params: GRUParams, x: jax.Array) -> jax.Array:
         return matmul(x, params.w_x, dtype) + params.b_x.astype(dtype or params.b_x.dtype)

@@ -34,10 +34,10 @@ class LayerNormLSTMParams(NamedTuple):
 
 
 def _normalise(v: jax.Array, eps: float) -> jax.Array:
-    v32 = v.astype(jnp.float32)
-    mean = jnp.mean(v32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(v32 - mean), axis=-1, keepdims=True)
-    return ((v32 - mean) * jax.lax.rsqrt(var + eps)).astype(v.dtype)
+    wide = v.astype(jnp.promote_types(v.dtype, jnp.float32))
+    mean = jnp.mean(wide, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(wide - mean), axis=-1, keepdims=True)
+    return ((wide - mean) * jax.lax.rsqrt(var + eps)).astype(v.dtype)
 
 
 def layer_norm_lstm(
@@ -64,7 +64,6 @@ def layer_norm_lstm(
     dtype = canonical_dtype(dtype, "dtype")
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
-    state_dtype = carry_dtype(param_dtype, dtype)
     where = f"layer_norm_lstm({H})"
 
     def init(key: jax.Array, input_size: int) -> LayerNormLSTMParams:
@@ -100,6 +99,7 @@ def layer_norm_lstm(
     def initial_state(params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")
         shape = tuple(batch_shape) + (H,)
+        state_dtype = carry_dtype(params.w_h.dtype, dtype)
         return LSTMState(h=jnp.zeros(shape, state_dtype), c=jnp.zeros(shape, state_dtype))
 
     def project(params: LayerNormLSTMParams, x: jax.Array) -> jax.Array:

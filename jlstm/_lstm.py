@@ -111,7 +111,6 @@ def lstm(
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
     R = H if proj_size is None else int(proj_size)
-    state_dtype = carry_dtype(param_dtype, dtype)
     desc = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
         f", proj_size={proj_size}" if proj_size else "") + (
         f", cell_clip={cell_clip}" if cell_clip else "") + ")"
@@ -155,6 +154,7 @@ def lstm(
     def initial_state(params: LSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")
         batch_shape = tuple(batch_shape)
+        state_dtype = carry_dtype(params.w_h.dtype, dtype)
         return LSTMState(h=jnp.zeros(batch_shape + (R,), state_dtype),
                          c=jnp.zeros(batch_shape + (H,), state_dtype))
 

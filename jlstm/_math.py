@@ -35,10 +35,15 @@ def matmul(a: jax.Array, w: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
 
 
 def carry_dtype(param_dtype: jnp.dtype, dtype: jnp.dtype | None) -> jnp.dtype:
-    """The dtype of the recurrent state: float32 when the matmuls run in bf16/f16."""
-    if dtype is None or dtype in _LOW_PRECISION:
-        return jnp.dtype(param_dtype) if jnp.dtype(param_dtype) not in _LOW_PRECISION else jnp.dtype(jnp.float32)
-    return jnp.dtype(dtype)
+    """The dtype of the recurrent state: the params' dtype, and never below float32.
+
+    With bf16/f16 matmuls (or params) the state stays in float32, so the cell state
+    accumulates without rounding; float64 params give a float64 state.
+    """
+    wide = jnp.promote_types(param_dtype, jnp.float32)
+    if dtype is None or jnp.dtype(dtype) in _LOW_PRECISION:
+        return jnp.dtype(wide)
+    return jnp.dtype(jnp.promote_types(wide, dtype))
 
 
 def output(y: jax.Array, dtype: jnp.dtype | None) -> jax.Array:

@@ -58,7 +58,6 @@ def simple_rnn(
     dtype = canonical_dtype(dtype, "dtype")
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
-    state_dtype = carry_dtype(param_dtype, dtype)
     where = f"simple_rnn({H})"
 
     def init(key: jax.Array, input_size: int) -> RNNParams:
@@ -85,7 +84,7 @@ def simple_rnn(
 
     def initial_state(params: RNNParams, batch_shape=()) -> RNNState:
         check(params, where=where + ".initial_state")
-        return RNNState(h=jnp.zeros(tuple(batch_shape) + (H,), state_dtype))
+        return RNNState(h=jnp.zeros(tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
 
     def project(params: RNNParams, x: jax.Array) -> jax.Array:
         return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
