@@ -1,0 +1,53 @@
+"""Exact weight conversion between jlstm and PyTorch, Keras 3 and Flax linen.
+
+Import it as ``from jlstm import interop`` (or ``import jlstm.interop``). The peer libraries
+are imported only inside the functions that need them, so importing this module costs
+nothing when torch or keras are not installed.
+
+* PyTorch: :func:`from_torch_lstm`, :func:`to_torch_lstm`, :func:`from_torch_gru`,
+  :func:`to_torch_gru`, :func:`torch_kwargs`, and the states :func:`from_torch_state`,
+  :func:`to_torch_state`.
+* Keras 3: :func:`from_keras_lstm`, :func:`to_keras_lstm`, :func:`from_keras_gru`,
+  :func:`to_keras_gru` (``LSTM``, ``GRU``, ``RNN(LSTMCell)``, ``Bidirectional``).
+* Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
+  :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
+"""
+
+from jlstm.interop._flax import (
+    from_flax_carry,
+    from_flax_gru,
+    from_flax_lstm,
+    to_flax_carry,
+    to_flax_gru,
+    to_flax_lstm,
+)
+from jlstm.interop._keras import from_keras_gru, from_keras_lstm, to_keras_gru, to_keras_lstm
+from jlstm.interop._torch import (
+    from_torch_gru,
+    from_torch_lstm,
+    from_torch_state,
+    to_torch_gru,
+    to_torch_lstm,
+    to_torch_state,
+    torch_kwargs,
+)
+
+__all__ = [
+    "from_flax_carry",
+    "from_flax_gru",
+    "from_flax_lstm",
+    "from_keras_gru",
+    "from_keras_lstm",
+    "from_torch_gru",
+    "from_torch_lstm",
+    "from_torch_state",
+    "to_flax_carry",
+    "to_flax_gru",
+    "to_flax_lstm",
+    "to_keras_gru",
+    "to_keras_lstm",
+    "to_torch_gru",
+    "to_torch_lstm",
+    "to_torch_state",
+    "torch_kwargs",
+]

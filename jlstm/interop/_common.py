@@ -1,0 +1,129 @@
+"""Helpers shared by the interop modules: array conversion, gate reordering, layer walking."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jlstm._bidirectional import BidirectionalParams
+from jlstm._types import SequenceModel
+
+
+def to_numpy(value: Any, name: str, where: str) -> np.ndarray:
+    """Turn a NumPy array, JAX array, torch tensor or Keras variable into a NumPy array.
+
+    bfloat16 torch tensors go through float32 (NumPy has no bfloat16 of its own) and come
+    back as ``ml_dtypes.bfloat16``.
+    """
+    if value is None:
+        raise ValueError(f"{where}: {name} is None; expected an array.")
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        t = value.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            return np.asarray(t.float().numpy()).astype(jnp.bfloat16)
+        return np.asarray(t.numpy())
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}.") from e
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == jnp.bfloat16):
+        raise TypeError(f"{where}: {name} must hold floating point numbers, got dtype {arr.dtype} "
+                        f"(shape {arr.shape}).")
+    return arr
+
+
+def param_dtype(*arrays: np.ndarray) -> Any:
+    """The dtype jlstm keeps the converted params in (float64 becomes float32 unless x64 is on)."""
+    return jnp.asarray(np.zeros((), arrays[0].dtype)).dtype
+
+
+def reorder_blocks(a: Any, order: Sequence[int], axis: int = -1) -> Any:
+    """Permute the equal gate blocks of ``a`` along ``axis``: block j of the result is block order[j]."""
+    n = len(order)
+    size = a.shape[axis]
+    if size % n:
+        raise ValueError(f"cannot split an axis of size {size} into {n} gate blocks.")
+    k = size // n
+    xp = jnp if isinstance(a, jnp.ndarray) and not isinstance(a, np.ndarray) else np
+    parts = [xp.take(a, xp.arange(j * k, (j + 1) * k), axis=axis) for j in order]
+    return xp.concatenate(parts, axis=axis)
+
+
+def layers_of(params: Any, cls: type, where: str, kind: str) -> tuple[list[list[Any]], bool]:
+    """Normalise the params of a jlstm model to ``[[forward(, backward)] per layer]``.
+
+    Accepts one cell's params (a unidirectional layer), a :class:`BidirectionalParams`, or
+    a tuple/list of those (a :func:`jlstm.stack`). Every layer must have the same direction
+    count. Returns ``(layers, bidirectional)``.
+    """
+    if isinstance(params, (cls, BidirectionalParams)):
+        params = (params,)
+    elif hasattr(params, "_fields"):  # another cell's params NamedTuple
+        raise TypeError(
+            f"{where}: params must be {cls.__name__} (a jlstm.{kind} cell), BidirectionalParams or a tuple of "
+            f"those per layer, got {type(params).__name__}.")
+    if not isinstance(params, (tuple, list)) or not params:
+        raise TypeError(
+            f"{where}: params must be {cls.__name__} (one layer), BidirectionalParams, or a tuple of "
+            f"those per layer (jlstm.stack), got {type(params).__name__}; pass the params of a model "
+            f"built from jlstm.{kind}(...) cells.")
+    layers, dirs = [], set()
+    for k, p in enumerate(params):
+        if isinstance(p, BidirectionalParams):
+            pair = [p.forward, p.backward]
+        elif isinstance(p, cls):
+            pair = [p]
+        else:
+            raise TypeError(
+                f"{where}: layer {k} has params of type {type(p).__name__}; expected {cls.__name__} or "
+                f"BidirectionalParams of {cls.__name__} (a jlstm.{kind} cell). Other cells have no "
+                f"counterpart in this library.")
+        for d, q in enumerate(pair):
+            if not isinstance(q, cls):
+                raise TypeError(f"{where}: layer {k} direction {d} has params of type {type(q).__name__}; "
+                                f"expected {cls.__name__} (a jlstm.{kind} cell).")
+        dirs.add(len(pair))
+        layers.append(pair)
+    if len(dirs) > 1:
+        raise ValueError(f"{where}: the layers mix unidirectional and bidirectional params; the target "
+                         f"library needs all layers the same.")
+    return layers, dirs.pop() == 2
+
+
+def check_model_name(model: SequenceModel | None, where: str, *, allow_reverse: bool = False,
+                     merges: tuple[str, ...] = ("concat",)) -> None:
+    """Reject model options that the peer library cannot express (they are not visible in params)."""
+    if model is None:
+        return
+    if not isinstance(model, SequenceModel):
+        raise TypeError(f"{where}: model must be a jlstm.SequenceModel (or None), got {type(model).__name__}; "
+                        f"pass the model returned with the params (e.g. by from_torch_lstm).")
+    name = model.name
+    if "cell_clip=" in name:
+        raise ValueError(f"{where}: the model {name} clips its cell state (cell_clip); the target library "
+                         f"has no cell clipping, so its outputs would differ. Rebuild without cell_clip.")
+    if "peephole=" in name:
+        raise ValueError(f"{where}: the model {name} has peepholes; the target library has none.")
+    merge = model_merge(model)
+    if merge is not None and merge not in merges:
+        raise ValueError(f"{where}: the model {name} merges its directions with {merge!r}; the target "
+                         f"library supports {', '.join(repr(m) for m in merges)}. Rebuild with merge='concat'.")
+    if not allow_reverse and "reverse=True" in name:
+        raise ValueError(f"{where}: the model {name} has a reversed unidirectional layer; the target "
+                         f"library has none. Use jlstm.bidirectional or a forward layer.")
+
+
+def model_merge(model: SequenceModel | None) -> str | None:
+    """The ``merge`` of a bidirectional model, read from its name (``None`` if there is none)."""
+    if model is None:
+        return None
+    m = re.search(r"merge='(\w+)'", model.name)
+    return None if m is None else m.group(1)
+
+
+def layer_is_reversed(model: SequenceModel | None) -> bool:
+    return model is not None and "reverse=True" in model.name

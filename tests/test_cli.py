@@ -1,0 +1,36 @@
+"""The jlstm command and the README's example, as a new user runs them."""
+
+import pathlib
+import re
+
+import numpy as np
+
+from jlstm.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_demo_trains_both_models_and_reports(capsys):
+    assert main(["demo", "--length", "12", "--steps", "60", "--hidden", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm(8)" in out and "simple_rnn(8)" in out
+    mses = [float(m) for m in re.findall(r"\|\s+([0-9.]+) \|", out)]
+    assert len(mses) == 2 and np.isfinite(mses).all()
+
+
+def test_demo_lstm_learns_what_the_mean_cannot():
+    import jlstm
+    from jlstm.demo import BASELINE_MSE, train_adding
+
+    r = train_adding(jlstm.lstm(16), length=10, steps=400, progress=False)
+    assert r.test_mse < 0.5 * BASELINE_MSE
+
+
+def test_readme_ten_line_example_runs_as_written():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Ten lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["ys"].shape == (50, 8, 64)
+    assert namespace["grads"].w_c.shape == (64, 192)
