@@ -143,3 +143,32 @@ def check_batch(x: Any, h: Any, where: str) -> None:
             f"{where}: x has batch shape {shape_of(x)[:-1]} but the state has batch shape "
             f"{shape_of(h)[:-1]}; build the state with "
             f"initial_state(params, batch_shape={shape_of(x)[:-1]}).")
+
+
+def check_cell_args(
+    where: str,
+    params: Any,
+    params_type: type,
+    param_shapes: Any,
+    state: Any = None,
+    state_type: type | None = None,
+    state_sizes: dict[str, int] | None = None,
+    x: Any = None,
+) -> None:
+    """The checks every cell runs: params type and shapes, then the state, then the input.
+
+    ``param_shapes(input_size)`` gives the expected shape of each params field, the input
+    size being read from ``params.w_x``.
+    """
+    check_type("params", params, params_type, where,
+               "build the params with this cell's init(key, input_size).")
+    input_size = shape_of(params.w_x)[0]
+    check_param_shapes(params, param_shapes(input_size), where)
+    if state is not None:
+        check_type("state", state, state_type, where,
+                   "build the state with this cell's initial_state(params, batch_shape).")
+        check_state_shapes(state, state_sizes, None, where)
+    if x is not None:
+        check_features(x, input_size, where)
+        if state is not None:
+            check_batch(x, state.h, where)

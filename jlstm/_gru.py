@@ -77,19 +77,9 @@ def gru(
         )
 
     def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type("params", params, GRUParams, where,
-                           "build the params with this cell's init(key, input_size).")
-        input_size = _checks.shape_of(params.w_x)[0]
-        _checks.check_param_shapes(params, {"w_x": (input_size, 3 * H), "w_h": (H, 3 * H),
-                                            "b_x": (3 * H,), "b_h": (3 * H,)}, where)
-        if state is not None:
-            _checks.check_type("state", state, GRUState, where,
-                               "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": H}, None, where)
-        if x is not None:
-            _checks.check_features(x, input_size, where)
-            if state is not None:
-                _checks.check_batch(x, state.h, where)
+        _checks.check_cell_args(where, params, GRUParams, lambda n: {
+            "w_x": (n, 3 * H), "w_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)},
+                                state, GRUState, {"h": H}, x)
 
     def initial_state(params: GRUParams, batch_shape=()) -> GRUState:
         check(params, where=where + ".initial_state")

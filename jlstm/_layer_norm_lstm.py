@@ -81,20 +81,10 @@ def layer_norm_lstm(
         )
 
     def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type("params", params, LayerNormLSTMParams, where,
-                           "build the params with this cell's init(key, input_size).")
-        input_size = _checks.shape_of(params.w_x)[0]
-        _checks.check_param_shapes(params, {
-            "w_x": (input_size, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
-            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}, where)
-        if state is not None:
-            _checks.check_type("state", state, LSTMState, where,
-                               "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": H, "c": H}, None, where)
-        if x is not None:
-            _checks.check_features(x, input_size, where)
-            if state is not None:
-                _checks.check_batch(x, state.h, where)
+        _checks.check_cell_args(where, params, LayerNormLSTMParams, lambda n: {
+            "w_x": (n, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
+            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)},
+                                state, LSTMState, {"h": H, "c": H}, x)
 
     def initial_state(params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")

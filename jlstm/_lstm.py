@@ -134,22 +134,11 @@ def lstm(
         return LSTMParams(w_x, w_h, b, w_c, w_p)
 
     def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type(
-            "params", params, LSTMParams, where,
-            "build the params with this cell's init(key, input_size).")
-        input_size = _checks.shape_of(params.w_x)[0] if params.w_x is not None else None
         w_c_shape = {None: None, "full": (H, 3 * H), "diagonal": (3, H)}[peephole]
-        _checks.check_param_shapes(params, {
-            "w_x": (input_size, 4 * H), "w_h": (R, 4 * H), "b": (4 * H,), "w_c": w_c_shape,
-            "w_p": None if proj_size is None else (H, R)}, where)
-        if state is not None:
-            _checks.check_type("state", state, LSTMState, where,
-                               "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": R, "c": H}, None, where)
-        if x is not None:
-            _checks.check_features(x, input_size, where)
-            if state is not None:
-                _checks.check_batch(x, state.h, where)
+        _checks.check_cell_args(where, params, LSTMParams, lambda n: {
+            "w_x": (n, 4 * H), "w_h": (R, 4 * H), "b": (4 * H,), "w_c": w_c_shape,
+            "w_p": None if proj_size is None else (H, R)},
+                                state, LSTMState, {"h": R, "c": H}, x)
 
     def initial_state(params: LSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")

@@ -68,19 +68,8 @@ def simple_rnn(
                          b=bias_init(kb, (H,), param_dtype))
 
     def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type("params", params, RNNParams, where,
-                           "build the params with this cell's init(key, input_size).")
-        input_size = _checks.shape_of(params.w_x)[0]
-        _checks.check_param_shapes(
-            params, {"w_x": (input_size, H), "w_h": (H, H), "b": (H,)}, where)
-        if state is not None:
-            _checks.check_type("state", state, RNNState, where,
-                               "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": H}, None, where)
-        if x is not None:
-            _checks.check_features(x, input_size, where)
-            if state is not None:
-                _checks.check_batch(x, state.h, where)
+        _checks.check_cell_args(where, params, RNNParams, lambda n: {"w_x": (n, H), "w_h": (H, H), "b": (H,)},
+                                state, RNNState, {"h": H}, x)
 
     def initial_state(params: RNNParams, batch_shape=()) -> RNNState:
         check(params, where=where + ".initial_state")
