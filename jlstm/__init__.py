@@ -23,6 +23,18 @@ from jlstm._types import Cell, SequenceModel
 
 __version__ = "0.1.0"
 
+_SUBMODULES = ("checkpoint", "demo", "interop", "nnx", "parallel", "population", "tasks", "train")
+
+
+def __getattr__(name: str):
+    """Import the optional submodules (``jlstm.train``, ``jlstm.interop``, ...) on first use."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"jlstm.{name}")
+    raise AttributeError(f"module 'jlstm' has no attribute {name!r}")
+
+
 __all__ = [
     "BidirectionalParams",
     "BidirectionalState",
