@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m jlstm.examples.article`` reproduces the founding article's Keras model."""

@@ -1,0 +1,141 @@
+"""fit: progress and per-epoch metrics, a learnable task, early stopping, restore-best, clipping, resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jlstm
+from jlstm.tasks import adding_problem, copy_first
+from jlstm.train import dense_apply, dense_init, fit, losses
+
+ENC = jlstm.recurrent(jlstm.lstm(8))
+
+
+def adding_batches(epoch, n=15, T=10):
+    return [adding_problem(jax.random.key(1000 * epoch + i), 32, T) for i in range(n)]
+
+
+def copy_loss(params, batch, key):
+    final, _ = ENC.apply(params[0], batch.xs, key=key)
+    logits = dense_apply(params[1], final.h)
+    return (losses.sequence_classification(logits, batch.ys),
+            {"acc": losses.classification_accuracy(logits, batch.ys)})
+
+
+def test_fit_learns_copy_first_and_reports_progress(capsys):
+    """Remember the first of 10 symbols (chance: loss ln 4 = 1.386, accuracy 0.25)."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = (ENC.init(k1, 4), dense_init(k2, 8, 4))
+    train = lambda epoch: [copy_first(jax.random.key(1000 * epoch + i), 32, 10) for i in range(15)]
+    val = [copy_first(jax.random.key(999_999), 256, 10)]
+    params, opt_state, hist = fit(copy_loss, params, optax.adam(2e-2), train, epochs=3, eval_data=val,
+                                  progress=True)
+    out = capsys.readouterr()
+    assert "epoch 1/3" in out.err and "loss=" in out.err  # the tqdm bar
+    assert "epoch 3/3: train_loss=" in out.out and "eval_acc=" in out.out  # one summary line per epoch
+    assert hist.loss.shape == (45,) and hist.grad_norm.shape == (45,) and hist.steps["acc"].shape == (45,)
+    assert np.all(np.isfinite(hist.grad_norm)) and np.all(hist.grad_norm > 0)
+    assert [e["epoch"] for e in hist.epochs] == [1, 2, 3] and hist.epochs[-1]["step"] == 45
+    assert {"train_loss", "train_acc", "train_grad_norm", "eval_loss", "eval_acc"} <= set(hist.epochs[0])
+    np.testing.assert_allclose(hist.epochs[0]["train_loss"], hist.loss[:15].mean())
+    # the eval metrics are those of the returned params on the validation batch
+    np.testing.assert_allclose(hist.epochs[-1]["eval_loss"], copy_loss(params, val[0], None)[0], rtol=1e-5)
+    # learnable: the loss falls well below chance
+    train_loss = hist.epoch_metric("train_loss")
+    assert train_loss[-1] < train_loss[0]
+    assert hist.epochs[-1]["eval_loss"] < 0.8 * np.log(4) and hist.epochs[-1]["eval_acc"] > 0.5
+    assert hist.monitor == "eval_loss" and hist.best_epoch is not None and not hist.stopped_early
+    assert int(opt_state[0].count) == 45
+
+
+def quad(params, batch, key):
+    return jnp.sum((params["w"] - batch) ** 2), {}
+
+
+def stalling_eval(values):
+    """eval_fn replaying ``values`` and recording the params it saw each epoch."""
+    seen = []
+
+    def eval_fn(params):
+        seen.append(jax.tree.map(np.asarray, params))
+        return {"score": values[len(seen) - 1]}
+
+    return eval_fn, seen
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_early_stopping_and_restore_best(restore_best, capsys):
+    eval_fn, seen = stalling_eval([3.0, 2.0, 2.5, 2.6, 1.0, 0.5])
+    data = [jnp.ones(2), 2 * jnp.ones(2)]
+    params, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.05), data, epochs=6, eval_fn=eval_fn,
+                          monitor="eval_score", patience=2, restore_best=restore_best, progress=True)
+    assert len(hist.epochs) == 4 and hist.stopped_early and hist.best_epoch == 2
+    np.testing.assert_array_equal(hist.epoch_metric("eval_score"), [3.0, 2.0, 2.5, 2.6])
+    expected = seen[1] if restore_best else seen[3]
+    np.testing.assert_array_equal(params["w"], expected["w"])
+    assert not np.array_equal(seen[1]["w"], seen[3]["w"])
+    assert "early stopping: eval_score has not improved for 2 epochs; best epoch 2" in capsys.readouterr().out
+
+
+def test_mode_max_for_accuracy_and_min_delta():
+    eval_fn, _ = stalling_eval([0.5, 0.6, 0.605, 0.61, 0.9])
+    _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.05), [jnp.ones(2)], epochs=5, eval_fn=eval_fn,
+                     monitor="eval_score", mode="max", patience=2,
+                     min_delta=0.05, progress=False)
+    assert hist.best_epoch == 2 and hist.stopped_early and len(hist.epochs) == 4
+
+
+def test_clip_norm_bounds_each_update_and_history_is_unclipped():
+    traj = []
+
+    def eval_fn(params):
+        traj.append(np.asarray(params["w"]))
+        return {}
+
+    params, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(1.0), [10 * jnp.ones(2)], epochs=3,
+                          clip_norm=0.1, eval_fn=eval_fn, monitor="train_loss", progress=False)
+    steps = np.diff(np.stack([np.zeros(2)] + traj), axis=0)
+    np.testing.assert_allclose(np.linalg.norm(steps, axis=1), 0.1, rtol=1e-5)
+    np.testing.assert_allclose(hist.grad_norm[0], 2 * np.linalg.norm([10.0, 10.0]), rtol=1e-6)
+
+
+def test_resumed_fit_equals_uninterrupted_fit(tmp_path):
+    """Stop after 2 of 4 epochs, resume from the checkpoint: bit-identical params and history."""
+    enc = jlstm.recurrent(jlstm.lstm(4), recurrent_dropout=0.2)  # uses the per-step keys
+
+    def loss_fn(params, batch, key):
+        final, _ = enc.apply(params, batch.xs, key=key)
+        return jnp.mean((final.h[:, 0] - batch.ys) ** 2)
+
+    data = lambda epoch: adding_batches(epoch, n=3, T=5)
+    p0 = enc.init(jax.random.key(3), 2)
+    opt = optax.adam(1e-2)
+    kw = dict(key=jax.random.key(7), progress=False, clip_norm=1.0)
+    full, full_state, full_hist = fit(loss_fn, p0, opt, data, epochs=4, **kw)
+    path = tmp_path / "run.ckpt"
+    fit(loss_fn, p0, opt, data, epochs=2, checkpoint_path=path, config={"hidden": 4}, **kw)
+    meta = jlstm.checkpoint.read_metadata(path)
+    assert meta["step"] == 6 and meta["config"] == {"hidden": 4} and meta["fit"]["epoch"] == 2
+    resumed, res_state, res_hist = fit(loss_fn, p0, opt, data, epochs=4, checkpoint_path=path, resume=True,
+                                       **kw)
+    for a, b in zip(jax.tree.leaves((full, full_state)), jax.tree.leaves((resumed, res_state))):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(full_hist.loss, res_hist.loss)
+    assert full_hist.epochs == res_hist.epochs
+    assert jlstm.checkpoint.read_metadata(path)["fit"]["epoch"] == 4
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), iter([jnp.ones(2)]), epochs=2, progress=False)
+    with pytest.raises(ValueError, match="monitor='eval_nope'"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], monitor="eval_nope", progress=False)
+    with pytest.raises(ValueError, match="no batches"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [], progress=False)
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], resume=True)
+    # a one-shot iterator is fine for a single epoch
+    _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), iter([jnp.ones(2)] * 3), progress=False)
+    assert hist.loss.shape == (3,)
