@@ -26,6 +26,10 @@ def check_key(key, where: str) -> None:
         return
     dtype = getattr(key, "dtype", None)
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(
+                f"{where}: key must be a single PRNG key, got a batch of keys of shape {key.shape}; "
+                f"pass one key such as jax.random.key(0).")
         return
     if dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
         return

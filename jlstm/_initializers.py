@@ -23,7 +23,9 @@ zeros: Initializer = jax.nn.initializers.zeros
 def per_gate(init: Initializer, key: jax.Array, rows: int, units: int, gates: int, dtype) -> jax.Array:
     """Initialise a ``(rows, gates*units)`` matrix one ``(rows, units)`` block at a time."""
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init(k, (rows, units), dtype) for k in keys], axis=-1)
+    low = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    build = jnp.float32 if low else dtype  # some initialisers (orthogonal) have no bf16 kernel
+    return jnp.concatenate([init(k, (rows, units), build) for k in keys], axis=-1).astype(dtype)
 
 
 def uniform(scale: float) -> Initializer:

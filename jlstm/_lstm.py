@@ -21,6 +21,7 @@ Peepholes ``P``:
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -105,8 +106,13 @@ def lstm(
     _checks.check_size("hidden_size", hidden_size)
     _checks.check_option("peephole", peephole, PEEPHOLES)
     _checks.check_size("proj_size", proj_size, allow_none=True)
-    if cell_clip is not None and not cell_clip > 0:
-        raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}.")
+    if cell_clip is not None:
+        if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real):
+            raise TypeError(f"cell_clip must be a positive number or None, got {cell_clip!r} of type "
+                            f"{type(cell_clip).__name__}; pass e.g. cell_clip=3.0.")
+        if not cell_clip > 0:
+            raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}; "
+                             f"pass e.g. cell_clip=3.0.")
     dtype = canonical_dtype(dtype, "dtype")
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)

@@ -64,7 +64,7 @@ def simple_rnn(
         _checks.check_size("input_size", input_size)
         kx, kh, kb = jax.random.split(key, 3)
         return RNNParams(w_x=kernel_init(kx, (input_size, H), param_dtype),
-                         w_h=recurrent_init(kh, (H, H), param_dtype),
+                         w_h=_initializers.per_gate(recurrent_init, kh, H, H, 1, param_dtype),
                          b=bias_init(kb, (H,), param_dtype))
 
     def check(params, state=None, x=None, where: str = where) -> None:
