@@ -283,10 +283,19 @@ def scan_impl(
     if plain and fast and cell.fused is not None and remat is None and T > 0:
         final, ys = cell.fused(params, xs, state, valid, unroll)
     else:
-        inputs = xp = cell.project(params, xs)
+        if remat is None:
+            inputs = xp = cell.project(params, xs)
 
-        def step(s, x):
-            return cell.step_projected(params, s, x, recurrent_mask=recurrent_mask)
+            def step(s, x):
+                return cell.step_projected(params, s, x, recurrent_mask=recurrent_mask)
+        else:
+            # Under remat the input projection runs inside the loop: a projected copy of the
+            # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
+            inputs = xp = xs
+
+            def step(s, x):
+                return cell.step_projected(params, s, cell.project(params, x),
+                                           recurrent_mask=recurrent_mask)
 
         if zoneout:
             step, inputs = _zoneout(step, xp, state, T, zoneout, zoneout_key)
