@@ -23,7 +23,9 @@ from jlstm._types import Cell, SequenceModel
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("checkpoint", "demo", "examples", "interop", "nnx", "parallel", "population", "tasks", "train")
+_SUBMODULES = (
+    "checkpoint", "demo", "examples", "interop", "nnx", "parallel", "population", "streaming", "tasks", "train",
+)
 
 
 def __getattr__(name: str):
