@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One device call on an H100/H200: the GPU perf suite (peers included), then DeepBench if time allows.
+# Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
+# Writes $OUT/gpu_perf.json, $OUT/gpu_deepbench.json, PNGs and logs (OUT defaults to benchmarks/results).
+set -u
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+export PYTHONPATH="${PYTHONPATH:-}:."
+export XLA_PYTHON_CLIENT_PREALLOCATE=false   # torch and JAX share the card
+export KERAS_BACKEND=jax
+echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+echo "== versions"
+python - <<'PY' 2>&1
+import importlib
+for m in ("jax", "jaxlib", "flax", "equinox", "torch", "keras"):
+    try:
+        print(m, importlib.import_module(m).__version__)
+    except Exception as e:
+        print(m, "unavailable:", type(e).__name__)
+import jax; print("jax devices:", jax.devices())
+try:
+    import torch; print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), torch.cuda.is_available())
+except Exception as e:
+    print("torch:", e)
+PY
+echo "== perf suite (float32 + bf16 for 64,256,512,512)"
+timeout 330 python -m benchmarks.scan --suite perf --repeats 20 \
+  --peers flax,equinox,keras,torch,jax_cudnn,jlstm_ref --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
+echo "== deepbench (training + inference, float32), if time remains"
+timeout 200 python -m benchmarks.scan --suite deepbench --repeats 10 \
+  --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
+python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
+echo "== done"

@@ -1,0 +1,301 @@
+"""The implementations the scan benchmark times: jlstm and its peers, one builder each.
+
+A builder takes a :class:`Case` and the shared NumPy data and returns a zero-argument
+callable that runs one forward (``fwd``: the outputs ``ys``) or one training step
+(``fwd+bwd``: the gradient of ``sum(ys * ct)`` with respect to the parameters AND the
+inputs) and blocks until the result is ready. A builder raises :class:`Unavailable` when
+its library is missing or cannot run the case here (e.g. cuDNN on a CPU).
+
+How each peer is written (the way its users write it):
+
+* ``jlstm``: ``jlstm.scan(jlstm.lstm(H), params, xs)`` under ``jax.jit``; the fused fast
+  path (hoisted input GEMM, custom VJP with hoisted weight-gradient GEMMs).
+* ``jlstm_ref``: the same with ``fast=False`` (a plain ``lax.scan`` of ``cell.step``).
+* ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)``, jitted ``apply`` /
+  ``jax.grad``.
+* ``equinox``: ``eqx.nn.LSTMCell`` vmapped over the batch inside a ``lax.scan`` over time,
+  hoisting nothing.
+* ``keras``: ``keras.layers.LSTM(H, return_sequences=True)`` on the JAX backend, called
+  through ``layer.stateless_call`` inside ``jax.jit`` (Keras' own training step does the
+  same); batch-major input, its native layout.
+* ``torch``: ``torch.nn.LSTM`` (oneDNN on CPU, cuDNN on GPU); time-major input, its
+  default layout; forward under ``torch.no_grad()``, training via ``torch.autograd.grad``;
+  ``torch.cuda.synchronize()`` before the clock stops.
+* ``jax_cudnn``: ``jax.experimental.rnn.lstm`` (cuDNN called from JAX; GPU only).
+
+bfloat16 means mixed precision where the library offers it (jlstm ``dtype=bf16``, Flax
+``dtype=bf16``, Keras policy ``mixed_bfloat16``: float32 parameters, bf16 matmuls) and
+a bf16 module otherwise (Equinox ``dtype=bf16``, ``torch`` ``.to(bfloat16)``,
+``jax_cudnn`` bf16 weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+
+Runner = Callable[[], object]
+
+
+class Unavailable(Exception):
+    """The implementation cannot run here (library missing, wrong backend, dtype unsupported)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One timing: batch ``B``, steps ``T``, input ``I``, hidden ``H``, mode and dtype."""
+
+    B: int
+    T: int
+    I: int  # noqa: E741
+    H: int
+    mode: str  # "fwd" | "fwd+bwd"
+    dtype: str  # "float32" | "bfloat16"
+
+    @property
+    def flops(self) -> float:
+        """Forward 8·T·B·H·(I+H); training three times that."""
+        f = 8.0 * self.T * self.B * self.H * (self.I + self.H)
+        return f if self.mode == "fwd" else 3.0 * f
+
+
+@dataclasses.dataclass
+class Data:
+    """Shared inputs: ``xs`` [T, B, I] and the output cotangent ``ct`` [T, B, H] (float32)."""
+
+    xs: np.ndarray
+    ct: np.ndarray
+
+    @classmethod
+    def make(cls, case: Case, seed: int = 0) -> Data:
+        rng = np.random.default_rng(seed)
+        xs = rng.standard_normal((case.T, case.B, case.I), dtype=np.float32)
+        ct = rng.standard_normal((case.T, case.B, case.H), dtype=np.float32)
+        return cls(xs, ct)
+
+
+# --------------------------------------------------------------------------- JAX helpers
+
+
+def _jnp_dtype(case: Case):
+    import jax.numpy as jnp
+
+    return jnp.bfloat16 if case.dtype == "bfloat16" else jnp.float32
+
+
+def _jax_runner(forward: Callable, params, xs, ct, case: Case) -> Runner:
+    """Jit ``forward(params, xs) -> ys`` (fwd) or its VJP with ``ct`` (fwd+bwd); block on results."""
+    import jax
+    import jax.numpy as jnp
+
+    if case.mode == "fwd":
+        f = jax.jit(forward)
+    else:
+        def loss(p, x, c):
+            ys = forward(p, x)
+            return jnp.sum(ys.astype(jnp.float32) * c)
+
+        f = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    args = (params, xs) if case.mode == "fwd" else (params, xs, ct)
+    args = jax.device_put(args)
+    return lambda: jax.block_until_ready(f(*args))
+
+
+def build_jlstm(case: Case, data: Data, *, fast: bool = True) -> Runner:
+    import jax
+    import jax.numpy as jnp
+
+    import jlstm
+
+    dt = _jnp_dtype(case)
+    cell = jlstm.lstm(case.H, dtype=dt if case.dtype == "bfloat16" else None)
+    params = cell.init(jax.random.key(0), case.I)
+
+    def forward(p, x):
+        return jlstm.scan(cell, p, x, fast=fast)[1]
+
+    return _jax_runner(forward, params, jnp.asarray(data.xs, dt), jnp.asarray(data.ct), case)
+
+
+def build_jlstm_ref(case: Case, data: Data) -> Runner:
+    return build_jlstm(case, data, fast=False)
+
+
+def build_flax(case: Case, data: Data) -> Runner:
+    try:
+        import flax.linen as nn
+    except ImportError as e:
+        raise Unavailable(f"flax is not installed ({e})") from e
+    import jax
+    import jax.numpy as jnp
+
+    dt = _jnp_dtype(case)
+    model = nn.RNN(nn.OptimizedLSTMCell(case.H, dtype=dt, param_dtype=jnp.float32), time_major=True)
+    xs = jnp.asarray(data.xs, dt)
+    variables = model.init(jax.random.key(0), xs[:, :1])
+    return _jax_runner(model.apply, variables, xs, jnp.asarray(data.ct), case)
+
+
+def build_equinox(case: Case, data: Data) -> Runner:
+    try:
+        import equinox as eqx
+    except ImportError as e:
+        raise Unavailable(f"equinox is not installed ({e})") from e
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    dt = _jnp_dtype(case)
+    kw = {"dtype": dt} if case.dtype == "bfloat16" else {}
+    cell = eqx.nn.LSTMCell(case.I, case.H, key=jax.random.key(0), **kw)
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def forward(p, xs):
+        c = eqx.combine(p, static)
+        zeros = jnp.zeros((xs.shape[1], case.H), dt)
+
+        def step(carry, x):
+            carry = jax.vmap(c)(x, carry)
+            return carry, carry[0]
+
+        return lax.scan(step, (zeros, zeros), xs)[1]
+
+    return _jax_runner(forward, params, jnp.asarray(data.xs, dt), jnp.asarray(data.ct), case)
+
+
+def build_keras(case: Case, data: Data) -> Runner:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    try:
+        import keras
+    except Exception as e:  # ImportError, or a broken install needing TensorFlow
+        raise Unavailable(f"keras is not importable ({type(e).__name__}: {e})") from e
+    if keras.backend.backend() != "jax":
+        raise Unavailable(f"keras runs on the {keras.backend.backend()!r} backend; set KERAS_BACKEND=jax")
+    import jax.numpy as jnp
+
+    policy = "mixed_bfloat16" if case.dtype == "bfloat16" else "float32"
+    layer = keras.layers.LSTM(case.H, return_sequences=True, dtype=policy)
+    layer.build((case.B, case.T, case.I))
+    trainable = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+
+    def forward(tv, xs):
+        out = layer.stateless_call(tv, frozen, xs)
+        return out[0] if isinstance(out, tuple) else out
+
+    dt = _jnp_dtype(case)
+    xs = jnp.asarray(np.swapaxes(data.xs, 0, 1), dt)        # [B, T, I], Keras' layout
+    ct = jnp.asarray(np.swapaxes(data.ct, 0, 1))
+    return _jax_runner(forward, trainable, xs, ct, case)
+
+
+def build_jax_cudnn(case: Case, data: Data) -> Runner:
+    import jax
+    import jax.numpy as jnp
+
+    if jax.default_backend() not in ("gpu", "cuda"):
+        raise Unavailable(f"jax.experimental.rnn needs cuDNN (GPU); backend is {jax.default_backend()!r}")
+    try:
+        from jax.experimental import rnn
+    except ImportError as e:
+        raise Unavailable(f"jax.experimental.rnn is missing ({e})") from e
+    dt = _jnp_dtype(case)
+    B, H, I = case.B, case.H, case.I
+    weights = rnn.init_lstm_weight(jax.random.key(0), I, H, 1, False).astype(dt)
+    h0 = jnp.zeros((1, B, H), dt)
+    lengths = jnp.full((B,), case.T, jnp.int32)
+
+    def forward(w, xs):
+        ys, _, _ = rnn.lstm(xs, h0, h0, w, lengths, I, H, 1, 0.0, False)
+        return ys
+
+    xs = jnp.asarray(np.swapaxes(data.xs, 0, 1), dt)        # [B, T, I]
+    ct = jnp.asarray(np.swapaxes(data.ct, 0, 1))
+    return _jax_runner(forward, weights, xs, ct, case)
+
+
+def build_torch(case: Case, data: Data) -> Runner:
+    try:
+        import torch
+    except ImportError as e:
+        raise Unavailable(f"torch is not installed ({e})") from e
+    import jax
+
+    on_gpu = jax.default_backend() in ("gpu", "cuda") and torch.cuda.is_available()
+    dev = torch.device("cuda" if on_gpu else "cpu")
+    if not on_gpu:
+        torch.set_num_threads(cpu_count())
+    dt = torch.bfloat16 if case.dtype == "bfloat16" else torch.float32
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(case.I, case.H).to(dev, dt)
+    xs = torch.from_numpy(data.xs).to(dev, dt)
+    ct = torch.from_numpy(data.ct).to(dev, dt)
+    params = list(lstm.parameters())
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+    if case.mode == "fwd":
+        def run():
+            with torch.no_grad():
+                ys, _ = lstm(xs)
+            sync()
+            return ys
+    else:
+        xs.requires_grad_(True)
+
+        def run():
+            ys, _ = lstm(xs)
+            grads = torch.autograd.grad((ys * ct).sum(), params + [xs])
+            sync()
+            return grads
+    return run
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, so ``taskset`` is honoured)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+BUILDERS: dict[str, Callable[[Case, Data], Runner]] = {
+    "jlstm": build_jlstm,
+    "jlstm_ref": build_jlstm_ref,
+    "flax": build_flax,
+    "equinox": build_equinox,
+    "keras": build_keras,
+    "torch": build_torch,
+    "jax_cudnn": build_jax_cudnn,
+}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that are importable (never imports one that is missing)."""
+    import importlib
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "flax", "equinox", "keras", "torch", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    try:
+        import jlstm
+
+        out["jlstm"] = jlstm.__version__
+    except ImportError:
+        pass
+    if "torch" in out:
+        try:
+            torch = importlib.import_module("torch")
+            if torch.cuda.is_available():
+                out["cuda (torch)"] = str(torch.version.cuda)
+                out["cudnn (torch)"] = str(torch.backends.cudnn.version())
+        except Exception:  # a broken torch must not stop the benchmark
+            pass
+    return out

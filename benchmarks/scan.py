@@ -1,0 +1,299 @@
+"""Time jlstm's LSTM scan against Flax, Equinox, Keras, PyTorch and cuDNN-from-JAX.
+
+Run from the repository root::
+
+    python -m benchmarks.scan                          # the "perf" suite, every peer found
+    python -m benchmarks.scan --suite quick --repeats 2 --out /tmp/q.json
+    python -m benchmarks.scan --suite deepbench --modes fwdbwd --peers torch,jax_cudnn
+    jlstm bench --suite perf --dtypes float32,bfloat16
+
+Every implementation runs in this one process, on the same data. Each timing reports the
+first call (compile + run) separately, then the median of ``--repeats`` calls, each
+ending with ``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
+``fwd`` computes the outputs ``ys``; ``fwd+bwd`` computes the gradient of
+``sum(ys * ct)`` (a fixed random cotangent) with respect to the parameters and the inputs.
+A peer that is missing or cannot run here (Keras without its package, cuDNN without a
+GPU) is skipped with a printed note. ``ratio`` is ``peer time / jlstm time``: above 1
+means jlstm is faster. On GPU, TFLOP/s use 8·T·B·H·(I+H) flops per forward (3× for
+training) and ``pct_peak`` compares them with the H100/H200 dense peak (TF32 495,
+BF16 989 TFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Sequence
+
+CPU_PERF = [(32, 128, 128, 256), (1, 256, 128, 256), (64, 64, 512, 512)]
+GPU_PERF = [(1, 512, 512, 512), (64, 256, 512, 512), (256, 100, 1024, 1024), (16, 2048, 256, 256)]
+GPU_PERF_BF16 = [(64, 256, 512, 512)]
+DEFAULT_PEERS = ("flax", "equinox", "keras", "torch", "jax_cudnn")
+ALL_IMPLS = ("jlstm", "jlstm_ref") + DEFAULT_PEERS
+MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd", "fwd+bwd": "fwd+bwd", "train": "fwd+bwd", "bwd": "fwd+bwd"}
+DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+PEAK_TFLOPS = {"float32": 495.0, "bfloat16": 989.0}  # H100/H200 SXM dense: TF32, BF16
+PEAK_DEVICES = ("H100", "H200")
+
+
+def _deepbench() -> list[tuple[tuple[int, int, int, int], tuple[str, ...]]]:
+    """DeepBench LSTM (I = H): training and inference sets; (B, T, I, H) with its modes."""
+    out = []
+    for H in (512, 1024, 2048):
+        for B in (16, 32, 64, 128):
+            out.append(((B, 25, H, H), ("fwd", "fwd+bwd")))
+    for B in (16, 32, 64):
+        out.append(((B, 150, 256, 256), ("fwd", "fwd+bwd")))
+    for H in (512, 1024):
+        for B in (1, 4):
+            out.append(((B, 25, H, H), ("fwd",)))
+    out.append(((1, 150, 256, 256), ("fwd",)))
+    return out
+
+
+def suite_cases(suite: str, backend: str, modes: Sequence[str] | None, dtypes: Sequence[str] | None):
+    """The :class:`benchmarks.peers.Case` list of a suite on a backend, filtered by modes/dtypes.
+
+    ``dtypes=None`` keeps the suite's own dtypes (float32; plus bf16 for (64,256,512,512)
+    in the GPU perf suite); a list runs every config in each listed dtype.
+    """
+    from benchmarks.peers import Case
+
+    gpu = backend in ("gpu", "cuda", "rocm")
+    if suite == "quick":
+        configs = [((2, 6, 3, 8), ("fwd", "fwd+bwd"), ("float32",))]
+    elif suite == "perf":
+        if gpu:
+            configs = [(c, ("fwd", "fwd+bwd"), ("float32",)) for c in GPU_PERF]
+            configs += [(c, ("fwd", "fwd+bwd"), ("bfloat16",)) for c in GPU_PERF_BF16]
+        else:
+            configs = [(c, ("fwd", "fwd+bwd"), ("float32",)) for c in CPU_PERF]
+    elif suite == "deepbench":
+        configs = [(c, m, ("float32",)) for c, m in _deepbench()]
+    else:
+        raise ValueError(f"unknown suite {suite!r}; choose perf, deepbench or quick")
+    cases, seen = [], set()
+    for (B, T, I, H), suite_modes, suite_dtypes in configs:
+        for dt in (dtypes or suite_dtypes):
+            for m in suite_modes:
+                if modes is not None and m not in modes:
+                    continue
+                case = Case(B, T, I, H, m, dt)
+                if case not in seen:
+                    seen.add(case)
+                    cases.append(case)
+    return cases
+
+
+def _parse_list(text: str, allowed: dict[str, str] | Sequence[str], what: str) -> list[str]:
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if isinstance(allowed, dict):
+            if item not in allowed:
+                raise SystemExit(f"unknown {what} {item!r}; choose from {', '.join(allowed)}")
+            out.append(allowed[item])
+        else:
+            if item not in allowed:
+                raise SystemExit(f"unknown {what} {item!r}; choose from {', '.join(allowed)}")
+            out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def device_name() -> str:
+    """The accelerator's kind (``NVIDIA H100 80GB HBM3``) or the CPU model and core count."""
+    import jax
+
+    from benchmarks.peers import cpu_count
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return str(getattr(dev, "device_kind", dev.platform))
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({cpu_count()} cores)"
+
+
+def time_runner(run, repeats: int) -> tuple[float, list[float]]:
+    """First call (compile + run) in seconds, then ``repeats`` steady-state times in ms."""
+    t0 = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - t0
+    run()  # one warm-up call: allocator, caches, thread pools
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return compile_s, times
+
+
+def _peak(device: str, dtype: str) -> float | None:
+    return PEAK_TFLOPS.get(dtype) if any(k in device for k in PEAK_DEVICES) else None
+
+
+def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, noted=None):
+    """Time every implementation on every case; returns (results, skipped)."""
+    from benchmarks.peers import BUILDERS, Data, Unavailable
+
+    results, skipped = [], []
+    noted = set() if noted is None else noted
+    gpu = backend in ("gpu", "cuda", "rocm")
+    for case in cases:
+        data = Data.make(case)
+        base = None
+        for impl in impls:
+            try:
+                run = BUILDERS[impl](case, data)
+                compile_s, times = time_runner(run, repeats)
+            except Unavailable as e:
+                if impl not in noted:
+                    log(f"note: skipping {impl}: {e}")
+                    noted.add(impl)
+                skipped.append({"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
+                                "mode": case.mode, "dtype": case.dtype, "reason": str(e)})
+                continue
+            except Exception as e:  # a peer failing on one case must not stop the suite
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log(f"note: {impl} failed on B={case.B} T={case.T} I={case.I} H={case.H} "
+                    f"{case.mode} {case.dtype}: {msg}")
+                skipped.append({"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
+                                "mode": case.mode, "dtype": case.dtype, "reason": msg})
+                continue
+            finally:
+                run = None
+            med = statistics.median(times)
+            tflops = case.flops / (med * 1e-3) / 1e12
+            row = {"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
+                   "mode": case.mode, "dtype": case.dtype, "median_ms": round(med, 4),
+                   "compile_s": round(compile_s, 3), "min_ms": round(min(times), 4),
+                   "repeats": repeats, "tflops": round(tflops, 4)}
+            peak = _peak(device, case.dtype) if gpu else None
+            if peak:
+                row["pct_peak"] = round(100.0 * tflops / peak, 2)
+            if impl == "jlstm":
+                base = med
+            if base:
+                row["ratio"] = round(med / base, 3)
+            results.append(row)
+    return results, skipped
+
+
+def format_table(results: list[dict], gpu: bool) -> str:
+    """Medians in ms per case and implementation, with peer/jlstm ratios (and TFLOP/s on GPU)."""
+    impls = list(dict.fromkeys(r["impl"] for r in results))
+    keys = list(dict.fromkeys((r["B"], r["T"], r["I"], r["H"], r["mode"], r["dtype"]) for r in results))
+    by = {(r["B"], r["T"], r["I"], r["H"], r["mode"], r["dtype"], r["impl"]): r for r in results}
+    head = f"{'B,T,I,H':>18} {'mode':>7} {'dtype':>8} | " + " | ".join(f"{i:>18}" for i in impls)
+    lines = [head, "-" * len(head)]
+    for k in keys:
+        cells = []
+        for i in impls:
+            r = by.get(k + (i,))
+            if r is None:
+                cells.append(f"{'-':>18}")
+                continue
+            extra = f"({r['ratio']:.2f}x)" if i != "jlstm" and "ratio" in r else ""
+            if gpu and i == "jlstm":
+                extra = f"[{r['tflops']:.1f}TF]"
+            cells.append(f"{r['median_ms']:>9.3f}{extra:>9}")
+        cfg = ",".join(str(x) for x in k[:4])
+        lines.append(f"{cfg:>18} {k[4]:>7} {k[5]:>8} | " + " | ".join(cells))
+    lines.append("medians in ms; (Nx) = peer time / jlstm time, above 1 means jlstm is faster"
+                 + ("; [TF] = jlstm TFLOP/s" if gpu else ""))
+    return "\n".join(lines)
+
+
+def _configure_threads() -> None:
+    """Let XLA's CPU client and PyTorch use exactly the cores this process may run on."""
+    from benchmarks.peers import cpu_count
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_count()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry (also ``jlstm bench``); returns the exit code."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scan", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="perf", choices=("perf", "deepbench", "quick"))
+    p.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd (default both)")
+    p.add_argument("--dtypes", default=None,
+                   help="comma list of float32, bfloat16 (default: the suite's own; perf on GPU adds "
+                        "bf16 for 64,256,512,512)")
+    p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                   help=f"comma list from {', '.join(ALL_IMPLS[1:])}; jlstm always runs ('' = none)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per case after warm-up (median)")
+    p.add_argument("--out", default=None, help="write JSON here (e.g. benchmarks/results/cpu_perf.json)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+
+    _configure_threads()
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import jax
+
+    modes = _parse_list(args.modes, MODES, "mode")
+    dtypes = _parse_list(args.dtypes, DTYPES, "dtype") if args.dtypes else None
+    peers = _parse_list(args.peers, ALL_IMPLS, "peer")
+    impls = ["jlstm"] + [i for i in peers if i != "jlstm"]
+    backend = jax.default_backend()
+    gpu = backend in ("gpu", "cuda", "rocm")
+    device = device_name()
+    cases = suite_cases(args.suite, backend, modes, dtypes)
+
+    from benchmarks.peers import versions
+
+    vers = versions()
+    print(f"suite {args.suite} on {device} (backend {backend}); "
+          + ", ".join(f"{k} {v}" for k, v in vers.items()), flush=True)
+    print(f"{len(cases)} cases x {len(impls)} implementations, median of {args.repeats}", flush=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    results, skipped, noted = [], [], set()
+    for case in cases:
+        r, s = run_suite([case], impls, args.repeats, device, backend, log, noted)
+        results += r
+        skipped += s
+        for row in r:
+            log(f"  {row['impl']:>10} B={case.B} T={case.T} I={case.I} H={case.H} {case.mode:>7} "
+                f"{case.dtype:>8}: {row['median_ms']:10.3f} ms (first call {row['compile_s']:.2f} s)"
+                + (f"  ratio {row['ratio']:.2f}" if row["impl"] != "jlstm" and "ratio" in row else ""))
+    print()
+    print(format_table(results, gpu))
+    doc = {"suite": args.suite, "device": device, "backend": "gpu" if gpu else "cpu",
+           "versions": vers, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "repeats": args.repeats, "host_cores": os.cpu_count(), "results": results, "skipped": skipped,
+           "notes": "median_ms: median of repeats after one warm-up; compile_s: first call (compile + run); "
+                    "ratio: impl median / jlstm median; tflops: 8*T*B*H*(I+H) per forward, x3 for fwd+bwd"}
+    if args.out:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}")
+    jlstm_ok = any(r["impl"] == "jlstm" for r in results)
+    return 0 if jlstm_ok or not cases else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Smoke test of ``python -m benchmarks.scan``: it runs end to end and writes the agreed JSON schema.
+
+No timings are asserted: only the structure of the output.
+"""
+
+import json
+
+import pytest
+
+scan = pytest.importorskip("benchmarks.scan")
+
+
+def test_quick_suite_writes_schema(tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    code = scan.main(["--suite", "quick", "--repeats", "2", "--peers", "equinox,jax_cudnn",
+                      "--modes", "fwd,fwdbwd", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "peer time / jlstm time" in printed
+    doc = json.loads(out.read_text())
+    for key, typ in {"suite": str, "device": str, "backend": str, "versions": dict, "date": str,
+                     "results": list}.items():
+        assert isinstance(doc[key], typ), key
+    assert doc["suite"] == "quick" and doc["backend"] in ("cpu", "gpu")
+    assert "jax" in doc["versions"]
+    impls = {r["impl"] for r in doc["results"]}
+    assert {"jlstm", "equinox"} <= impls
+    assert {r["mode"] for r in doc["results"]} == {"fwd", "fwd+bwd"}
+    for r in doc["results"]:
+        assert set(r) >= {"impl", "B", "T", "I", "H", "mode", "dtype", "median_ms", "compile_s"}
+        assert all(isinstance(r[k], int) for k in ("B", "T", "I", "H"))
+        assert r["dtype"] in ("float32", "bfloat16")
+        assert isinstance(r["median_ms"], float) and r["median_ms"] > 0
+        assert r["compile_s"] is None or r["compile_s"] >= 0
+        assert r["ratio"] > 0
+    if doc["backend"] == "cpu":  # cuDNN from JAX is skipped with a reason, not an error
+        assert any(s["impl"] == "jax_cudnn" and s["reason"] for s in doc["skipped"])
+
+
+def test_bad_arguments_exit():
+    with pytest.raises(SystemExit):
+        scan.main(["--suite", "quick", "--peers", "nosuchpeer"])
+
+
+def test_suite_cases():
+    cpu = scan.suite_cases("perf", "cpu", None, None)
+    assert {(c.B, c.T, c.I, c.H) for c in cpu} == set(scan.CPU_PERF)
+    gpu = scan.suite_cases("perf", "gpu", ["fwd+bwd"], None)
+    assert {c.dtype for c in gpu} == {"float32", "bfloat16"} and {c.mode for c in gpu} == {"fwd+bwd"}
+    deep = scan.suite_cases("deepbench", "gpu", None, ["bfloat16"])
+    assert all(c.I == c.H and c.dtype == "bfloat16" for c in deep)

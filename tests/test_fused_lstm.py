@@ -1,0 +1,190 @@
+"""The fused LSTM fast path (``fast=True``) equals the reference scan of ``cell.step`` (``fast=False``).
+
+Values and gradients (w.r.t. params, xs and the initial state) are compared for both
+layouts of the fast path (inputs hoisted into one GEMM, and inputs multiplied inside the
+loop), with lengths, masks, reverse, several batch dims, unbatched input, unroll
+variants and bf16 mixed precision.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jlstm
+import jlstm._fused_lstm as fused_mod
+
+T, I, H = 7, 3, 5
+
+
+def _setup(batch, dtype=None, seed=0):
+    cell = jlstm.lstm(H, dtype=dtype)
+    k = jax.random.split(jax.random.key(seed), 5)
+    params = cell.init(k[0], I)
+    # A non-zero bias exercises every gate's gradient.
+    params = params._replace(b=params.b + 0.3 * jax.random.normal(k[4], params.b.shape))
+    xs = jax.random.normal(k[1], (T,) + batch + (I,))
+    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[2], batch + (H,)),
+                            c=0.5 * jax.random.normal(k[3], batch + (H,)))
+    ct = jax.random.normal(jax.random.key(seed + 100), (T,) + batch + (H,))
+    return cell, params, xs, state, ct
+
+
+def _value_and_grads(cell, params, xs, state, ct, fast, **kw):
+    def loss(p, x, s):
+        final, ys = jlstm.scan(cell, p, x, s, fast=fast, **kw)
+        return (jnp.sum(ys.astype(jnp.float32) * ct) + jnp.sum(1.3 * final.h)
+                + jnp.sum(0.7 * final.c)), (final, ys)
+
+    (val, (final, ys)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
+    return val, final, ys, grads
+
+
+def _assert_close(a, b, tol):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol)
+
+
+def _force_layout(monkeypatch, inloop):
+    """Force one layout of the fast path, whatever the backend and batch size."""
+    monkeypatch.setattr(fused_mod, "_inloop_default", lambda B: inloop)
+
+
+CASES = {
+    "plain": ((4,), {}),
+    "lengths": ((4,), {"lengths": np.array([7, 3, 0, 5])}),
+    "reverse_lengths": ((4,), {"reverse": True, "lengths": np.array([2, 7, 1, 0])}),
+    "mask": ((4,), {"mask": np.random.default_rng(0).random((T, 4)) < 0.7}),
+    "batch_dims": ((2, 3), {"lengths": np.array([[7, 1, 4], [0, 6, 7]])}),
+    "unbatched": ((), {}),
+    "unroll_full": ((4,), {"unroll": True, "lengths": np.array([7, 3, 0, 5])}),
+    "unroll3_uneven": ((4,), {"unroll": 3}),
+}
+
+
+INLOOP_CASES = ("plain", "mask", "batch_dims", "reverse_lengths", "unroll_full")
+F32_CASES = [(n, False) for n in CASES] + [(n, True) for n in INLOOP_CASES]
+
+
+@pytest.mark.parametrize("name,layout", F32_CASES,
+                         ids=[f"{n}-{'inloop' if i else 'hoisted'}" for n, i in F32_CASES])
+def test_fast_equals_reference_f32(name, layout, monkeypatch):
+    _force_layout(monkeypatch, layout)
+    batch, kw = CASES[name]
+    cell, params, xs, state, ct = _setup(batch)
+    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+    got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
+    _assert_close(got, ref, 2e-5)
+    # Every gradient is really there (a silently dropped one would be zeros on both paths).
+    assert float(jnp.max(jnp.abs(got[3][0].w_h))) > 0
+    assert float(jnp.max(jnp.abs(got[3][1]))) > 0
+    assert float(jnp.max(jnp.abs(got[3][2].c))) > 0
+
+
+@pytest.mark.parametrize("name,layout", [("plain", False), ("mask", True)])
+def test_fast_equals_reference_bf16(name, layout, monkeypatch):
+    _force_layout(monkeypatch, layout)
+    batch, kw = CASES[name]
+    cell, params, xs, state, ct = _setup(batch, dtype=jnp.bfloat16)
+    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+    got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
+    assert got[2].dtype == ref[2].dtype == jnp.bfloat16
+    assert got[1].h.dtype == ref[1].h.dtype == jnp.float32
+    _assert_close(got[1:3], ref[1:3], 2e-2)
+    # Gradients: bf16 GEMMs with float32 accumulation, compared relative to their scale.
+    for g, r in zip(jax.tree.leaves(got[3]), jax.tree.leaves(ref[3])):
+        g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+        np.testing.assert_allclose(g, r, atol=3e-2 * max(1.0, float(np.abs(r).max())), rtol=3e-2)
+
+
+def test_fast_path_is_taken_and_padding_nan_is_ignored(monkeypatch):
+    _force_layout(monkeypatch, True)
+    """NaN in padded steps changes neither values nor gradients on the fast path."""
+    cell, params, xs, state, ct = _setup((4,))
+    lengths = jnp.array([7, 3, 0, 5])
+    t = jnp.arange(T)[:, None, None]
+    xs_nan = jnp.where(t < lengths[None, :, None], xs, jnp.nan)
+    a = _value_and_grads(cell, params, xs, state, ct, fast=True, lengths=lengths)
+    b = _value_and_grads(cell, params, xs_nan, state, ct, fast=True, lengths=lengths)
+    _assert_close(a[:3], b[:3], 0)
+    _assert_close(a[3][0], b[3][0], 0)
+    assert np.all(np.isfinite(np.asarray(b[3][1])))
+
+
+def _scan_bodies(jaxpr):
+    """Every ``scan`` equation's body jaxpr, searched recursively (pjit, custom_vjp, ...)."""
+    out = []
+
+    def visit(jx):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "scan":
+                out.append(eqn.params["jaxpr"].jaxpr)
+            for v in eqn.params.values():
+                for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        visit(sub.jaxpr)
+                    elif hasattr(sub, "eqns"):
+                        visit(sub)
+
+    visit(jaxpr.jaxpr)
+    return out
+
+
+def _count(jx, name):
+    n = 0
+    for eqn in jx.eqns:
+        n += eqn.primitive.name == name
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                    n += _count(sub.jaxpr, name)
+                elif hasattr(sub, "eqns"):
+                    n += _count(sub, name)
+    return n
+
+
+@pytest.mark.parametrize("inloop,unroll", [(False, 1), (True, 1), (False, 4)])
+def test_one_recurrent_dot_per_step(inloop, unroll, monkeypatch):
+    _force_layout(monkeypatch, inloop)
+    """Forward and backward scan bodies each hold one dot_general (unrolling happens at lowering)."""
+    cell, params, xs, state, ct = _setup((4,))
+
+    def fwd(p, x):
+        return jlstm.scan(cell, p, x, state, unroll=unroll)[1]
+
+    def train(p, x):
+        return jax.grad(lambda p, x: jnp.sum(fwd(p, x) * ct), argnums=(0, 1))(p, x)
+
+    fwd_bodies = _scan_bodies(jax.make_jaxpr(fwd)(params, xs))
+    assert len(fwd_bodies) == 1
+    assert _count(fwd_bodies[0], "dot_general") == 1
+    train_bodies = _scan_bodies(jax.make_jaxpr(train)(params, xs))
+    assert len(train_bodies) == 2  # the forward with residuals, and the backward scan
+    for body in train_bodies:
+        assert _count(body, "dot_general") == 1
+    # The weight gradients are whole-sequence GEMMs outside the loops.
+    hlo = jax.jit(train).lower(params, xs).compile().as_text()
+    assert "while" in hlo
+
+
+def test_separate_backward_unroll_matches():
+    cell, params, xs, state, ct = _setup((4,))
+    p = params
+
+    def loss(p, x, unroll):
+        _, _, ys = jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, state.h, state.c, None, None, unroll)
+        return jnp.sum(ys * ct)
+
+    g1 = jax.grad(loss)(p, xs, 1)
+    g2 = jax.grad(loss)(p, xs, (2, 4))
+    _assert_close(g1, g2, 2e-5)
+
+
+def test_default_unroll_is_positive_int():
+    for backend in ("cpu", "gpu", "tpu"):
+        u = jlstm.default_unroll(backend)
+        assert isinstance(u, int) and u >= 1
