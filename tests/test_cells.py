@@ -71,17 +71,20 @@ def test_check_grads_order_2_float64(name):
         xs = jax.random.normal(k3, (4, 2, 2), jnp.float64)
         state = jax.tree.map(lambda a: a.astype(jnp.float64), cell.initial_state(params, (2,)))
 
+        @jax.jit
         def step_out(p, x):
             s, y = cell.step(p, state, x)
             return jnp.sum(y ** 2) + sum(jnp.sum(jnp.sin(a)) for a in s)
 
         check_grads(step_out, (params, xs[0]), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
 
+        @jax.jit
         def seq_ref(p, x):
             return jnp.sum(jnp.tanh(jlstm.scan(cell, p, x, lengths=jnp.array([4, 2]), fast=False)[1]))
 
         check_grads(seq_ref, (params, xs), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
 
+        @jax.jit
         def seq_fast(p, x):
             return jnp.sum(jnp.tanh(jlstm.scan(cell, p, x, lengths=jnp.array([4, 2]))[1]))
 
