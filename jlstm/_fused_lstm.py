@@ -133,11 +133,15 @@ def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
 
 
 def _fwd(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
-    hT, cT, ys, res = _forward(w_x, w_h, b, xs, h0, c0, m, dtype, _split_unroll(unroll)[0], True, inloop)
+    # Training always hoists the input GEMM: measured on 2 CPU cores, the in-loop layout
+    # speeds up inference only, and its backward pass is slower (205 against 146 ms for
+    # T=128, B=32, I=128, H=256).
+    hT, cT, ys, res = _forward(w_x, w_h, b, xs, h0, c0, m, dtype, _split_unroll(unroll)[0], True, False)
     return (hT, cT, ys), (w_x, w_h, b, xs, h0, m, res)
 
 
 def _bwd(dtype, unroll, inloop, saved, cts):
+    inloop = False  # the layout _fwd saved its residuals in
     w_x, w_h, b, xs, h0, m, (xhs, cs, acts) = saved
     dhT, dcT, dys = cts
     f32 = cs.dtype
