@@ -77,9 +77,10 @@ def gru(
         )
 
     def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_cell_args(where, params, GRUParams, lambda n: {
-            "w_x": (n, 3 * H), "w_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)},
-                                state, GRUState, {"h": H}, x)
+        def shapes(n: int) -> dict:
+            return {"w_x": (n, 3 * H), "w_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)}
+
+        _checks.check_cell_args(where, params, GRUParams, shapes, state, GRUState, {"h": H}, x)
 
     def initial_state(params: GRUParams, batch_shape=()) -> GRUState:
         check(params, where=where + ".initial_state")
