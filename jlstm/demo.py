@@ -76,8 +76,12 @@ def run_demo(length: int = 100, steps: int = 2000, hidden: int = 32, seed: int =
                for cell in (jlstm.lstm(hidden), jlstm.simple_rnn(hidden))]
     print(f"\n{'model':>16} | {'test MSE':>9} | {'vs mean-predictor':>17} | {'time':>6} | verdict")
     for r in results:
-        verdict = "solved" if r.solved else "failed: no better than predicting the mean" \
-            if r.test_mse > 0.5 * BASELINE_MSE else "partly learned"
+        if r.solved:
+            verdict = "solved"
+        elif r.test_mse > 0.5 * BASELINE_MSE:
+            verdict = "failed: close to predicting the mean"
+        else:
+            verdict = "partly learned"
         print(f"{r.name:>16} | {r.test_mse:9.4f} | {r.test_mse / BASELINE_MSE:16.1%} | "
               f"{r.seconds:5.1f}s | {verdict}")
     return results
