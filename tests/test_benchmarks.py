@@ -49,3 +49,12 @@ def test_suite_cases():
     assert {c.dtype for c in gpu} == {"float32", "bfloat16"} and {c.mode for c in gpu} == {"fwd+bwd"}
     deep = scan.suite_cases("deepbench", "gpu", None, ["bfloat16"])
     assert all(c.I == c.H and c.dtype == "bfloat16" for c in deep)
+
+
+def test_train_long_runs_a_short_sequence_and_reports(tmp_path):
+    from benchmarks.train_long import main as train_long
+
+    out = tmp_path / "long.json"
+    result = train_long(["--length", "300", "--hidden", "8", "--out", str(out)])
+    assert result["finite"] and result["T"] == 300 and result["temp_mib"] >= 0
+    assert json.loads(out.read_text())["remat"] == "segment"
