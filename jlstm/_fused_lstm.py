@@ -76,8 +76,8 @@ def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
     H = c0.shape[-1]
     bias = b.astype(dtype or b.dtype)
     if inloop:
-        # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h]: it also yields the residual
-        # [x_t, h_{t-1}] that the single weight-gradient GEMM of the backward pass reads.
+        # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h] (inference only: training saves
+        # residuals in the hoisted layout, see _fwd).
         op = _operand_dtype(xs, h0, w_x, dtype)
         w = jnp.concatenate([w_x, w_h], axis=0).astype(op)
         seq = xs.astype(op)
@@ -89,10 +89,8 @@ def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
         h, c = carry
         s_t, m_t = inp
         if inloop:
-            xh = jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1)
-            z = matmul(xh, w, dtype) + bias
+            z = matmul(jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1), w, dtype) + bias
         else:
-            xh = h
             z = s_t + matmul(h, w, dtype)
         a = _activate(z, _gate_scale(H, z.dtype))
         i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
@@ -105,7 +103,7 @@ def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
             h_next = jnp.where(mm, h_new, h)
             c_next = jnp.where(mm, c_new, c)
             y = jnp.where(mm, h_new, 0.0)
-        res = (xh, c, a) if save else None
+        res = (h, c, a) if save else None
         return (h_next.astype(h.dtype), c_next.astype(c.dtype)), (y.astype(out_dtype), res)
 
     (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=unroll)
@@ -141,16 +139,13 @@ def _fwd(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
 
 
 def _bwd(dtype, unroll, inloop, saved, cts):
-    inloop = False  # the layout _fwd saved its residuals in
-    w_x, w_h, b, xs, h0, m, (xhs, cs, acts) = saved
+    del inloop  # _fwd always saves the hoisted layout's residuals: (h_prev, c_prev, gates)
+    w_x, w_h, b, xs, h0, m, (hs, cs, acts) = saved
     dhT, dcT, dys = cts
     f32 = cs.dtype
     T, B, I = xs.shape
     H = cs.shape[-1]
-    if inloop:
-        w_t = jnp.concatenate([w_x, w_h], axis=0).astype(xhs.dtype).T
-    else:
-        w_t = (w_h if dtype is None else w_h.astype(dtype)).T
+    w_t = (w_h if dtype is None else w_h.astype(dtype)).T
     s = _gate_scale(H, acts.dtype)
     gate = lax.broadcasted_iota(jnp.int32, (4, H), 0)
 
@@ -173,29 +168,21 @@ def _bwd(dtype, unroll, inloop, saved, cts):
             gate == 1, c_prev[:, None], jnp.where(gate == 2, i[:, None], tc[:, None])))
         u = a - (1.0 - s)
         dz = (up * other * (s * s - u * u)).reshape(a.shape[0], 4 * H)
-        back = matmul(dz, w_t, dtype).astype(f32)
-        if inloop:
-            dx_t, dh_prev = back[:, :I], back[:, I:]
-        else:
-            dx_t, dh_prev = None, back
+        dh_prev = matmul(dz, w_t, dtype).astype(f32)
         dc_prev = d_c_new * f
         if m_t is not None:
             dh_prev = dh_prev + jnp.where(mm, 0.0, dh)
             dc_prev = dc_prev + jnp.where(mm, 0.0, dc)
-        return (dh_prev, dc_prev), (dz, dx_t)
+        return (dh_prev, dc_prev), dz
 
-    (dh0, dc0), (dzs, dxs) = lax.scan(
+    (dh0, dc0), dzs = lax.scan(
         body, (dhT.astype(f32), dcT.astype(f32)), (dys, cs, acts, m),
         reverse=True, unroll=_split_unroll(unroll)[1])
     dz2 = dzs.reshape(T * B, 4 * H)
     db = jnp.sum(dz2, axis=0)
-    if inloop:
-        dw = matmul(xhs.reshape(T * B, -1).T, dz2, dtype)
-        dw_x, dw_h = dw[:I], dw[I:]
-    else:
-        dw_h = matmul(xhs.reshape(T * B, -1).T, dz2, dtype)
-        dw_x = matmul(xs.reshape(T * B, I).T, dz2, dtype)
-        dxs = matmul(dzs, w_x.T, dtype)
+    dw_h = matmul(hs.reshape(T * B, -1).T, dz2, dtype)
+    dw_x = matmul(xs.reshape(T * B, I).T, dz2, dtype)
+    dxs = matmul(dzs, w_x.T, dtype)
     return (dw_x.astype(w_x.dtype), dw_h.astype(w_h.dtype), db.astype(b.dtype),
             dxs.astype(xs.dtype), dh0.astype(h0.dtype), dc0.astype(cs.dtype), None)
 
