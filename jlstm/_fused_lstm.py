@@ -11,15 +11,18 @@ so ``a = [i, f, g, o]`` is written once per step, without a concatenate, and is 
 only gate residual the backward pass needs (``σ' = a(1-a)``, ``tanh' = 1-g²``, both
 ``s² - (a - 1 + s)²``).
 
-Backward (``custom_vjp``): a reverse scan carries (dh, dc) and emits only the per-step
-pre-activation gradients ``dz_t`` (4H). ``tanh(c_t)`` is recomputed from the residuals
-instead of stored. The weight and input gradients then come out of single GEMMs over
-all T·B rows::
+Backward (``custom_vjp``): everything that does not depend on the incoming gradient
+(the gate derivatives, ``tanh(c_t)``, the mask) is computed first for all T at once as
+large vectorised element-wise ops (:func:`_coefficients`). The reverse scan then
+carries (dh, dc), does a few multiply-adds and the one recurrent GEMM ``dz_t W_hᵀ``
+per step, and emits only the pre-activation gradients ``dz_t`` (4H). The weight and
+input gradients come out of single GEMMs over all T·B rows::
 
     dW_h = H_prevᵀ dZ      dW_x = Xᵀ dZ      db = Σ dZ      dX = dZ W_xᵀ
 
-so the sequential critical path holds only ``dz_t W_hᵀ``. Masked steps (padding or a
-False mask) keep the state, output zeros and pass the incoming gradient through.
+The residuals are the gates, the cell states and (only when a mask makes them differ
+from the outputs) the hidden states. Masked steps (padding or a False mask) keep the
+state, output zeros and pass the incoming gradient through.
 """
 
 from __future__ import annotations
@@ -103,8 +106,9 @@ def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
             h_next = jnp.where(mm, h_new, h)
             c_next = jnp.where(mm, c_new, c)
             y = jnp.where(mm, h_new, 0.0)
-        res = (h, c, a) if save else None
-        return (h_next.astype(h.dtype), c_next.astype(c.dtype)), (y.astype(out_dtype), res)
+        h_next, c_next = h_next.astype(h.dtype), c_next.astype(c.dtype)
+        res = (h_next, c_next, a) if save else None
+        return (h_next, c_next), (y.astype(out_dtype), res)
 
     (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=unroll)
     return hT, cT, ys, res
@@ -132,59 +136,73 @@ def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
 
 def _fwd(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
     # Training always hoists the input GEMM: measured on 2 CPU cores, the in-loop layout
-    # speeds up inference only, and its backward pass is slower (205 against 146 ms for
-    # T=128, B=32, I=128, H=256).
+    # speeds up inference only (the forward with residuals runs at the same speed either
+    # way, and the hoisted one is faster at batch 1).
     hT, cT, ys, res = _forward(w_x, w_h, b, xs, h0, c0, m, dtype, _split_unroll(unroll)[0], True, False)
-    return (hT, cT, ys), (w_x, w_h, b, xs, h0, m, res)
+    hs, cs, acts = res
+    if m is None and ys.dtype == h0.dtype:
+        hs = None  # every step is valid, so h_t is ys[t]: no separate copy of the states
+    return (hT, cT, ys), (w_x, w_h, b, xs, h0, c0, m, ys if hs is None else hs, cs, acts)
+
+
+def _coefficients(c0, m, cs, acts):
+    """Everything of the backward step that does not depend on the incoming gradient.
+
+    With ``u = dL/dh_t`` (from later steps and from ``y_t``) and ``v = dL/dc_t``, one step
+    back is ``d = v + u·P``, ``dz = [d, d, d, u]·Q`` over the four gate blocks, and
+    ``dL/dc_{t-1} = d·F``, where ``P = o(1 - tanh²c_t)``,
+    ``Q = [g·i(1-i), c_{t-1}·f(1-f), i(1-g²), tanh(c_t)·o(1-o)]`` and ``F = f``. They are
+    computed here for all T at once, as large vectorised element-wise ops, which leaves
+    the loop a few multiply-adds and the one recurrent GEMM. A masked step gets
+    ``P = Q = 0`` and ``F = 1``: the gradient passes through it unchanged.
+    """
+    c_prev = jnp.concatenate([c0[None].astype(cs.dtype), cs[:-1]], axis=0)
+    i, f, g, o = acts[:, :, 0], acts[:, :, 1], acts[:, :, 2], acts[:, :, 3]
+    c_new = f * c_prev + i * g  # c_t; equals cs on valid steps, and is unused on the others
+    tc = jnp.tanh(c_new)
+    P = o * (1.0 - tc * tc)
+    Q = jnp.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], axis=2)
+    if m is not None:
+        mm = m[:, :, None]
+        P = jnp.where(mm, P, 0.0)
+        Q = jnp.where(mm[..., None], Q, 0.0)
+        f = jnp.where(mm, f, 1.0)
+    return P, Q, f
 
 
 def _bwd(dtype, unroll, inloop, saved, cts):
-    del inloop  # _fwd always saves the hoisted layout's residuals: (h_prev, c_prev, gates)
-    w_x, w_h, b, xs, h0, m, (hs, cs, acts) = saved
+    del inloop  # _fwd always saves the hoisted layout's residuals
+    w_x, w_h, b, xs, h0, c0, m, hs, cs, acts = saved
     dhT, dcT, dys = cts
     f32 = cs.dtype
     T, B, I = xs.shape
     H = cs.shape[-1]
     w_t = (w_h if dtype is None else w_h.astype(dtype)).T
-    s = _gate_scale(H, acts.dtype)
-    gate = lax.broadcasted_iota(jnp.int32, (4, H), 0)
+    P, Q, F = _coefficients(c0, m, cs, acts)
+    o_block = lax.broadcasted_iota(jnp.int32, (4, H), 0) == 3
 
     def body(carry, inp):
         dh, dc = carry
-        dy, c_prev, a, m_t = inp
-        i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-        tc = jnp.tanh(f * c_prev + i * g)
-        g_h = dh + dy.astype(f32)
-        g_c = dc
-        if m_t is not None:
-            mm = m_t[:, None]
-            g_h = jnp.where(mm, g_h, 0.0)
-            g_c = jnp.where(mm, dc, 0.0)
-        d_c_new = g_c + g_h * o * (1.0 - tc * tc)
-        # dz = dL/da · da/dz over [B, 4, H] as one elementwise expression (no concatenate):
-        # dL/da = [d_c·g, d_c·c_prev, d_c·i, g_h·tanh(c)],  da/dz = s² - (a - 1 + s)².
-        up = jnp.where(gate == 3, g_h[:, None], d_c_new[:, None])
-        other = jnp.where(gate == 0, g[:, None], jnp.where(
-            gate == 1, c_prev[:, None], jnp.where(gate == 2, i[:, None], tc[:, None])))
-        u = a - (1.0 - s)
-        dz = (up * other * (s * s - u * u)).reshape(a.shape[0], 4 * H)
+        dy, p, q, ff, m_t = inp
+        u = dh + dy.astype(f32)
+        d = dc + u * p
+        dz = (jnp.where(o_block, u[:, None], d[:, None]) * q).reshape(B, 4 * H)
         dh_prev = matmul(dz, w_t, dtype).astype(f32)
-        dc_prev = d_c_new * f
         if m_t is not None:
-            dh_prev = dh_prev + jnp.where(mm, 0.0, dh)
-            dc_prev = dc_prev + jnp.where(mm, 0.0, dc)
-        return (dh_prev, dc_prev), dz
+            dh_prev = jnp.where(m_t[:, None], dh_prev, dh)
+        return (dh_prev, d * ff), dz
 
     (dh0, dc0), dzs = lax.scan(
-        body, (dhT.astype(f32), dcT.astype(f32)), (dys, cs, acts, m),
+        body, (dhT.astype(f32), dcT.astype(f32)), (dys, P, Q, F, m),
         reverse=True, unroll=_split_unroll(unroll)[1])
     dz2 = dzs.reshape(T * B, 4 * H)
+    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
     db = jnp.sum(dz2, axis=0)
-    dw_h = matmul(hs.reshape(T * B, -1).T, dz2, dtype)
+    dw_h = matmul(h_prev.reshape(T * B, H).T, dz2, dtype)
     dw_x = matmul(xs.reshape(T * B, I).T, dz2, dtype)
     dxs = matmul(dzs, w_x.T, dtype)
     return (dw_x.astype(w_x.dtype), dw_h.astype(w_h.dtype), db.astype(b.dtype),
-            dxs.astype(xs.dtype), dh0.astype(h0.dtype), dc0.astype(cs.dtype), None)
+            dxs.astype(xs.dtype), dh0.astype(h0.dtype), dc0.astype(c0.dtype), None)
 
 
 _lstm_sequence.defvjp(_fwd, _bwd)
