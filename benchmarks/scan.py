@@ -8,8 +8,8 @@ Run from the repository root::
     jlstm bench --suite perf --dtypes float32,bfloat16
 
 Every implementation runs in this one process, on the same data. Each timing reports the
-first call (compile + run) separately, then the median of ``--repeats`` calls, each
-ending with ``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
+first call (compile + run) separately, then the median of ``--repeats`` calls,
+interleaved across the implementations of a case, each ending with ``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
 ``fwd`` computes the outputs ``ys``; ``fwd+bwd`` computes the gradient of
 ``sum(ys * ct)`` (a fixed random cotangent) with respect to the parameters and the inputs.
 A peer that is missing or cannot run here (Keras without its package, cuDNN without a
@@ -131,16 +131,23 @@ def device_name() -> str:
 
 def time_runner(run, repeats: int) -> tuple[float, list[float]]:
     """First call (compile + run) in seconds, then ``repeats`` steady-state times in ms."""
+    compile_s = first_call(run)
+    return compile_s, [timed_call(run) for _ in range(repeats)]
+
+
+def first_call(run) -> float:
+    """Compile and run once, then one warm-up call (allocator, caches, thread pools); seconds."""
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
-    run()  # one warm-up call: allocator, caches, thread pools
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return compile_s, times
+    run()
+    return compile_s
+
+
+def timed_call(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def _peak(device: str, dtype: str) -> float | None:
@@ -148,40 +155,52 @@ def _peak(device: str, dtype: str) -> float | None:
 
 
 def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, noted=None):
-    """Time every implementation on every case; returns (results, skipped)."""
+    """Time every implementation on every case; returns (results, skipped).
+
+    Within a case the timed calls are interleaved (jlstm, peer 1, peer 2, ..., jlstm, ...),
+    so a slow spell of the machine hits every implementation alike and the ratios stay
+    meaningful on a shared or throttled host.
+    """
     from benchmarks.peers import BUILDERS, Data, Unavailable
 
     results, skipped = [], []
     noted = set() if noted is None else noted
     gpu = backend in ("gpu", "cuda", "rocm")
+
+    def skip(impl, case, reason):
+        skipped.append({"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
+                        "mode": case.mode, "dtype": case.dtype, "reason": reason})
+
     for case in cases:
         data = Data.make(case)
-        base = None
+        runners, compile_s = {}, {}
         for impl in impls:
             try:
                 run = BUILDERS[impl](case, data)
-                compile_s, times = time_runner(run, repeats)
+                compile_s[impl] = first_call(run)
+                runners[impl] = run
             except Unavailable as e:
                 if impl not in noted:
                     log(f"note: skipping {impl}: {e}")
                     noted.add(impl)
-                skipped.append({"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
-                                "mode": case.mode, "dtype": case.dtype, "reason": str(e)})
-                continue
+                skip(impl, case, str(e))
             except Exception as e:  # a peer failing on one case must not stop the suite
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 log(f"note: {impl} failed on B={case.B} T={case.T} I={case.I} H={case.H} "
                     f"{case.mode} {case.dtype}: {msg}")
-                skipped.append({"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
-                                "mode": case.mode, "dtype": case.dtype, "reason": msg})
-                continue
-            finally:
-                run = None
-            med = statistics.median(times)
+                skip(impl, case, msg)
+        times = {impl: [] for impl in runners}
+        for _ in range(repeats):
+            for impl, run in runners.items():
+                times[impl].append(timed_call(run))
+        runners.clear()
+        base = None
+        for impl, ts in times.items():
+            med = statistics.median(ts)
             tflops = case.flops / (med * 1e-3) / 1e12
             row = {"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
                    "mode": case.mode, "dtype": case.dtype, "median_ms": round(med, 4),
-                   "compile_s": round(compile_s, 3), "min_ms": round(min(times), 4),
+                   "compile_s": round(compile_s[impl], 3), "min_ms": round(min(ts), 4),
                    "repeats": repeats, "tflops": round(tflops, 4)}
             peak = _peak(device, case.dtype) if gpu else None
             if peak:
