@@ -75,7 +75,6 @@ def _operand_dtype(xs, h0, w, dtype):
 
 
 def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
-    out_dtype = dtype or jnp.result_type(xs.dtype, w_x.dtype)
     H = c0.shape[-1]
     bias = b.astype(dtype or b.dtype)
     if inloop:
@@ -108,7 +107,9 @@ def _forward(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, save, inloop):
             y = jnp.where(mm, h_new, 0.0)
         h_next, c_next = h_next.astype(h.dtype), c_next.astype(c.dtype)
         res = (h_next, c_next, a) if save else None
-        return (h_next, c_next), (y.astype(out_dtype), res)
+        # ys leave the loop in the state's dtype and are cast once after it: a per-step
+        # cast to bf16 let XLA:CPU re-convert the whole stacked buffer at every step.
+        return (h_next, c_next), (y.astype(h.dtype), res)
 
     (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=unroll)
     return hT, cT, ys, res
@@ -131,7 +132,11 @@ def lstm_sequence(w_x, w_h, b, xs, h0, c0, m=None, dtype=None, unroll=1, inloop=
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
     hT, cT, ys, _ = _forward(w_x, w_h, b, xs, h0, c0, m, dtype, _split_unroll(unroll)[0], False, inloop)
-    return hT, cT, ys
+    return hT, cT, ys.astype(_out_dtype(xs, w_x, dtype))
+
+
+def _out_dtype(xs, w_x, dtype):
+    return dtype or jnp.result_type(xs.dtype, w_x.dtype)
 
 
 def _fwd(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
@@ -140,9 +145,9 @@ def _fwd(w_x, w_h, b, xs, h0, c0, m, dtype, unroll, inloop):
     # way, and the hoisted one is faster at batch 1).
     hT, cT, ys, res = _forward(w_x, w_h, b, xs, h0, c0, m, dtype, _split_unroll(unroll)[0], True, False)
     hs, cs, acts = res
-    if m is None and ys.dtype == h0.dtype:
-        hs = None  # every step is valid, so h_t is ys[t]: no separate copy of the states
-    return (hT, cT, ys), (w_x, w_h, b, xs, h0, c0, m, ys if hs is None else hs, cs, acts)
+    if m is None:
+        hs = ys  # every step is valid, so h_t is ys[t]: no separate copy of the states
+    return (hT, cT, ys.astype(_out_dtype(xs, w_x, dtype))), (w_x, w_h, b, xs, h0, c0, m, hs, cs, acts)
 
 
 def _coefficients(c0, m, cs, acts):

@@ -135,6 +135,7 @@ def time_loop(
     ⌈√T⌉ steps, so memory grows like √T) or an int segment length.
     """
     T = jax.tree.leaves(inputs)[0].shape[0]
+    y_dtypes: list = []
 
     def body(carry, inp):
         x_t, v_t = inp
@@ -143,12 +144,20 @@ def time_loop(
             new = _select(v_t, new, carry)
             y = jax.tree.map(lambda a: jnp.where(
                 v_t.reshape(v_t.shape + (1,) * (a.ndim - v_t.ndim)), a, jnp.zeros_like(a)), y)
-        return new, y
+        # Low-precision outputs are stacked in float32 and cast once after the loop: a
+        # per-step cast to bf16 let XLA:CPU re-convert the whole stacked buffer each step.
+        y_dtypes[:] = [a.dtype for a in jax.tree.leaves(y)]
+        return new, jax.tree.map(_widen, y)
+
+    def narrow(out):
+        final, ys = out
+        leaves, treedef = jax.tree.flatten(ys)
+        return final, treedef.unflatten([a.astype(d) for a, d in zip(leaves, y_dtypes)])
 
     if remat is None or T == 0:
-        return lax.scan(body, state, (inputs, valid), unroll=unroll)
+        return narrow(lax.scan(body, state, (inputs, valid), unroll=unroll))
     if remat == "step":
-        return lax.scan(jax.checkpoint(body), state, (inputs, valid), unroll=unroll)
+        return narrow(lax.scan(jax.checkpoint(body), state, (inputs, valid), unroll=unroll))
 
     seg = max(1, math.isqrt(max(T - 1, 0)) + 1) if remat == "segment" else int(remat)
     seg = min(seg, T)
@@ -171,7 +180,11 @@ def time_loop(
 
     final, ys = lax.scan(segment, state, (seg_inputs, seg_valid))
     ys = jax.tree.map(lambda a: a.reshape((n_seg * seg,) + a.shape[2:])[:T], ys)
-    return final, ys
+    return narrow((final, ys))
+
+
+def _widen(a: jax.Array) -> jax.Array:
+    return a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a
 
 
 def scan(
