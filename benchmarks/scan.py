@@ -8,8 +8,9 @@ Run from the repository root::
     jlstm bench --suite perf --dtypes float32,bfloat16
 
 Every implementation runs in this one process, on the same data. Each timing reports the
-first call (compile + run) separately, then the median of ``--repeats`` calls,
-interleaved across the implementations of a case, each ending with ``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
+first call (compile + run) separately, then the median of ``--repeats`` calls, taken in
+three interleaved rounds across the implementations of a case, each call ending with
+``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
 ``fwd`` computes the outputs ``ys``; ``fwd+bwd`` computes the gradient of
 ``sum(ys * ct)`` (a fixed random cotangent) with respect to the parameters and the inputs.
 A peer that is missing or cannot run here (Keras without its package, cuDNN without a
@@ -157,9 +158,11 @@ def _peak(device: str, dtype: str) -> float | None:
 def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, noted=None):
     """Time every implementation on every case; returns (results, skipped).
 
-    Within a case the timed calls are interleaved (jlstm, peer 1, peer 2, ..., jlstm, ...),
-    so a slow spell of the machine hits every implementation alike and the ratios stay
-    meaningful on a shared or throttled host.
+    Within a case the timed calls run in three rounds of blocks (jlstm, peer 1, ...,
+    jlstm, peer 1, ...), so a slow spell of the machine hits every implementation alike
+    and the ratios stay meaningful on a shared or throttled host. Each block starts with
+    one untimed call: right after PyTorch, its OpenMP workers still compete for the
+    cores (measured: +14% on the next JAX call when calls alternate one by one).
     """
     from benchmarks.peers import BUILDERS, Data, Unavailable
 
@@ -190,9 +193,12 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
                     f"{case.mode} {case.dtype}: {msg}")
                 skip(impl, case, msg)
         times = {impl: [] for impl in runners}
-        for _ in range(repeats):
+        rounds = min(3, repeats)
+        for r in range(rounds):
+            n = repeats // rounds + (r < repeats % rounds)
             for impl, run in runners.items():
-                times[impl].append(timed_call(run))
+                run()  # untimed: lets the previous library's worker threads go idle
+                times[impl] += [timed_call(run) for _ in range(n)]
         runners.clear()
         base = None
         for impl, ts in times.items():
