@@ -187,10 +187,10 @@ def lstm(
         return step_projected(params, state, project(params, x))
 
     fused = None
-    if peephole is None and proj_size is None and cell_clip is None:
+    if proj_size is None and cell_clip is None:
         from jlstm._fused_lstm import make_fused
 
-        fused = make_fused(dtype)
+        fused = make_fused(dtype, peephole)
 
     return Cell(init=init, initial_state=initial_state, step=step, project=project,
                 step_projected=step_projected, check=check, hidden_size=H, output_size=R,

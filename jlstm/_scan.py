@@ -221,9 +221,10 @@ def scan(
       time_major: layout of ``xs``, ``mask`` and the returned ``ys``.
       remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment
         length: trade recomputation for memory in training.
-      fast: allow the cell's fused whole-sequence path (an LSTM without peepholes: one
-        input GEMM, a custom VJP whose weight gradients are single GEMMs). It supports
-        reverse-mode differentiation only: pass ``fast=False`` for ``jax.jvp``/``jacfwd``.
+      fast: allow the cell's fused whole-sequence path (``jlstm.lstm`` with no, diagonal
+        or full peepholes, without projection or clipping: one input GEMM, a custom VJP
+        whose weight gradients are single GEMMs). It supports reverse-mode
+        differentiation only: pass ``fast=False`` for ``jax.jvp``/``jacfwd``.
 
     Returns:
       ``(final_state, ys)`` with ``ys`` of shape ``[T, *batch, cell.output_size]``.

@@ -17,12 +17,14 @@ import jlstm._fused_lstm as fused_mod
 T, I, H = 7, 3, 5
 
 
-def _setup(batch, dtype=None, seed=0):
-    cell = jlstm.lstm(H, dtype=dtype)
-    k = jax.random.split(jax.random.key(seed), 5)
+def _setup(batch, dtype=None, seed=0, peephole=None):
+    cell = jlstm.lstm(H, dtype=dtype, peephole=peephole)
+    k = jax.random.split(jax.random.key(seed), 6)
     params = cell.init(k[0], I)
     # A non-zero bias exercises every gate's gradient.
     params = params._replace(b=params.b + 0.3 * jax.random.normal(k[4], params.b.shape))
+    if peephole:  # peepholes large enough to matter
+        params = params._replace(w_c=0.5 * jax.random.normal(k[5], params.w_c.shape))
     xs = jax.random.normal(k[1], (T,) + batch + (I,))
     state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[2], batch + (H,)),
                             c=0.5 * jax.random.normal(k[3], batch + (H,)))
@@ -82,6 +84,49 @@ def test_fast_equals_reference_f32(name, layout, monkeypatch):
     assert float(jnp.max(jnp.abs(got[3][0].w_h))) > 0
     assert float(jnp.max(jnp.abs(got[3][1]))) > 0
     assert float(jnp.max(jnp.abs(got[3][2].c))) > 0
+
+
+PEEPHOLE_CASES = [(p, n, layout) for p in ("diagonal", "full")
+                  for n, layout in [("plain", False), ("plain", True), ("lengths", False),
+                                    ("reverse_lengths", True), ("mask", False), ("batch_dims", False),
+                                    ("unbatched", False), ("unroll3_uneven", False)]]
+
+
+@pytest.mark.parametrize("peephole,name,layout", PEEPHOLE_CASES,
+                         ids=[f"{p}-{n}-{'inloop' if i else 'hoisted'}" for p, n, i in PEEPHOLE_CASES])
+def test_fast_equals_reference_peepholes(peephole, name, layout, monkeypatch):
+    """The article's full peephole matrices and diagonal peepholes take the fused path too."""
+    _force_layout(monkeypatch, layout)
+    batch, kw = CASES[name]
+    cell, params, xs, state, ct = _setup(batch, peephole=peephole)
+    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    assert "custom_vjp_call" in str(jax.make_jaxpr(
+        lambda p: jlstm.scan(cell, p, xs, state, **kw)[1])(params))
+    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+    got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
+    _assert_close(got, ref, 3e-5)
+    assert float(jnp.max(jnp.abs(got[3][0].w_c))) > 0
+
+
+@pytest.mark.parametrize("peephole", ["diagonal", "full"])
+def test_fast_equals_reference_peepholes_bf16(peephole):
+    cell, params, xs, state, ct = _setup((4,), dtype=jnp.bfloat16, peephole=peephole)
+    ref = _value_and_grads(cell, params, xs, state, ct, fast=False)
+    got = _value_and_grads(cell, params, xs, state, ct, fast=True)
+    _assert_close(got[1:3], ref[1:3], 2e-2)
+    for g, r in zip(jax.tree.leaves(got[3]), jax.tree.leaves(ref[3])):
+        g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+        np.testing.assert_allclose(g, r, atol=3e-2 * max(1.0, float(np.abs(r).max())), rtol=3e-2)
+
+
+def test_lstm_sequence_peephole_arguments_checked():
+    w = jnp.zeros((3, 8))
+    with pytest.raises(ValueError, match="w_c exactly when peephole"):
+        jlstm.lstm_sequence(w, jnp.zeros((2, 8)), jnp.zeros(8), jnp.zeros((4, 1, 3)),
+                            jnp.zeros((1, 2)), jnp.zeros((1, 2)), peephole="diagonal")
+    with pytest.raises(ValueError, match="peephole must be"):
+        jlstm.lstm_sequence(w, jnp.zeros((2, 8)), jnp.zeros(8), jnp.zeros((4, 1, 3)),
+                            jnp.zeros((1, 2)), jnp.zeros((1, 2)), w_c=jnp.zeros((3, 2)), peephole="diag")
 
 
 @pytest.mark.parametrize("name,layout", [("plain", False), ("mask", True)])
