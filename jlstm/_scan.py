@@ -159,8 +159,7 @@ def time_loop(
     if remat == "step":
         return narrow(lax.scan(jax.checkpoint(body), state, (inputs, valid), unroll=unroll))
 
-    seg = max(1, math.isqrt(max(T - 1, 0)) + 1) if remat == "segment" else int(remat)
-    seg = min(seg, T)
+    seg = _segment_length(T, remat)
     n_seg = -(-T // seg)
     pad = n_seg * seg - T
     if valid is None:
@@ -181,6 +180,42 @@ def time_loop(
     final, ys = lax.scan(segment, state, (seg_inputs, seg_valid))
     ys = jax.tree.map(lambda a: a.reshape((n_seg * seg,) + a.shape[2:])[:T], ys)
     return narrow((final, ys))
+
+
+def _segment_length(T: int, remat: Any) -> int:
+    """Steps per checkpointed segment: ⌈√T⌉ for ``"segment"``, else the given int (≤ T)."""
+    seg = max(1, math.isqrt(max(T - 1, 0)) + 1) if remat == "segment" else int(remat)
+    return min(seg, T)
+
+
+def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
+                    unroll: Union[int, bool], remat: Any) -> tuple[Any, jax.Array]:
+    """The fused path under segment remat: a scan over checkpointed segments of ``cell.fused``.
+
+    Training stores only the state at each segment boundary; the backward pass re-runs one
+    segment's fused forward at a time, so memory grows like √T while every segment keeps
+    the fast path's hoisted GEMMs. Padding steps (to a whole number of segments) are
+    invalid steps, which keep the state.
+    """
+    T, batch = xs.shape[0], xs.shape[1:-1]
+    seg = _segment_length(T, remat)
+    n_seg = -(-T // seg)
+    pad = n_seg * seg - T
+    if pad and valid is None:
+        valid = jnp.ones((T,) + batch, bool)
+    if pad:
+        xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
+        valid = jnp.concatenate([valid, jnp.zeros((pad,) + batch, bool)])
+    xs_seg = xs.reshape((n_seg, seg) + xs.shape[1:])
+    valid_seg = None if valid is None else valid.reshape((n_seg, seg) + batch)
+
+    @jax.checkpoint
+    def segment(carry, inp):
+        x, v = inp
+        return cell.fused(params, x, carry, v, unroll)
+
+    final, ys = lax.scan(segment, state, (xs_seg, valid_seg))
+    return final, ys.reshape((n_seg * seg,) + ys.shape[2:])[:T]
 
 
 def _widen(a: jax.Array) -> jax.Array:
@@ -220,7 +255,8 @@ def scan(
       unroll: steps per loop iteration; ``None`` picks :func:`default_unroll`.
       time_major: layout of ``xs``, ``mask`` and the returned ``ys``.
       remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment
-        length: trade recomputation for memory in training.
+        length: trade recomputation for memory in training. Segments of a fused cell
+        (see ``fast``) run the fused path, checkpointed one segment at a time.
       fast: allow the cell's fused whole-sequence path (``jlstm.lstm`` with no, diagonal
         or full peepholes, without projection or clipping: one input GEMM, a custom VJP
         whose weight gradients are single GEMMs). It supports reverse-mode
@@ -296,6 +332,8 @@ def scan_impl(
     plain = recurrent_mask is None and not zoneout
     if plain and fast and cell.fused is not None and remat is None and T > 0:
         final, ys = cell.fused(params, xs, state, valid, unroll)
+    elif plain and fast and cell.fused is not None and remat not in (None, "step") and T > 0:
+        final, ys = _fused_segments(cell, params, xs, state, valid, unroll, remat)
     else:
         if remat is None:
             inputs = xp = cell.project(params, xs)

@@ -119,6 +119,23 @@ def test_fast_equals_reference_peepholes_bf16(peephole):
         np.testing.assert_allclose(g, r, atol=3e-2 * max(1.0, float(np.abs(r).max())), rtol=3e-2)
 
 
+REMAT_CASES = [("segment", None, "plain"), (3, None, "lengths"), ("segment", "full", "reverse_lengths"),
+               (2, "diagonal", "mask"), (4, None, "batch_dims")]
+
+
+@pytest.mark.parametrize("remat,peephole,name", REMAT_CASES)
+def test_fused_segments_under_remat_equal_reference(remat, peephole, name):
+    """remat='segment' or an int keeps the fused path, segment by segment (T=7 pads the last one)."""
+    batch, kw = CASES[name]
+    cell, params, xs, state, ct = _setup(batch, peephole=peephole)
+    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    jaxpr = str(jax.make_jaxpr(lambda p: jlstm.scan(cell, p, xs, state, remat=remat, **kw)[1])(params))
+    assert "custom_vjp_call" in jaxpr and ("remat" in jaxpr or "checkpoint" in jaxpr)
+    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+    got = _value_and_grads(cell, params, xs, state, ct, fast=True, remat=remat, **kw)
+    _assert_close(got, ref, 3e-5)
+
+
 def test_lstm_sequence_peephole_arguments_checked():
     w = jnp.zeros((3, 8))
     with pytest.raises(ValueError, match="w_c exactly when peephole"):
