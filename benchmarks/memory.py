@@ -15,7 +15,9 @@ Two measurements per configuration:
 Implementations (``impl`` in the JSON):
 
 * ``jlstm.scan``: ``jlstm.scan(cell, params, xs, remat=...)``, the library call. With
-  ``remat=None`` it takes the fused custom-VJP path (residuals stored per step).
+  ``remat=None`` it takes the fused custom-VJP path (residuals stored per step); with
+  ``"segment"`` it runs that path on checkpointed ⌈√T⌉-step segments; ``"step"`` falls
+  back to ``cell.step`` with each step checkpointed.
 * ``time_loop+cell.step``: ``jlstm.time_loop`` over ``cell.step``, i.e. the input
   projection happens inside the loop, so no ``[T, B, 4H]`` projected copy of the sequence
   is stored. Under ``remat="segment"`` only ⌈√T⌉ carries plus one segment's residuals

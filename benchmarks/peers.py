@@ -54,6 +54,7 @@ class Case:
     H: int
     mode: str  # "fwd" | "fwd+bwd"
     dtype: str  # "float32" | "bfloat16"
+    peephole: str | None = None  # jlstm only: None, "diagonal" or "full"
 
     @property
     def flops(self) -> float:
@@ -111,7 +112,7 @@ def build_jlstm(case: Case, data: Data, *, fast: bool = True) -> Runner:
     import jlstm
 
     dt = _jnp_dtype(case)
-    cell = jlstm.lstm(case.H, dtype=dt if case.dtype == "bfloat16" else None)
+    cell = jlstm.lstm(case.H, dtype=dt if case.dtype == "bfloat16" else None, peephole=case.peephole)
     params = cell.init(jax.random.key(0), case.I)
 
     def forward(p, x):
@@ -124,7 +125,13 @@ def build_jlstm_ref(case: Case, data: Data) -> Runner:
     return build_jlstm(case, data, fast=False)
 
 
+def _no_peepholes(case: Case) -> None:
+    if case.peephole is not None:
+        raise Unavailable(f"{case.peephole} peepholes: only jlstm has them")
+
+
 def build_flax(case: Case, data: Data) -> Runner:
+    _no_peepholes(case)
     try:
         import flax.linen as nn
     except ImportError as e:
@@ -140,6 +147,7 @@ def build_flax(case: Case, data: Data) -> Runner:
 
 
 def build_equinox(case: Case, data: Data) -> Runner:
+    _no_peepholes(case)
     try:
         import equinox as eqx
     except ImportError as e:
@@ -167,6 +175,7 @@ def build_equinox(case: Case, data: Data) -> Runner:
 
 
 def build_keras(case: Case, data: Data) -> Runner:
+    _no_peepholes(case)
     os.environ.setdefault("KERAS_BACKEND", "jax")
     try:
         import keras
@@ -193,6 +202,7 @@ def build_keras(case: Case, data: Data) -> Runner:
 
 
 def build_jax_cudnn(case: Case, data: Data) -> Runner:
+    _no_peepholes(case)
     import jax
     import jax.numpy as jnp
 
@@ -218,6 +228,7 @@ def build_jax_cudnn(case: Case, data: Data) -> Runner:
 
 
 def build_torch(case: Case, data: Data) -> Runner:
+    _no_peepholes(case)
     try:
         import torch
     except ImportError as e:

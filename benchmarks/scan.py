@@ -59,7 +59,8 @@ def _deepbench() -> list[tuple[tuple[int, int, int, int], tuple[str, ...]]]:
     return out
 
 
-def suite_cases(suite: str, backend: str, modes: Sequence[str] | None, dtypes: Sequence[str] | None):
+def suite_cases(suite: str, backend: str, modes: Sequence[str] | None, dtypes: Sequence[str] | None,
+                peephole: str | None = None):
     """The :class:`benchmarks.peers.Case` list of a suite on a backend, filtered by modes/dtypes.
 
     ``dtypes=None`` keeps the suite's own dtypes (float32; plus bf16 for (64,256,512,512)
@@ -86,7 +87,7 @@ def suite_cases(suite: str, backend: str, modes: Sequence[str] | None, dtypes: S
             for m in suite_modes:
                 if modes is not None and m not in modes:
                     continue
-                case = Case(B, T, I, H, m, dt)
+                case = Case(B, T, I, H, m, dt, peephole)
                 if case not in seen:
                     seen.add(case)
                     cases.append(case)
@@ -262,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "bf16 for 64,256,512,512)")
     p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
                    help=f"comma list from {', '.join(ALL_IMPLS[1:])}; jlstm always runs ('' = none)")
+    p.add_argument("--peephole", default="none", choices=("none", "diagonal", "full"),
+                   help="time jlstm.lstm(H, peephole=...) (jlstm and jlstm_ref only; the peers have none)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per case after warm-up (median)")
     p.add_argument("--out", default=None, help="write JSON here (e.g. benchmarks/results/cpu_perf.json)")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -279,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = jax.default_backend()
     gpu = backend in ("gpu", "cuda", "rocm")
     device = device_name()
-    cases = suite_cases(args.suite, backend, modes, dtypes)
+    peephole = None if args.peephole == "none" else args.peephole
+    cases = suite_cases(args.suite, backend, modes, dtypes, peephole)
 
     from benchmarks.peers import versions
 
@@ -304,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(results, gpu))
     doc = {"suite": args.suite, "device": device, "backend": "gpu" if gpu else "cpu",
            "versions": vers, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "repeats": args.repeats, "host_cores": os.cpu_count(), "results": results, "skipped": skipped,
+           "repeats": args.repeats, "peephole": peephole, "host_cores": os.cpu_count(),
+           "results": results, "skipped": skipped,
            "notes": "median_ms: median of repeats after one warm-up; compile_s: first call (compile + run); "
                     "ratio: impl median / jlstm median; tflops: 8*T*B*H*(I+H) per forward, x3 for fwd+bwd"}
     if args.out:

@@ -37,6 +37,17 @@ def test_quick_suite_writes_schema(tmp_path, capsys):
         assert any(s["impl"] == "jax_cudnn" and s["reason"] for s in doc["skipped"])
 
 
+def test_peephole_suite_times_jlstm_and_skips_the_peers(tmp_path):
+    out = tmp_path / "peep.json"
+    code = scan.main(["--suite", "quick", "--repeats", "1", "--peers", "jlstm_ref,equinox",
+                      "--peephole", "full", "--out", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["peephole"] == "full"
+    assert {r["impl"] for r in doc["results"]} == {"jlstm", "jlstm_ref"}
+    assert all("peephole" in s["reason"] for s in doc["skipped"] if s["impl"] == "equinox")
+
+
 def test_bad_arguments_exit():
     with pytest.raises(SystemExit):
         scan.main(["--suite", "quick", "--peers", "nosuchpeer"])
