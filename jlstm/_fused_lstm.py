@@ -2,8 +2,9 @@
 
 Forward: one GEMM projects the inputs of all T steps, then a scan does one fused
 (H, 4H) recurrent GEMM and one elementwise block per step. The article's full peephole
-matrices join that GEMM: the step multiplies ``[h, c]`` by ``[W_h; W_c]`` (with a zero
-g block), so its backward GEMM also yields the peephole part of ``dL/dc``. Diagonal
+matrices add a ``c_{t-1} W_c`` GEMM to the forward step (one GEMM on ``[h, c]`` was
+slower at batch 1); the backward step multiplies ``dz`` by ``[W_h; W_c]ᵀ`` (W_c with a
+zero g block), so its one GEMM also yields the peephole part of ``dL/dc``. Diagonal
 peepholes are element-wise terms in the gates and in the backward coefficients. The four gate activations
 come from a single ``tanh`` over the whole ``4H`` pre-activation, since
 ``σ(z) = ½·tanh(z/2) + ½``::
@@ -77,7 +78,7 @@ def _full_peephole_block(w_c: jax.Array) -> jax.Array:
 
 
 def _recurrent_weight(w_h, w_c, peephole):
-    """The weight the per-step GEMM multiplies: W_h, or [W_h; W_c] on [h, c] for full peepholes."""
+    """The weight of the backward step's GEMM: W_h, or [W_h; W_c] (giving [dh, dc]) for full peepholes."""
     if peephole == "full":
         return jnp.concatenate([w_h, _full_peephole_block(w_c).astype(w_h.dtype)], axis=0)
     return w_h
@@ -86,27 +87,31 @@ def _recurrent_weight(w_h, w_c, peephole):
 def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, save, inloop, peephole):
     H = c0.shape[-1]
     bias = b.astype(dtype or b.dtype)
-    w_rec = _recurrent_weight(w_h, w_c, peephole)
     if inloop:
         # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h] (inference only: training saves
         # residuals in the hoisted layout, see _fwd).
         op = _operand_dtype(xs, h0, w_x, dtype)
-        w = jnp.concatenate([w_x, w_rec], axis=0).astype(op)
+        w = jnp.concatenate([w_x, w_h], axis=0).astype(op)
         seq = xs.astype(op)
     else:
         seq = matmul(xs, w_x, dtype) + bias
-        w = w_rec if dtype is None else w_rec.astype(dtype)
+        w = w_h if dtype is None else w_h.astype(dtype)
+    if peephole == "full":
+        wc = w_c.astype(w.dtype)
 
     def body(carry, inp):
         h, c = carry
         s_t, m_t = inp
-        rec = h if peephole != "full" else jnp.concatenate([h, c.astype(h.dtype)], axis=-1)
         if inloop:
-            z = matmul(jnp.concatenate([s_t, rec.astype(s_t.dtype)], axis=-1), w, dtype) + bias
+            z = matmul(jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1), w, dtype) + bias
         else:
-            z = s_t + matmul(rec, w, dtype)
+            z = s_t + matmul(h, w, dtype)
         s = _gate_scale(H, z.dtype)
         z4 = z.reshape(z.shape[:-1] + s.shape)
+        if peephole == "full":  # c_{t-1} W_c for the i, f and o blocks
+            pc = matmul(c.astype(h.dtype), wc, dtype).astype(z.dtype)
+            zero = jnp.zeros_like(pc[:, :H])
+            z4 = z4 + jnp.stack([pc[:, :H], pc[:, H:2 * H], zero, pc[:, 2 * H:]], axis=1)
         if peephole == "diagonal":
             # i and f see c_{t-1} (w_c rows 0, 1); o sees c_t (row 2), so it is redone below.
             wd = w_c.astype(z.dtype)
