@@ -5,9 +5,10 @@ Forward: one GEMM projects the inputs of all T steps, then a scan does one fused
 matrices add a ``c_{t-1} W_c`` GEMM to the forward step (one GEMM on ``[h, c]`` was
 slower at batch 1); the backward step multiplies ``dz`` by ``[W_h; W_c]ᵀ`` (W_c with a
 zero g block), so its one GEMM also yields the peephole part of ``dL/dc``. Diagonal
-peepholes are element-wise terms in the gates and in the backward coefficients. The four gate activations
-come from a single ``tanh`` over the whole ``4H`` pre-activation, since
-``σ(z) = ½·tanh(z/2) + ½``::
+peepholes are element-wise terms in the gates and in the backward coefficients.
+
+The four gate activations come from a single ``tanh`` over the whole ``4H``
+pre-activation, since ``σ(z) = ½·tanh(z/2) + ½``::
 
     a = s·tanh(s·z) + (1 - s),   s = ½ on the i, f, o blocks and 1 on the g block
 
@@ -204,8 +205,7 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     """
     c_prev = jnp.concatenate([c0[None].astype(cs.dtype), cs[:-1]], axis=0)
     i, f, g, o = acts[:, :, 0], acts[:, :, 1], acts[:, :, 2], acts[:, :, 3]
-    c_new = f * c_prev + i * g  # c_t; equals cs on valid steps, and is unused on the others
-    tc = jnp.tanh(c_new)
+    tc = jnp.tanh(cs)  # cs holds c_t on valid steps; masked steps are zeroed below
     qi, qf, qg, qo = g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)
     P = o * (1.0 - tc * tc)
     F = f
