@@ -15,11 +15,13 @@ from jlstm._fused_lstm import lstm_sequence
 from jlstm._gru import GRUParams, GRUState, gru
 from jlstm._layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jlstm._lstm import LSTMParams, LSTMState, lstm
+from jlstm._make_cell import make_cell
+from jlstm._mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
 from jlstm._recurrent import recurrent
 from jlstm._scan import default_unroll, reverse_index, scan, time_loop
 from jlstm._simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm._stack import stack
-from jlstm._types import Cell, SequenceModel
+from jlstm._types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 
 __version__ = "0.1.0"
 
@@ -41,20 +43,28 @@ __all__ = [
     "BidirectionalParams",
     "BidirectionalState",
     "Cell",
+    "CellConfig",
+    "CellFast",
     "GRUParams",
     "GRUState",
     "LSTMParams",
     "LSTMState",
     "LayerNormLSTMParams",
+    "MLSTMParams",
+    "MLSTMState",
     "RNNParams",
     "RNNState",
     "SequenceModel",
+    "batch_tuple",
     "bidirectional",
     "default_unroll",
     "gru",
     "layer_norm_lstm",
     "lstm",
     "lstm_sequence",
+    "make_cell",
+    "mlstm",
+    "mlstm_core",
     "recurrent",
     "reverse_index",
     "scan",

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jlstm import _checks
 from jlstm._dropout import check_key
 from jlstm._recurrent import recurrent
-from jlstm._types import Cell, SequenceModel
+from jlstm._types import Cell, CellConfig, Merge, SequenceModel
 
 MERGES = ("concat", "sum", "mean")
 
@@ -33,7 +33,7 @@ def bidirectional(
     cell: Cell,
     backward_cell: Cell | None = None,
     *,
-    merge: str = "concat",
+    merge: Merge = "concat",
     **layer_options: Any,
 ) -> SequenceModel:
     """A bidirectional recurrent layer.
@@ -68,7 +68,8 @@ def bidirectional(
         raise ValueError(f"merge={merge!r} needs equal output sizes, got {fwd.output_size} and "
                          f"{bwd.output_size}; use merge='concat'.")
     out = fwd.output_size + bwd.output_size if merge == "concat" else fwd.output_size
-    name = f"bidirectional({cell.name}, merge={merge!r})"
+    bwd_name = "" if backward_cell == cell else f", backward={backward_cell.name}"
+    name = f"bidirectional({cell.name}{bwd_name}, merge={merge!r})"
 
     def _check_params(params):
         if not isinstance(params, BidirectionalParams):
@@ -106,5 +107,6 @@ def bidirectional(
             ys = 0.5 * (ys_f + ys_b)
         return BidirectionalState(final_f, final_b), ys
 
+    config = CellConfig("bidirectional", forward=fwd, backward=bwd, merge=merge)
     return SequenceModel(init=init, apply=apply, initial_state=initial_state, output_size=out,
-                         name=name)
+                         name=name, config=config)

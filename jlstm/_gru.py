@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
+from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell
+from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
 
 
 class GRUParams(NamedTuple):
@@ -41,8 +42,8 @@ def gru(
     kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
     recurrent_init: _initializers.Initializer = _initializers.orthogonal,
     bias_init: _initializers.Initializer = _initializers.zeros,
-    dtype=None,
-    param_dtype=jnp.float32,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
 ) -> Cell:
     """Build a GRU cell (PyTorch's ``nn.GRU`` equations, see the module docstring).
 
@@ -65,6 +66,10 @@ def gru(
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
     where = f"gru({H})"
+    config = CellConfig(
+        "gru",
+        hidden_size=H, kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init,
+        dtype=dtype, param_dtype=param_dtype)
 
     def init(key: jax.Array, input_size: int) -> GRUParams:
         _checks.check_size("input_size", input_size)
@@ -84,7 +89,7 @@ def gru(
 
     def initial_state(params: GRUParams, batch_shape=()) -> GRUState:
         check(params, where=where + ".initial_state")
-        return GRUState(h=jnp.zeros(tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
+        return GRUState(h=jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
 
     def project(params: GRUParams, x: jax.Array) -> jax.Array:
         return matmul(x, params.w_x, dtype) + params.b_x.astype(dtype or params.b_x.dtype)
@@ -102,10 +107,6 @@ def gru(
         h_new = (1.0 - z) * n + z * h.astype(n.dtype)
         return GRUState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    def step(params: GRUParams, state: GRUState, x: jax.Array):
-        check(params, state, x, where + ".step")
-        return step_projected(params, state, project(params, x))
-
-    return Cell(init=init, initial_state=initial_state, step=step, project=project,
-                step_projected=step_projected, check=check, hidden_size=H, output_size=H,
-                name=where)
+    return make_cell(init=init, initial_state=initial_state, project=project,
+                     step_projected=step_projected, output_size=H, name=where, config=config,
+                     check=check)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
 from jlstm._lstm import LSTMState
+from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell
+from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
 
 
 class LayerNormLSTMParams(NamedTuple):
@@ -47,8 +48,8 @@ def layer_norm_lstm(
     forget_bias: float = 1.0,
     kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
     recurrent_init: _initializers.Initializer = _initializers.orthogonal,
-    dtype=None,
-    param_dtype=jnp.float32,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
 ) -> Cell:
     """Build a layer-normalised LSTM cell (see the module docstring for the equations).
 
@@ -65,6 +66,10 @@ def layer_norm_lstm(
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
     where = f"layer_norm_lstm({H})"
+    config = CellConfig(
+        "layer_norm_lstm",
+        hidden_size=H, eps=float(eps), forget_bias=float(forget_bias), kernel_init=kernel_init,
+        recurrent_init=recurrent_init, dtype=dtype, param_dtype=param_dtype)
 
     def init(key: jax.Array, input_size: int) -> LayerNormLSTMParams:
         _checks.check_size("input_size", input_size)
@@ -88,7 +93,7 @@ def layer_norm_lstm(
 
     def initial_state(params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")
-        shape = tuple(batch_shape) + (H,)
+        shape = batch_tuple(batch_shape) + (H,)
         state_dtype = carry_dtype(params.w_h.dtype, dtype)
         return LSTMState(h=jnp.zeros(shape, state_dtype), c=jnp.zeros(shape, state_dtype))
 
@@ -108,10 +113,6 @@ def layer_norm_lstm(
         h_new = jax.nn.sigmoid(zo) * jnp.tanh(cn)
         return LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype)), output(h_new, dtype)
 
-    def step(params: LayerNormLSTMParams, state: LSTMState, x: jax.Array):
-        check(params, state, x, where + ".step")
-        return step_projected(params, state, project(params, x))
-
-    return Cell(init=init, initial_state=initial_state, step=step, project=project,
-                step_projected=step_projected, check=check, hidden_size=H, output_size=H,
-                name=where)
+    return make_cell(init=init, initial_state=initial_state, project=project,
+                     step_projected=step_projected, output_size=H, name=where, config=config,
+                     check=check)

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
+from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell
+from jlstm._types import Cell, CellConfig, DTypeLike, Peephole, batch_tuple
 
 PEEPHOLES = (None, "diagonal", "full")
 
@@ -63,7 +64,7 @@ class LSTMState(NamedTuple):
 def lstm(
     hidden_size: int,
     *,
-    peephole: str | None = None,
+    peephole: Peephole | None = None,
     proj_size: int | None = None,
     cell_clip: float | None = None,
     forget_bias: float = 1.0,
@@ -72,8 +73,8 @@ def lstm(
     bias_init: _initializers.Initializer = _initializers.zeros,
     peephole_init: _initializers.Initializer | None = None,
     proj_init: _initializers.Initializer = _initializers.glorot_uniform,
-    dtype=None,
-    param_dtype=jnp.float32,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
 ) -> Cell:
     """Build an LSTM cell.
 
@@ -121,6 +122,11 @@ def lstm(
         f", proj_size={proj_size}" if proj_size else "") + (
         f", cell_clip={cell_clip}" if cell_clip else "") + ")"
     where = desc
+    config = CellConfig(
+        "lstm", hidden_size=H, peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
+        forget_bias=float(forget_bias), kernel_init=kernel_init, recurrent_init=recurrent_init,
+        bias_init=bias_init, peephole_init=peephole_init, proj_init=proj_init, dtype=dtype,
+        param_dtype=param_dtype)
 
     def init(key: jax.Array, input_size: int) -> LSTMParams:
         _checks.check_size("input_size", input_size)
@@ -148,7 +154,7 @@ def lstm(
 
     def initial_state(params: LSTMParams, batch_shape=()) -> LSTMState:
         check(params, where=where + ".initial_state")
-        batch_shape = tuple(batch_shape)
+        batch_shape = batch_tuple(batch_shape)
         state_dtype = carry_dtype(params.w_h.dtype, dtype)
         return LSTMState(h=jnp.zeros(batch_shape + (R,), state_dtype),
                          c=jnp.zeros(batch_shape + (H,), state_dtype))
@@ -182,16 +188,12 @@ def lstm(
         new = LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype))
         return new, output(h_new, dtype)
 
-    def step(params: LSTMParams, state: LSTMState, x: jax.Array):
-        check(params, state, x, where + ".step")
-        return step_projected(params, state, project(params, x))
-
     fused = None
     if proj_size is None and cell_clip is None:
         from jlstm._fused_lstm import make_fused
 
         fused = make_fused(dtype, peephole)
 
-    return Cell(init=init, initial_state=initial_state, step=step, project=project,
-                step_projected=step_projected, check=check, hidden_size=H, output_size=R,
-                name=desc, fused=fused)
+    return make_cell(init=init, initial_state=initial_state, project=project,
+                     step_projected=step_projected, output_size=R, name=desc, config=config,
+                     check=check, sequence=fused)

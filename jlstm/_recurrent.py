@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Union
 
 import jax
 
 from jlstm import _checks
 from jlstm._dropout import check_key, dropout, variational_mask
-from jlstm._scan import _check_remat, _check_unroll, scan_impl
-from jlstm._types import Cell, SequenceModel
+from jlstm._scan import ScanOptions, StepRegularisers, _check_remat, _check_unroll, run_scan
+from jlstm._types import Cell, CellConfig, Method, RematPolicy, SequenceModel
 
 
 def recurrent(
@@ -17,18 +17,19 @@ def recurrent(
     *,
     reverse: bool = False,
     unroll: Union[int, bool] | None = None,
-    remat: Any = None,
+    remat: RematPolicy = None,
     input_dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     zoneout: float = 0.0,
     fast: bool = True,
+    method: Method = "auto",
 ) -> SequenceModel:
     """Turn a cell into a sequence layer: ``apply`` runs :func:`jlstm.scan`.
 
     Args:
       cell: any :class:`jlstm.Cell`.
       reverse: process each sequence (each valid prefix, given lengths) backwards.
-      unroll, remat, fast: passed to :func:`jlstm.scan`.
+      unroll, remat, fast, method: passed to :func:`jlstm.scan`.
       input_dropout: rate of inverted dropout on the inputs, per element and step.
       recurrent_dropout: rate of variational dropout on ``h_{t-1}`` inside the recurrent
         matmul; one mask per sequence (Gal & Ghahramani 2016).
@@ -56,7 +57,16 @@ def recurrent(
     _checks.check_rate("zoneout", zoneout)
     _check_unroll(unroll)
     _check_remat(remat)
+    if recurrent_dropout and (cell.fast is None or cell.fast.step_projected is None):
+        raise ValueError(
+            f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
+            f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
+            f"only a step. Use input_dropout or zoneout instead.")
     name = f"recurrent({cell.name}" + (", reverse=True" if reverse else "") + ")"
+    options = ScanOptions(reverse=reverse, unroll=unroll, remat=remat, fast=fast, method=method)
+    config = CellConfig("recurrent", cell=cell, reverse=reverse, unroll=unroll, remat=remat,
+                        input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                        fast=fast, method=method)
 
     def apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True):
         where = name + ".apply"
@@ -73,10 +83,10 @@ def recurrent(
                 rec_mask = variational_mask(k_rec, recurrent_dropout,
                                             tuple(batch) + (cell.output_size,), xs.dtype)
             zo_key = k_zo
-        return scan_impl(cell, params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
-                         unroll=unroll, time_major=time_major, remat=remat, fast=fast,
-                         recurrent_mask=rec_mask, zoneout=zoneout, zoneout_key=zo_key,
-                         where=where)
+        regs = StepRegularisers(recurrent_mask=rec_mask, zoneout=zoneout, zoneout_key=zo_key)
+        final, ys, _ = run_scan(cell, params, xs, state, lengths, mask,
+                                options._replace(time_major=time_major), regs, where)
+        return final, ys
 
     return SequenceModel(init=cell.init, apply=apply, initial_state=cell.initial_state,
-                         output_size=cell.output_size, name=name)
+                         output_size=cell.output_size, name=name, config=config)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jlstm import _checks
-from jlstm._types import Cell
+from jlstm._types import Cell, Method, Params, RematPolicy, State
 
 REMAT_POLICIES = (None, "step", "segment")
 
@@ -36,7 +37,7 @@ def _check_unroll(unroll: Any) -> Union[int, bool]:
     return unroll
 
 
-def _check_remat(remat: Any) -> Any:
+def _check_remat(remat: Any) -> RematPolicy:
     if isinstance(remat, int) and not isinstance(remat, bool):
         if remat < 1:
             raise ValueError(f"remat as a segment length must be >= 1, got {remat}.")
@@ -70,6 +71,7 @@ def valid_steps(
             raise ValueError(
                 f"{where}: lengths has shape {tuple(lengths.shape)}, expected the batch shape "
                 f"{tuple(batch_shape)} of xs (one length per sequence).")
+        _check_length_values(lengths, T, where)
         t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
         valid = t < lengths[None]
     if mask is not None:
@@ -85,6 +87,18 @@ def valid_steps(
                 f"([T, *batch], time-major like xs).")
         valid = mask if valid is None else valid & mask
     return valid, lengths
+
+
+def _check_length_values(lengths: Any, T: int, where: str) -> None:
+    """Reject lengths outside ``[0, T]`` when they are concrete (traced lengths cannot be read)."""
+    if isinstance(lengths, jax.core.Tracer):
+        return
+    values = np.asarray(lengths)
+    if values.size and (values.max() > T or values.min() < 0):
+        raise ValueError(
+            f"{where}: lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
+            f"{values.max()}; a length counts the valid steps of a sequence, so pad xs to the longest "
+            f"sequence or clip the lengths.")
 
 
 def reverse_index(T: int, lengths: jax.Array) -> jax.Array:
@@ -126,7 +140,7 @@ def time_loop(
     valid: jax.Array | None,
     *,
     unroll: Union[int, bool] = 1,
-    remat: Any = None,
+    remat: RematPolicy = None,
 ) -> tuple[Any, Any]:
     """Run ``step(state, input_t) -> (state, y_t)`` over the leading axis of ``inputs``.
 
@@ -135,7 +149,11 @@ def time_loop(
     ⌈√T⌉ steps, so memory grows like √T) or an int segment length.
     """
     T = jax.tree.leaves(inputs)[0].shape[0]
-    y_dtypes: list = []
+    if T == 0:
+        y_dtypes = None
+    else:
+        first = jax.tree.map(lambda a: a[0], inputs)
+        y_dtypes = [a.dtype for a in jax.tree.leaves(jax.eval_shape(step, state, first)[1])]
 
     def body(carry, inp):
         x_t, v_t = inp
@@ -146,11 +164,12 @@ def time_loop(
                 v_t.reshape(v_t.shape + (1,) * (a.ndim - v_t.ndim)), a, jnp.zeros_like(a)), y)
         # Low-precision outputs are stacked in float32 and cast once after the loop: a
         # per-step cast to bf16 let XLA:CPU re-convert the whole stacked buffer each step.
-        y_dtypes[:] = [a.dtype for a in jax.tree.leaves(y)]
         return new, jax.tree.map(_widen, y)
 
     def narrow(out):
         final, ys = out
+        if y_dtypes is None:
+            return final, ys
         leaves, treedef = jax.tree.flatten(ys)
         return final, treedef.unflatten([a.astype(d) for a, d in zip(leaves, y_dtypes)])
 
@@ -158,7 +177,11 @@ def time_loop(
         return narrow(lax.scan(body, state, (inputs, valid), unroll=unroll))
     if remat == "step":
         return narrow(lax.scan(jax.checkpoint(body), state, (inputs, valid), unroll=unroll))
+    return narrow(_segmented(body, state, inputs, valid, T, remat, unroll))
 
+
+def _segmented(body, state, inputs, valid, T, remat, unroll):
+    """``lax.scan(body)`` over checkpointed segments: memory grows like the segment count."""
     seg = _segment_length(T, remat)
     n_seg = -(-T // seg)
     pad = n_seg * seg - T
@@ -178,8 +201,7 @@ def time_loop(
         return lax.scan(body, carry, inp, unroll=unroll)
 
     final, ys = lax.scan(segment, state, (seg_inputs, seg_valid))
-    ys = jax.tree.map(lambda a: a.reshape((n_seg * seg,) + a.shape[2:])[:T], ys)
-    return narrow((final, ys))
+    return final, jax.tree.map(lambda a: a.reshape((n_seg * seg,) + a.shape[2:])[:T], ys)
 
 
 def _segment_length(T: int, remat: Any) -> int:
@@ -190,7 +212,7 @@ def _segment_length(T: int, remat: Any) -> int:
 
 def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
                     unroll: Union[int, bool], remat: Any) -> tuple[Any, jax.Array]:
-    """The fused path under segment remat: a scan over checkpointed segments of ``cell.fused``.
+    """The fused path under segment remat: a scan over checkpointed segments of ``cell.fast.sequence``.
 
     Training stores only the state at each segment boundary; the backward pass re-runs one
     segment's fused forward at a time, so memory grows like √T while every segment keeps
@@ -212,7 +234,7 @@ def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: j
     @jax.checkpoint
     def segment(carry, inp):
         x, v = inp
-        return cell.fused(params, x, carry, v, unroll)
+        return cell.fast.sequence(params, x, carry, v, unroll)
 
     final, ys = lax.scan(segment, state, (xs_seg, valid_seg))
     return final, ys.reshape((n_seg * seg,) + ys.shape[2:])[:T]
@@ -222,32 +244,64 @@ def _widen(a: jax.Array) -> jax.Array:
     return a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a
 
 
+NEWTON_METHODS = ("deer", "quasi_deer", "elk")
+
+
+class ScanOptions(NamedTuple):
+    """The static options of one :func:`scan` call (everything but the arrays)."""
+
+    reverse: bool = False
+    unroll: Union[int, bool] | None = None
+    time_major: bool = True
+    remat: RematPolicy = None
+    fast: bool = True
+    method: Method = "auto"
+
+
+class StepRegularisers(NamedTuple):
+    """Per-step regularisers that the layers add to a scan (see :func:`jlstm.recurrent`).
+
+    ``recurrent_mask`` ([*batch, R]) multiplies ``h_{t-1}`` in the recurrent matmul.
+    ``zoneout`` keeps each unit of the previous state with that probability: sampled
+    with ``zoneout_key``, or in expectation without it.
+    """
+
+    recurrent_mask: jax.Array | None = None
+    zoneout: float = 0.0
+    zoneout_key: jax.Array | None = None
+
+
+NO_REGULARISERS = StepRegularisers()
+
+
 def scan(
     cell: Cell,
-    params: Any,
+    params: Params,
     xs: jax.Array,
-    state: Any = None,
+    state: State = None,
     *,
     lengths: jax.Array | None = None,
     mask: jax.Array | None = None,
     reverse: bool = False,
     unroll: Union[int, bool] | None = None,
     time_major: bool = True,
-    remat: Any = None,
+    remat: RematPolicy = None,
     fast: bool = True,
-) -> tuple[Any, jax.Array]:
-    """Run ``cell`` over a sequence: ``lax.scan`` of ``cell.step`` with lengths, masks and reverse.
+    method: Method = "auto",
+    return_info: bool = False,
+) -> tuple[Any, ...]:
+    """Run ``cell`` over a sequence: the classic loop over ``cell.step``, or a parallel form.
 
     Args:
-      cell: a :class:`jlstm.Cell` (``jlstm.lstm(...)``, ``jlstm.gru(...)``, ...).
+      cell: a :class:`jlstm.Cell` (``jlstm.lstm(...)``, ``jlstm.gru(...)``, your own, ...).
       params: the cell's params.
       xs: ``[T, *batch, input_size]`` (time-major, lax.scan's convention) or, with
         ``time_major=False``, ``[*batch, T, input_size]``. A single sequence ``[T, input]``
         works.
       state: the initial state; ``None`` means zeros (``cell.initial_state``).
-      lengths: int ``[*batch]``. Steps ``t >= lengths`` keep the state and output zeros,
-        so the final state is the state after step ``length - 1``. Values in the padding,
-        NaN included, change neither the results nor the gradients.
+      lengths: int ``[*batch]``, each in ``[0, T]``. Steps ``t >= lengths`` keep the state
+        and output zeros, so the final state is the state after step ``length - 1``.
+        Values in the padding, NaN included, change neither the results nor the gradients.
       mask: bool ``[T, *batch]`` (``[*batch, T]`` with ``time_major=False``). A step whose
         mask is False keeps the state and outputs zeros: missing values inside a sequence.
       reverse: run from the last valid step to the first. With ``lengths``, only each
@@ -255,15 +309,20 @@ def scan(
       unroll: steps per loop iteration; ``None`` picks :func:`default_unroll`.
       time_major: layout of ``xs``, ``mask`` and the returned ``ys``.
       remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment
-        length: trade recomputation for memory in training. Segments of a fused cell
-        (see ``fast``) run the fused path, checkpointed one segment at a time.
-      fast: allow the cell's fused whole-sequence path (``jlstm.lstm`` with no, diagonal
-        or full peepholes, without projection or clipping: one input GEMM, a custom VJP
-        whose weight gradients are single GEMMs). It supports reverse-mode
-        differentiation only: pass ``fast=False`` for ``jax.jvp``/``jacfwd``.
+        length: trade recomputation for memory in training.
+      fast: allow the cell's fused whole-sequence kernel (``jlstm.lstm`` without
+        projection or clipping). ``fast=False`` always loops over the step.
+      method: how to evaluate the recurrence. ``"sequential"``: a loop over time.
+        ``"parallel"``/``"chunkwise"``: the parallel forms of cells that have them (mLSTM,
+        minGRU, minLSTM). ``"deer"``, ``"quasi_deer"``, ``"elk"`` or a
+        :class:`jlstm.Newton` object: Newton's method over the whole trajectory, for any
+        cell. ``"auto"`` (default): the cell's choice for this T, else sequential.
+      return_info: also return the method's info (iterations and residual of a Newton
+        method; ``None`` for the others).
 
     Returns:
-      ``(final_state, ys)`` with ``ys`` of shape ``[T, *batch, cell.output_size]``.
+      ``(final_state, ys)`` with ``ys`` of shape ``[T, *batch, cell.output_size]``, or
+      ``(final_state, ys, info)`` with ``return_info=True``.
 
     Example:
       >>> cell = jlstm.lstm(16)
@@ -273,34 +332,68 @@ def scan(
       >>> ys.shape
       (10, 3, 16)
     """
-    return scan_impl(cell, params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
-                     unroll=unroll, time_major=time_major, remat=remat, fast=fast)
+    options = ScanOptions(reverse=reverse, unroll=unroll, time_major=time_major, remat=remat,
+                          fast=fast, method=method)
+    final, ys, info = run_scan(cell, params, xs, state, lengths, mask, options)
+    return (final, ys, info) if return_info else (final, ys)
 
 
-def scan_impl(
+def run_scan(
     cell: Cell,
-    params: Any,
+    params: Params,
     xs: jax.Array,
-    state: Any = None,
-    *,
-    lengths: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    reverse: bool = False,
-    unroll: Union[int, bool] | None = None,
-    time_major: bool = True,
-    remat: Any = None,
-    fast: bool = True,
-    recurrent_mask: jax.Array | None = None,
-    zoneout: float = 0.0,
-    zoneout_key: jax.Array | None = None,
+    state: State,
+    lengths: jax.Array | None,
+    mask: jax.Array | None,
+    options: ScanOptions,
+    regularisers: StepRegularisers = NO_REGULARISERS,
     where: str = "jlstm.scan",
-) -> tuple[Any, jax.Array]:
-    """:func:`scan` plus the per-step regularisers that the layers need.
+) -> tuple[Any, jax.Array, Any]:
+    """:func:`scan` with its options as one record, plus the layers' regularisers.
 
-    ``recurrent_mask`` ([*batch, R]) multiplies ``h_{t-1}`` in the recurrent matmul.
-    ``zoneout`` keeps each unit of the previous state with that probability: sampled
-    with ``zoneout_key``, or in expectation without it.
+    Returns ``(final_state, ys, info)``.
     """
+    _check_scan_args(cell, xs, options, where)
+    unroll = _check_unroll(options.unroll)
+    remat = _check_remat(options.remat)
+    time_major = options.time_major
+    if not time_major:
+        xs = jnp.moveaxis(xs, -2, 0)
+        if mask is not None and getattr(mask, "ndim", 0) >= 1:
+            mask = jnp.moveaxis(jnp.asarray(mask), -1, 0)
+    T, batch = xs.shape[0], tuple(xs.shape[1:-1])
+    x_struct = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
+    if cell.fast is not None and cell.fast.check is not None:
+        cell.fast.check(params, state, x_struct, where)
+    valid, lengths = valid_steps(T, batch, lengths, mask, where)
+    if state is None:
+        state = cell.initial_state(params, batch)
+    if cell.fast is None or cell.fast.check is None:
+        _check_step_contract(cell, params, state, x_struct, where)
+    kind, form = _resolve_method(cell, options.method, T, regularisers, where)
+
+    if options.reverse:
+        xs, valid = flip_time((xs, valid), lengths)
+    if valid is not None:
+        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))
+
+    info = None
+    if kind == "newton":
+        from jlstm import _deer
+
+        final, ys, info = _deer.newton_scan(cell, params, xs, state, valid, form, unroll=unroll, remat=remat)
+    elif kind == "form":
+        final, ys = form(params, xs, state, valid, unroll=unroll, remat=remat)
+    else:
+        final, ys = _sequential(cell, params, xs, state, valid, unroll, remat, options.fast, regularisers)
+    if options.reverse:
+        ys = flip_time(ys, lengths)
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+    return final, ys, info
+
+
+def _check_scan_args(cell: Any, xs: Any, options: ScanOptions, where: str) -> None:
     if not isinstance(cell, Cell):
         raise TypeError(f"{where}: cell must be a jlstm.Cell (e.g. jlstm.lstm(32)), got "
                         f"{type(cell).__name__}.")
@@ -310,53 +403,96 @@ def scan_impl(
             f"{where}: xs must have a time and a feature axis, shape [T, *batch, input_size], "
             f"got shape {tuple(xs.shape)}; for a single step call cell.step instead, or add "
             f"a time axis with xs[None].")
-    if not isinstance(time_major, bool):
-        raise TypeError(f"{where}: time_major must be True or False, got {time_major!r}.")
-    unroll = _check_unroll(unroll)
-    remat = _check_remat(remat)
-    if not time_major:
-        xs = jnp.moveaxis(xs, -2, 0)
-        if mask is not None and getattr(mask, "ndim", 0) >= 1:
-            mask = jnp.moveaxis(jnp.asarray(mask), -1, 0)
-    T, batch = xs.shape[0], tuple(xs.shape[1:-1])
-    cell.check(params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype), where)
-    valid, lengths = valid_steps(T, batch, lengths, mask, where)
-    if state is None:
-        state = cell.initial_state(params, batch)
+    if not isinstance(options.time_major, bool):
+        raise TypeError(f"{where}: time_major must be True or False, got {options.time_major!r}.")
+    if not isinstance(options.reverse, bool):
+        raise TypeError(f"{where}: reverse must be True or False, got {options.reverse!r}.")
 
-    if reverse:
-        xs, valid = flip_time((xs, valid), lengths)
-    if valid is not None:
-        xs = jnp.where(valid[..., None], xs, jnp.zeros((), xs.dtype))
 
-    plain = recurrent_mask is None and not zoneout
-    if plain and fast and cell.fused is not None and remat is None and T > 0:
-        final, ys = cell.fused(params, xs, state, valid, unroll)
-    elif plain and fast and cell.fused is not None and remat not in (None, "step") and T > 0:
-        final, ys = _fused_segments(cell, params, xs, state, valid, unroll, remat)
+def _check_step_contract(cell: Cell, params: Any, state: Any, x: jax.ShapeDtypeStruct, where: str) -> None:
+    """For a cell without its own check: trace one step and check its shapes against the contract."""
+    try:
+        new, y = jax.eval_shape(cell.step, params, state, x)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {cell.name}.step(params, state, x) failed for x of shape "
+                      f"{tuple(x.shape)} and the given params/state: {e}") from e
+    batch = tuple(x.shape[:-1])
+    if getattr(y, "shape", None) != batch + (cell.output_size,):
+        raise ValueError(f"{where}: {cell.name}.step returned y of shape {getattr(y, 'shape', y)}, expected "
+                         f"{batch + (cell.output_size,)} ([*batch, output_size]); fix the cell's step or "
+                         f"its output_size.")
+    got = jax.tree.map(lambda a: (a.shape, a.dtype), new)
+    want = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state)
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+        raise ValueError(f"{where}: {cell.name}.step changed the state's structure, shapes or dtypes "
+                         f"(from {want} to {got}); a step must return a state like the one it got. Check "
+                         f"the state's batch shape (initial_state(params, batch_shape)) and dtypes.")
+
+
+def _resolve_method(cell: Cell, method: Any, T: int, regularisers: StepRegularisers,
+                    where: str) -> tuple[str, Any]:
+    """``("sequential", None)``, ``("form", fn)`` or ``("newton", method)`` for this cell and T."""
+    forms = dict(cell.fast.methods) if cell.fast is not None else {}
+    if isinstance(method, str):
+        if method == "auto":
+            auto = cell.fast.auto_method if cell.fast is not None else None
+            method = auto(T) if auto is not None else "sequential"
+        supported = ("auto", "sequential", *forms, *NEWTON_METHODS)
+        if method not in supported:
+            raise ValueError(f"{where}: method={method!r} is not supported by {cell.name}; it supports "
+                             f"{', '.join(map(repr, supported))}.")
+        kind = "sequential" if method == "sequential" else "form" if method in forms else "newton"
+        payload = forms.get(method) if kind == "form" else method
+    elif hasattr(method, "name"):
+        kind, payload = "newton", method
     else:
+        raise TypeError(f"{where}: method must be a str such as 'sequential' or 'deer', or a method object "
+                        f"such as jlstm.Newton(...), got {type(method).__name__}.")
+    regularised = regularisers.recurrent_mask is not None or regularisers.zoneout
+    if kind != "sequential" and regularised:
+        raise ValueError(f"{where}: recurrent dropout and zoneout act inside the step loop and need "
+                         f"method='sequential', got method={method!r}; drop the regulariser or the method.")
+    return kind, payload
+
+
+def _sequential(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
+                unroll: Union[int, bool], remat: Any, fast: bool,
+                regularisers: StepRegularisers) -> tuple[Any, jax.Array]:
+    """The loop over time: the cell's fused kernel where allowed, else a scan over its step."""
+    T = xs.shape[0]
+    rec_mask, zoneout = regularisers.recurrent_mask, regularisers.zoneout
+    plain = rec_mask is None and not zoneout
+    kernel = cell.fast.sequence if cell.fast is not None else None
+    if plain and fast and kernel is not None and T > 0:
         if remat is None:
-            inputs = xp = cell.project(params, xs)
+            return kernel(params, xs, state, valid, unroll)
+        if remat != "step":
+            return _fused_segments(cell, params, xs, state, valid, unroll, remat)
+    projected = cell.fast is not None and cell.fast.project is not None and cell.fast.step_projected is not None
+    if rec_mask is not None and not projected:
+        raise ValueError(f"{cell.name}: recurrent dropout needs a cell with fast.project and "
+                         f"fast.step_projected (build it with jlstm.make_cell); this cell has only a step.")
+    if not projected:
+        inputs = xs
 
-            def step(s, x):
-                return cell.step_projected(params, s, x, recurrent_mask=recurrent_mask)
-        else:
-            # Under remat the input projection runs inside the loop: a projected copy of the
-            # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
-            inputs = xp = xs
+        def step(s, x):
+            return cell.step(params, s, x)
+    elif remat is None:
+        inputs = cell.fast.project(params, xs)
 
-            def step(s, x):
-                return cell.step_projected(params, s, cell.project(params, x),
-                                           recurrent_mask=recurrent_mask)
+        def step(s, x):
+            return cell.fast.step_projected(params, s, x, recurrent_mask=rec_mask)
+    else:
+        # Under remat the input projection runs inside the loop: a projected copy of the
+        # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
+        inputs = xs
 
-        if zoneout:
-            step, inputs = _zoneout(step, xp, state, T, zoneout, zoneout_key)
-        final, ys = time_loop(step, state, inputs, valid, unroll=unroll, remat=remat)
-    if reverse:
-        ys = flip_time(ys, lengths)
-    if not time_major:
-        ys = jnp.moveaxis(ys, 0, -2)
-    return final, ys
+        def step(s, x):
+            return cell.fast.step_projected(params, s, cell.fast.project(params, x), recurrent_mask=rec_mask)
+
+    if zoneout:
+        step, inputs = _zoneout(step, inputs, state, T, zoneout, regularisers.zoneout_key)
+    return time_loop(step, state, inputs, valid, unroll=unroll, remat=remat)
 
 
 def _zoneout(step, xp, state, T, rate, key):

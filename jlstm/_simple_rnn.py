@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
+from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell
+from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
 
 
 class RNNParams(NamedTuple):
@@ -36,8 +37,8 @@ def simple_rnn(
     kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
     recurrent_init: _initializers.Initializer = _initializers.orthogonal,
     bias_init: _initializers.Initializer = _initializers.zeros,
-    dtype=None,
-    param_dtype=jnp.float32,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
 ) -> Cell:
     """Build a plain RNN cell ``h_t = activation(x_t W_x + h_{t-1} W_h + b)``.
 
@@ -59,6 +60,10 @@ def simple_rnn(
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
     H = int(hidden_size)
     where = f"simple_rnn({H})"
+    config = CellConfig(
+        "simple_rnn",
+        hidden_size=H, activation=activation, kernel_init=kernel_init, recurrent_init=recurrent_init,
+        bias_init=bias_init, dtype=dtype, param_dtype=param_dtype)
 
     def init(key: jax.Array, input_size: int) -> RNNParams:
         _checks.check_size("input_size", input_size)
@@ -73,7 +78,7 @@ def simple_rnn(
 
     def initial_state(params: RNNParams, batch_shape=()) -> RNNState:
         check(params, where=where + ".initial_state")
-        return RNNState(h=jnp.zeros(tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
+        return RNNState(h=jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
 
     def project(params: RNNParams, x: jax.Array) -> jax.Array:
         return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
@@ -85,10 +90,6 @@ def simple_rnn(
         h_new = activation(xp + matmul(h_in, params.w_h, dtype))
         return RNNState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    def step(params: RNNParams, state: RNNState, x: jax.Array):
-        check(params, state, x, where + ".step")
-        return step_projected(params, state, project(params, x))
-
-    return Cell(init=init, initial_state=initial_state, step=step, project=project,
-                step_projected=step_projected, check=check, hidden_size=H, output_size=H,
-                name=where)
+    return make_cell(init=init, initial_state=initial_state, project=project,
+                     step_projected=step_projected, output_size=H, name=where, config=config,
+                     check=check)

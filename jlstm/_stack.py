@@ -8,7 +8,7 @@ import jax
 
 from jlstm import _checks
 from jlstm._dropout import check_key, dropout
-from jlstm._types import SequenceModel
+from jlstm._types import CellConfig, SequenceModel
 
 
 def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
@@ -77,4 +77,5 @@ def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
         return tuple(finals), ys
 
     return SequenceModel(init=init, apply=apply, initial_state=initial_state,
-                         output_size=layers[-1].output_size, name=name)
+                         output_size=layers[-1].output_size, name=name,
+                         config=CellConfig("stack", layers=tuple(layers), dropout_rate=dropout_rate))

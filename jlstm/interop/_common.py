@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from jlstm._bidirectional import BidirectionalParams
-from jlstm._types import SequenceModel
+from jlstm._types import Cell, CellConfig, SequenceModel
 
 
 def to_numpy(value: Any, name: str, where: str) -> np.ndarray:
@@ -94,36 +93,70 @@ def layers_of(params: Any, cls: type, where: str, kind: str) -> tuple[list[list[
     return layers, dirs.pop() == 2
 
 
+def _walk(config: Any) -> Iterator[CellConfig]:
+    """Every config in a model's config tree: layers, their cells, stacked layers' layers."""
+    if not isinstance(config, CellConfig):
+        return
+    yield config
+    for value in config.as_dict().values():
+        children = value if isinstance(value, tuple) else (value,)
+        for child in children:
+            if isinstance(child, (Cell, SequenceModel)):
+                yield from _walk(child.config)
+
+
+def model_configs(model: SequenceModel | None) -> list[CellConfig]:
+    """The configs of a model, its layers and its cells, outermost first ([] without a config)."""
+    return [] if model is None else list(_walk(model.config))
+
+
 def check_model_name(model: SequenceModel | None, where: str, *, allow_reverse: bool = False,
                      merges: tuple[str, ...] = ("concat",)) -> None:
-    """Reject model options that the peer library cannot express (they are not visible in params)."""
+    """Reject model options that the peer library cannot express (they are not visible in params).
+
+    The options are read from the model's config tree (every layer and every cell, both
+    directions of a bidirectional layer included), never from its name.
+    """
     if model is None:
         return
     if not isinstance(model, SequenceModel):
         raise TypeError(f"{where}: model must be a jlstm.SequenceModel (or None), got {type(model).__name__}; "
                         f"pass the model returned with the params (e.g. by from_torch_lstm).")
     name = model.name
-    if "cell_clip=" in name:
-        raise ValueError(f"{where}: the model {name} clips its cell state (cell_clip); the target library "
-                         f"has no cell clipping, so its outputs would differ. Rebuild without cell_clip.")
-    if "peephole=" in name:
-        raise ValueError(f"{where}: the model {name} has peepholes; the target library has none.")
-    merge = model_merge(model)
-    if merge is not None and merge not in merges:
-        raise ValueError(f"{where}: the model {name} merges its directions with {merge!r}; the target "
-                         f"library supports {', '.join(repr(m) for m in merges)}. Rebuild with merge='concat'.")
-    if not allow_reverse and "reverse=True" in name:
+    for cfg in model_configs(model):
+        if cfg.get("cell_clip") is not None:
+            raise ValueError(f"{where}: the model {name} has a cell that clips its cell state (cell_clip="
+                             f"{cfg.cell_clip}); the target library has no cell clipping, so its outputs "
+                             f"would differ. Rebuild without cell_clip.")
+        if cfg.get("peephole") is not None:
+            raise ValueError(f"{where}: the model {name} has a cell with peephole={cfg.peephole!r}; the "
+                             f"target library has none.")
+        if cfg.kind == "bidirectional" and cfg.merge not in merges:
+            raise ValueError(f"{where}: the model {name} merges its directions with {cfg.merge!r}; the target "
+                             f"library supports {', '.join(repr(m) for m in merges)}. Rebuild with "
+                             f"merge='concat'.")
+    if not allow_reverse and layer_is_reversed(model):
         raise ValueError(f"{where}: the model {name} has a reversed unidirectional layer; the target "
                          f"library has none. Use jlstm.bidirectional or a forward layer.")
 
 
 def model_merge(model: SequenceModel | None) -> str | None:
-    """The ``merge`` of a bidirectional model, read from its name (``None`` if there is none)."""
-    if model is None:
-        return None
-    m = re.search(r"merge='(\w+)'", model.name)
-    return None if m is None else m.group(1)
+    """The ``merge`` of a bidirectional model's first bidirectional layer (``None`` if there is none)."""
+    for cfg in model_configs(model):
+        if cfg.kind == "bidirectional":
+            return cfg.merge
+    return None
 
 
 def layer_is_reversed(model: SequenceModel | None) -> bool:
-    return model is not None and "reverse=True" in model.name
+    """Whether a unidirectional layer of the model runs backwards (bidirectional layers excluded)."""
+    def reversed_in(config: Any) -> bool:
+        if not isinstance(config, CellConfig):
+            return False
+        if config.kind == "recurrent":
+            return bool(config.reverse)
+        if config.kind == "stack":
+            return any(reversed_in(layer.config) for layer in config.layers)
+        return False
+
+    return model is not None and reversed_in(model.config)
