@@ -1,0 +1,302 @@
+"""Run a training script on several processes with ``jax.distributed``: one per host, or N on this machine.
+
+JAX's multi-process model is one Python process per host, all running the same script.
+Each process calls ``jax.distributed.initialize`` with the coordinator's address (process
+0 hosts the coordination service), the number of processes and its own id; afterwards
+``jax.devices()`` lists the devices of every process and a ``jax.jit`` over a mesh of them
+runs one SPMD program across hosts. This module does that call and then runs your script,
+so the script itself stays the same as on one host.
+
+One command per host (here 2 hosts, the coordinator on ``host0``)::
+
+    host0$ python -m jlstm.launch --coordinator host0:1234 --num-processes 2 --process-id 0 -- train.py --lr 1e-3
+    host1$ python -m jlstm.launch --coordinator host0:1234 --num-processes 2 --process-id 1 -- train.py --lr 1e-3
+
+N processes on this machine (loopback only; each gets ``--local-device-count`` CPU devices),
+e.g. to try a multi-process script before going to a cluster::
+
+    python -m jlstm.launch --local 2 --local-device-count 2 -- train.py
+
+``-m package.module`` may replace the script path. From Python, :func:`launch_local` does the
+same and returns each process's exit status and output; if one process fails or the time
+limit passes, it kills all of them (the others would wait forever on a collective).
+On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import NamedTuple, Sequence
+
+__all__ = ["LaunchError", "ProcessResult", "free_port", "initialize", "launch_local", "main"]
+
+
+class ProcessResult(NamedTuple):
+    """What one launched process did: its id, OS pid, exit status (negative: killed by that signal), output."""
+
+    process_id: int
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class LaunchError(RuntimeError):
+    """A launched process failed or ran past the time limit; ``results`` holds every process's output."""
+
+    def __init__(self, message: str, results: list[ProcessResult]):
+        super().__init__(message)
+        self.results = results
+
+
+def _parse_address(address: str, where: str) -> tuple[str, int]:
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{where}: the coordinator address must be 'host:port' with a port in 1..65535, "
+                         f"e.g. '10.0.0.1:1234' or '127.0.0.1:1234'; got {address!r}.")
+    return host, int(port)
+
+
+def _check_count(name: str, value: object, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def initialize(
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    local_device_count: int | None = None,
+    bind_address: str | None = None,
+    timeout_s: int = 300,
+) -> None:
+    """Join this process to a multi-process JAX run (``jax.distributed.initialize``).
+
+    Call it first, before any other JAX work, in every process of the run.
+
+    Args:
+      coordinator: ``"host:port"`` of process 0, reachable from every process.
+      num_processes: how many processes take part (usually one per host).
+      process_id: this process's id, ``0 <= process_id < num_processes``; process 0 hosts
+        the coordination service.
+      local_device_count: on CPU, how many devices this process exposes (``jax_num_cpu_devices``);
+        ``None`` keeps JAX's default (one CPU device, or the host's accelerators).
+      bind_address: where process 0's coordination service listens; default: the address
+        part of ``coordinator`` when it is a loopback address (so a local run never listens
+        on the network), else JAX's default (all interfaces, the coordinator's port).
+      timeout_s: how long to wait for every process to join.
+
+    Raises:
+      ValueError: a malformed address or count, or ``process_id`` out of range.
+    """
+    where = "jlstm.launch.initialize"
+    host, port = _parse_address(coordinator, where)
+    _check_count("num_processes", num_processes, where, 1)
+    _check_count("process_id", process_id, where, 0)
+    if process_id >= num_processes:
+        raise ValueError(f"{where}: process_id must be in 0..{num_processes - 1} for num_processes="
+                         f"{num_processes}, got {process_id}; number the processes from 0.")
+    import jax
+
+    if local_device_count is not None:
+        jax.config.update("jax_num_cpu_devices", _check_count("local_device_count", local_device_count, where, 1))
+    if not jax.config.jax_cpu_collectives_implementation:   # older JAX: no cross-process CPU collectives
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if bind_address is None and host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        bind_address = f"{host}:{port}"
+    jax.distributed.initialize(coordinator_address=f"{host}:{port}", num_processes=num_processes,
+                               process_id=process_id, coordinator_bind_address=bind_address,
+                               initialization_timeout=timeout_s)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _run_target(target: Sequence[str]) -> None:
+    """Run ``script.py args...`` or ``-m module args...`` as ``__main__`` in this process."""
+    if not target:
+        raise SystemExit("jlstm.launch: give the script to run after '--', e.g. -- train.py --lr 1e-3")
+    if target[0] == "-m":
+        if len(target) < 2:
+            raise SystemExit("jlstm.launch: '-m' needs a module name, e.g. -- -m mypackage.train")
+        sys.argv = [target[1], *target[2:]]
+        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+    else:
+        if not os.path.isfile(target[0]):
+            raise SystemExit(f"jlstm.launch: no script {target[0]!r}; give a path to a .py file or -m module.")
+        sys.argv = list(target)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])))
+        runpy.run_path(target[0], run_name="__main__")
+
+
+def _child_command(target: Sequence[str], coordinator: str, num_processes: int, process_id: int,
+                   local_device_count: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "jlstm.launch", "--coordinator", coordinator,
+           "--num-processes", str(num_processes), "--process-id", str(process_id)]
+    if local_device_count is not None:
+        cmd += ["--local-device-count", str(local_device_count)]
+    return cmd + ["--", *target]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the process and everything it started (it leads its own session)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+
+
+def launch_local(
+    target: Sequence[str],
+    num_processes: int,
+    *,
+    local_device_count: int | None = 1,
+    timeout_s: float = 300.0,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> list[ProcessResult]:
+    """Run ``target`` (``["script.py", *args]`` or ``["-m", "module", *args]``) in N local processes.
+
+    The processes form one ``jax.distributed`` run over the loopback address
+    (``127.0.0.1`` and a free port); process ``i`` gets ``process_id=i``. The call waits for
+    all of them. If any exits with a non-zero status, or ``timeout_s`` passes, the others
+    are killed at once (with whatever they started) and :class:`LaunchError` is raised.
+
+    Args:
+      target: the script and its arguments, as after ``--`` on the command line.
+      num_processes: how many processes to start.
+      local_device_count: CPU devices per process (``None``: JAX's default).
+      timeout_s: wall-clock limit for the whole run.
+      env: the environment of the processes (default: this process's).
+      cwd: their working directory.
+
+    Returns:
+      One :class:`ProcessResult` per process, in process-id order, all with exit status 0.
+
+    Raises:
+      LaunchError: a process failed or the run timed out; ``.results`` has every process's output.
+    """
+    where = "jlstm.launch.launch_local"
+    _check_count("num_processes", num_processes, where, 1)
+    if isinstance(target, str) or not target:
+        raise ValueError(f"{where}: target must be a non-empty list like ['train.py', '--lr', '1e-3'], "
+                         f"got {target!r}.")
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs: list[subprocess.Popen] = []
+    outputs: list[tuple[list[str], list[str]]] = []
+    readers: list[threading.Thread] = []
+
+    def drain(stream, sink: list[str]) -> None:
+        for chunk in iter(stream.readline, ""):
+            sink.append(chunk)
+        stream.close()
+
+    failed = None
+    try:
+        for i in range(num_processes):
+            proc = subprocess.Popen(
+                _child_command(target, coordinator, num_processes, i, local_device_count),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                env=env, cwd=cwd, start_new_session=True)
+            procs.append(proc)
+            out: tuple[list[str], list[str]] = ([], [])
+            outputs.append(out)
+            for stream, sink in ((proc.stdout, out[0]), (proc.stderr, out[1])):
+                t = threading.Thread(target=drain, args=(stream, sink), daemon=True)
+                t.start()
+                readers.append(t)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                failed = f"process {bad[0]} exited with status {codes[bad[0]]}"
+                break
+            if all(c == 0 for c in codes):
+                break
+            if time.monotonic() > deadline:
+                failed = f"the run passed timeout_s={timeout_s} (still running: " \
+                         f"{[i for i, c in enumerate(codes) if c is None]})"
+                break
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            _kill(proc)
+        for proc in procs:
+            proc.wait()
+        for t in readers:
+            t.join(timeout=5)
+    results = [ProcessResult(i, p.pid, p.returncode, "".join(o[0]), "".join(o[1]))
+               for i, (p, o) in enumerate(zip(procs, outputs))]
+    if failed:
+        tails = "\n".join(f"--- process {r.process_id} (status {r.returncode}) stderr tail:\n{r.stderr[-1500:]}"
+                          for r in results)
+        raise LaunchError(f"{where}: {failed}; all {num_processes} processes were stopped.\n{tails}", results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``python -m jlstm.launch [options] -- script.py args...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    target: list[str] = []
+    if "--" in argv:
+        k = argv.index("--")
+        argv, target = argv[:k], argv[k + 1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m jlstm.launch",
+        description="Run a script as one process of a jax.distributed run (one command per host), "
+                    "or as N local processes with --local N. The script follows '--'.")
+    parser.add_argument("--coordinator", help="host:port of process 0, e.g. 10.0.0.1:1234")
+    parser.add_argument("--num-processes", type=int, help="processes in the run (one per host)")
+    parser.add_argument("--process-id", type=int, help="this process's id, 0..num_processes-1")
+    parser.add_argument("--local", type=int, metavar="N", help="start N processes on this machine (loopback)")
+    parser.add_argument("--local-device-count", type=int, help="CPU devices per process")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="--local: seconds before all are killed")
+    args = parser.parse_args(argv)
+    if not target:
+        parser.error("give the script after '--', e.g. python -m jlstm.launch --local 2 -- train.py")
+    if target[0] != "-m" and not os.path.isfile(target[0]):
+        parser.error(f"no script {target[0]!r}; give a path to a .py file, or -m module, after '--'")
+    if args.local is not None:
+        if args.coordinator or args.process_id is not None or args.num_processes is not None:
+            parser.error("--local N starts every process itself; drop --coordinator/--num-processes/--process-id")
+        try:
+            results = launch_local(target, args.local, local_device_count=args.local_device_count,
+                                   timeout_s=args.timeout)
+        except LaunchError as e:
+            results, status = e.results, 1
+            print(str(e).splitlines()[0], file=sys.stderr)
+        else:
+            status = 0
+        for r in results:
+            for line in r.stdout.splitlines():
+                print(f"[{r.process_id}] {line}")
+        return status
+    if args.coordinator is None or args.num_processes is None or args.process_id is None:
+        parser.error("give --coordinator, --num-processes and --process-id (one command per host), or --local N")
+    try:
+        initialize(args.coordinator, args.num_processes, args.process_id,
+                   local_device_count=args.local_device_count)
+    except ValueError as e:
+        parser.error(str(e))
+    _run_target(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""jlstm.launch + jlstm.parallel across processes: a jax.distributed run of 2 and 4 processes on the
+loopback address trains exactly like one process on the whole batch, and a failing run leaves no process.
+
+This file is also the worker: ``python -m jlstm.launch ... -- tests/test_distributed.py train`` runs
+:func:`worker` in every process (``__main__`` at the bottom).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.experimental import multihost_utils
+
+import jlstm
+from jlstm import launch, parallel
+from jlstm.train import make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H, T, B, STEPS = 4, 6, 8, 3           # B divides over 1, 2 and 4 processes (and 2 x 2 devices)
+model = jlstm.recurrent(jlstm.lstm(H))
+opt = optax.adam(3e-2)
+
+
+def loss_fn(params, batch, key):
+    _, ys = model.apply(params["rnn"], batch.xs)
+    pred = ys[-1] @ params["w"]
+    loss = jnp.mean((pred - batch.ys) ** 2)
+    return loss, {"loss": loss}
+
+
+train_step = make_train_step(loss_fn, opt)
+
+
+def problem():
+    """The same initial params and the same global batch in every process (same keys)."""
+    params = {"rnn": model.init(jax.random.key(0), 2), "w": jax.random.normal(jax.random.key(1), (H,))}
+    return params, jlstm.tasks.adding_problem(jax.random.key(2), B, T)
+
+
+def worker(mode: str) -> None:
+    """One process of the run (jax.distributed is already initialised by jlstm.launch)."""
+    n, i = jax.process_count(), jax.process_index()
+    if mode == "fail":                      # process 1 dies at once; process 0 would wait for it for ever
+        if i == 1:
+            os._exit(3)
+        time.sleep(120)
+        return
+    params0, batch = problem()
+    share = B // n                          # this process loads only its own sequences
+    local = type(batch)(np.asarray(batch.xs)[:, i * share:(i + 1) * share],
+                        np.asarray(batch.ys)[i * share:(i + 1) * share])
+    mesh = parallel.data_mesh()
+    global_batch = parallel.shard_batch(local, mesh)
+    gathered = multihost_utils.process_allgather(global_batch.xs, tiled=True)
+    step = parallel.data_parallel_step(train_step, mesh)
+    params, opt_state = parallel.replicate((params0, opt.init(params0)), mesh)
+    print("INFO " + json.dumps({
+        "processes": n, "process": i, "devices": len(jax.devices()), "local_devices": jax.local_device_count(),
+        "local_xs_shapes": sorted({tuple(s.data.shape) for s in global_batch.xs.addressable_shards}),
+        "global_xs_equal": bool(np.array_equal(gathered, np.asarray(batch.xs)))}), flush=True)
+    for s in range(STEPS):
+        params, opt_state, metrics = step(params, opt_state, global_batch, jax.random.key(10 + s))
+        print("STEP " + json.dumps({"step": s, "loss": float(metrics["loss"]),
+                                    "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)]}),
+              flush=True)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One process, one device, the whole batch: params after every step."""
+    params, batch = problem()
+    opt_state, step, out = opt.init(params), jax.jit(train_step), []
+    for s in range(STEPS):
+        params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(10 + s))
+        out.append({"loss": float(metrics["loss"]), "params": [np.asarray(x) for x in jax.tree.leaves(params)]})
+    return params, out
+
+
+def _records(stdout: str, prefix: str) -> list[dict]:
+    return [json.loads(line.split(prefix, 1)[1]) for line in stdout.splitlines() if prefix in line]
+
+
+def _check_against_reference(stdouts: dict[int, str], reference, n_proc: int, local_devices: int):
+    _, ref = reference
+    assert sorted(stdouts) == list(range(n_proc))
+    for pid, out in stdouts.items():
+        (info,) = _records(out, "INFO ")
+        assert info["processes"] == n_proc and info["process"] == pid
+        assert info["devices"] == n_proc * local_devices and info["local_devices"] == local_devices
+        assert info["local_xs_shapes"] == [[T, B // (n_proc * local_devices), 2]]   # each device: its share
+        assert info["global_xs_equal"]             # the shares assemble the whole batch, in order
+        steps = _records(out, "STEP ")
+        assert [r["step"] for r in steps] == list(range(STEPS))
+        for got, want in zip(steps, ref):
+            np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
+            for g, w in zip(got["params"], want["params"]):
+                np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-6)
+    first, last = ref[0]["params"], ref[-1]["params"]
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(first, last)) > 1e-2      # it really trained
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)              # the device count comes from --local-device-count
+    return env
+
+
+def test_four_processes_equal_one_process(reference):
+    results = launch.launch_local([__file__, "train"], 4, local_device_count=1, timeout_s=240,
+                                  env=_env(), cwd=ROOT)
+    assert [r.returncode for r in results] == [0, 0, 0, 0]
+    _check_against_reference({r.process_id: r.stdout for r in results}, reference, 4, 1)
+
+
+def test_two_processes_of_two_devices_via_the_command_line(reference):
+    proc = subprocess.run([sys.executable, "-m", "jlstm.launch", "--local", "2", "--local-device-count", "2",
+                           "--timeout", "240", "--", __file__, "train"],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_process: dict[int, str] = {}
+    for line in proc.stdout.splitlines():            # "[i] ..." lines, one prefix per process
+        pid, _, rest = line.partition("] ")
+        by_process[int(pid.lstrip("["))] = by_process.get(int(pid.lstrip("[")), "") + rest + "\n"
+    _check_against_reference(by_process, reference, 2, 2)
+
+
+def test_a_failing_process_stops_the_run_and_leaves_no_process():
+    start = time.monotonic()
+    with pytest.raises(launch.LaunchError, match="process 1 exited with status 3") as err:
+        launch.launch_local([__file__, "fail"], 2, timeout_s=100, env=_env(), cwd=ROOT)
+    assert time.monotonic() - start < 60                # process 0 was killed, not waited for (it sleeps 120 s)
+    results = err.value.results
+    assert [r.returncode for r in results] == [-9, 3]
+    for r in results:
+        with pytest.raises(ProcessLookupError):
+            os.kill(r.pid, 0)
+
+
+def test_bad_launch_arguments_raise():
+    with pytest.raises(ValueError, match="'host:port'"):
+        launch.initialize("127.0.0.1", 2, 0)
+    with pytest.raises(ValueError, match=r"process_id must be in 0\.\.1"):
+        launch.initialize("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="num_processes must be an int >= 1"):
+        launch.initialize("127.0.0.1:1234", 0, 0)
+    with pytest.raises(ValueError, match="non-empty list"):
+        launch.launch_local("train.py", 2)
+    proc = subprocess.run([sys.executable, "-m", "jlstm.launch", "--local", "2", "--", "no_such_script.py"],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "no_such_script.py" in proc.stderr
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
