@@ -95,8 +95,8 @@ def from_flax_lstm(variables: Any) -> tuple[Cell, LSTMParams]:
       ``(c, h)`` carry with :func:`from_flax_carry`.
 
     Raises:
-      TypeError / ValueError: not a dict, missing or unexpected entries, or shapes that
-      disagree.
+      TypeError: ``variables`` is not a dict.
+      ValueError: missing or unexpected entries, or shapes that disagree.
     """
     where = "jlstm.interop.from_flax_lstm"
     spec = {**{"i" + g: ("kernel",) for g in _LSTM_GATES}, **{"h" + g: ("kernel", "bias") for g in _LSTM_GATES}}

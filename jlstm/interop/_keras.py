@@ -154,8 +154,9 @@ def from_keras_lstm(layer: Any) -> tuple[SequenceModel, Any]:
       original time order (Keras returns them reversed).
 
     Raises:
-      TypeError: another layer type. ValueError: other activations, an unbuilt layer, or a
-      Bidirectional merge_mode 'mul' / None.
+      TypeError: another layer type.
+      ValueError: other activations, an unbuilt layer, or a Bidirectional ``merge_mode``
+        of ``'mul'`` or ``None``.
     """
     return _from_keras(layer, "lstm", "jlstm.interop.from_keras_lstm")
 

@@ -1,0 +1,209 @@
+"""The documentation site: it builds strictly, renders in a real browser, and documents every public symbol.
+
+The site is built once per test module with ``mkdocs build --strict`` (or taken from
+``JLSTM_DOCS_SITE``, a folder that ``.ci/run`` has just built), served on loopback, and opened in
+Debian's headless Chromium: the DOM after the page's scripts ran must hold the title, the API
+entries and KaTeX's rendered maths, and a screenshot must show a drawn page.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import importlib
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# The public modules whose __all__ the API reference must cover, and the page that documents each.
+API_PAGES = {
+    "jlstm": "api/jlstm", "jlstm.train": "api/train", "jlstm.train.losses": "api/train",
+    "jlstm.checkpoint": "api/checkpoint", "jlstm.interop": "api/interop", "jlstm.nnx": "api/nnx",
+    "jlstm.streaming": "api/streaming", "jlstm.parallel": "api/parallel", "jlstm.population": "api/population",
+}
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("Debian's chromium is needed for the docs tests: "
+                    "apt-get update && apt-get install -y chromium "
+                    "(.ci/run installs it when it is missing).")
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    given = os.environ.get("JLSTM_DOCS_SITE")
+    if given:
+        path = Path(given)
+        assert (path / "index.html").is_file(), f"JLSTM_DOCS_SITE={given} holds no built site (no index.html)."
+        return path
+    path = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# The pages opened in the browser: (page, whether to screenshot it).
+BROWSED = {"index": "index.html", "api": "api/jlstm/index.html", "lstm": "cells/lstm/index.html"}
+SHOT = ("index", "api")
+
+
+@pytest.fixture(scope="module")
+def browsed(server, tmp_path_factory) -> dict[str, tuple[str, Path | None]]:
+    """Each page of BROWSED loaded in headless Chromium: its DOM after the scripts ran (``--dump-dom``)
+    and, for SHOT, a screenshot. Chromium cannot do both in one process, so all the processes run
+    side by side."""
+    chromium = _chromium()
+    out = tmp_path_factory.mktemp("browser")
+    budget = "--virtual-time-budget=4000"   # let the deferred scripts (KaTeX) run before the dump
+    doms, shots = {}, {}
+    for key, page in BROWSED.items():
+        url = f"{server}/{page}"
+        doms[key] = subprocess.Popen(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={out / (key + '-dom')}", budget, "--dump-dom", url],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if key in SHOT:
+            shots[key] = subprocess.Popen(
+                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={out / (key + '-shot')}", budget,
+                 "--window-size=1280,900", "--hide-scrollbars", f"--screenshot={out / (key + '.png')}", url],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = {}
+    for key, proc in doms.items():
+        dom, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0 and dom, f"chromium --dump-dom {BROWSED[key]} failed (exit {proc.returncode})."
+        result[key] = (dom, None)
+    for key, proc in shots.items():
+        proc.wait(timeout=90)
+        png = out / (key + ".png")
+        assert png.is_file(), f"chromium wrote no screenshot of {BROWSED[key]}."
+        result[key] = (result[key][0], png)
+    return result
+
+
+def _assert_drawn(png: Path | None) -> None:
+    """The screenshot is a drawn page, not a blank window: many distinct colours."""
+    from PIL import Image
+
+    assert png is not None
+    with Image.open(png) as img:
+        assert img.size == (1280, 900), img.size
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200, f"{png.name} looks blank ({len(colours or [])} colours)."
+
+
+def _tex_left(dom: str) -> str:
+    """The page's text outside KaTeX's own annotations (which keep the TeX source on purpose)."""
+    return re.sub(r"<annotation.*?</annotation>", "", dom, flags=re.S)
+
+
+def test_index_renders_title_and_maths(browsed):
+    dom, png = browsed["index"]
+    assert re.search(r"<title>\s*jlstm\s*</title>", dom), "the index page's title is not 'jlstm'"
+    assert "Two commands" in dom and "Ten lines" in dom
+    # KaTeX replaced the TeX source by its markup: rendered display maths, with its MathML twin.
+    assert dom.count('class="katex-display"') >= 1, "no rendered display equation on the index page"
+    assert "<math" in dom and "\\odot" not in _tex_left(dom), "TeX source left unrendered on the index page"
+    assert 'class="katex-error"' not in dom
+    _assert_drawn(png)
+
+
+def test_api_page_renders_entries(browsed):
+    dom, png = browsed["api"]
+    assert re.search(r"<title>\s*jlstm\b[^<]*</title>", dom), "the API page has no jlstm title"
+    for name in ("jlstm.scan", "jlstm.lstm", "jlstm.Cell", "jlstm.stack", "jlstm.LSTMParams"):
+        assert f'id="{name}"' in dom, f"the API page has no entry for {name}"
+    assert 'class="doc doc-heading"' in dom
+    assert ":func:" not in dom, "Sphinx roles leaked into the API page"
+    _assert_drawn(png)
+
+
+def test_a_cell_page_renders_its_equations(browsed):
+    dom, _ = browsed["lstm"]
+    assert dom.count('class="katex-display"') >= 3, "the LSTM page's display equations did not render"
+    assert 'class="katex-error"' not in dom, "KaTeX could not parse an equation on the LSTM page"
+    assert "\\sigma" not in _tex_left(dom), "TeX source left unrendered on the LSTM page"
+
+
+def _inventory(site: Path) -> set[str]:
+    data = (site / "objects.inv").read_bytes()
+    header_end = 0
+    for _ in range(4):                                  # four text lines, then the zlib body
+        header_end = data.index(b"\n", header_end) + 1
+    body = zlib.decompress(data[header_end:]).decode()
+    return {line.split(" ", 1)[0] for line in body.splitlines() if line}
+
+
+def _documented_names(module_name: str, name: str) -> set[str]:
+    """Where a public symbol may be documented: under the module that exports it, or where it is defined
+    (``jlstm.train.fit`` is both a submodule and the function ``jlstm.train.fit.fit``)."""
+    obj = getattr(importlib.import_module(module_name), name)
+    names = {f"{module_name}.{name}"}
+    if inspect.isfunction(obj) or inspect.isclass(obj):
+        names.add(f"{obj.__module__}.{obj.__qualname__}")
+    return names
+
+
+def test_every_public_symbol_is_in_the_api_reference(site):
+    inventory = _inventory(site)
+    missing = []
+    for module_name, page in API_PAGES.items():
+        module = importlib.import_module(module_name)
+        html = (site / page / "index.html").read_text(encoding="utf-8")
+        for name in module.__all__:
+            names = _documented_names(module_name, name)
+            if not (names & inventory) or not any(f'id="{n}"' in html for n in names):
+                missing.append(f"{module_name}.{name} (page {page})")
+    assert not missing, f"public symbols missing from the API reference: {missing}"
+
+
+def test_every_public_module_has_an_api_page():
+    """A new public submodule with an ``__all__`` needs its page in API_PAGES and mkdocs.yml."""
+    import jlstm
+
+    with_all = {f"jlstm.{m}" for m in jlstm._SUBMODULES
+                if hasattr(importlib.import_module(f"jlstm.{m}"), "__all__")}
+    assert with_all <= set(API_PAGES), f"public modules without an API page: {sorted(with_all - set(API_PAGES))}"
+
+
+def test_the_site_works_offline(site):
+    """No page fetches a script, stylesheet or image from another host; KaTeX is served by the site."""
+    remote = re.compile(r"<(?:script|img|link)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//", re.I)
+    offenders = [str(p.relative_to(site)) for p in site.rglob("*.html") if remote.search(p.read_text("utf-8"))]
+    assert not offenders, f"pages that fetch from another host: {offenders}"
+    for asset in ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js", "fonts/KaTeX_Main-Regular.woff2"):
+        assert (site / "assets" / "katex" / asset).is_file(), f"the site lacks assets/katex/{asset}"
+
+
+def test_notebooks_are_rendered_with_their_stored_outputs(site):
+    page = (site / "notebooks" / "01_quickstart" / "index.html").read_text(encoding="utf-8")
+    assert "jp-OutputArea" in page or "output_area" in page, "the quickstart notebook page shows no outputs"
+    assert "mathjax" not in page.lower(), "the notebook page still loads MathJax"
