@@ -1,8 +1,13 @@
-"""A training loop: jitted steps, progress bar, evaluation, early stopping, checkpoints."""
+"""A training loop: jitted steps, progress bar, evaluation, early stopping, checkpoints, preemption.
+
+:func:`fit` drives the pure pieces: the steps (:mod:`jlstm.train.step`, or
+:mod:`jlstm.train.stateful` with ``carry=``), the bookkeeping state machine
+(:mod:`jlstm.train.fit_state`) and the signal guard (:mod:`jlstm.train.preemption`).
+"""
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -12,11 +17,21 @@ import optax
 from tqdm.auto import tqdm
 
 from jlstm import checkpoint as _ckpt
+from jlstm.train.fit_state import (
+    FitState,
+    Stopping,
+    end_epoch,
+    epoch_record,
+    host_metrics,
+    mean_metrics,
+    scalar,
+    stopping_for,
+)
+from jlstm.train.preemption import Preempted, SignalGuard
+from jlstm.train.stateful import make_stateful_eval_step, make_stateful_train_step
 from jlstm.train.step import LossFn, make_eval_step, make_train_step
 
-__all__ = ["FitResult", "History", "fit"]
-
-_MAX_MODES = ("acc", "accuracy", "f1", "auc", "r2")
+__all__ = ["Carry", "FitResult", "History", "fit"]
 
 
 class History(NamedTuple):
@@ -30,6 +45,7 @@ class History(NamedTuple):
       best_epoch: the 1-based epoch with the best monitored value (``None`` before any).
       stopped_early: whether early stopping ended training.
       monitor: the monitored metric's name.
+      resumed_from: the optimizer step this call resumed from (``None``: it started afresh).
     """
 
     steps: dict[str, np.ndarray]
@@ -37,6 +53,7 @@ class History(NamedTuple):
     best_epoch: int | None
     stopped_early: bool
     monitor: str | None
+    resumed_from: int | None = None
 
     @property
     def loss(self) -> np.ndarray:
@@ -64,6 +81,34 @@ class FitResult(NamedTuple):
     history: History
 
 
+class Carry(NamedTuple):
+    """Stateful training (truncated BPTT): the recurrent state is carried from batch to batch.
+
+    With ``fit(..., carry=Carry(model.initial_state, batch_shape))`` the loss function is
+    ``loss_fn(params, state, batch, key) -> (loss, new_state[, metrics])``, the batches are
+    consecutive chunks (:func:`jlstm.train.lm_chunks`), the state starts each epoch (and each
+    evaluation) at ``initial_state(params, batch_shape)`` and a batch's ``reset`` field
+    (bool [batch], if it has one) restarts those rows.
+    """
+
+    initial_state: Callable[..., Any]
+    batch_shape: int | tuple[int, ...]
+
+
+class _Run(NamedTuple):
+    """What does not change during a call: the steps and the options."""
+
+    train_step: Callable
+    eval_step: Callable
+    carry: Carry | None
+    stopping: Stopping
+    key: Any
+    path: str | None
+    config: dict[str, Any]
+    progress: bool
+    epochs: int
+
+
 def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
     if callable(data):
         return data(epoch)
@@ -78,37 +123,144 @@ def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
     return data
 
 
-def _scalar(name: str, value: Any) -> float:
-    arr = np.asarray(value)
-    if arr.shape != ():
-        raise ValueError(f"fit: metric {name!r} must be a scalar, got shape {arr.shape}; reduce it "
-                         f"with a mean inside loss_fn.")
-    return float(arr)
-
-
-def _mode_for(monitor: str, mode: str) -> str:
-    if mode == "auto":
-        return "max" if any(s in monitor.lower() for s in _MAX_MODES) else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"fit: mode must be 'min', 'max' or 'auto', got {mode!r}.")
-    return mode
-
-
-def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if math.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def _ordered(metrics: dict[str, Any]) -> list[str]:
-    names = [n for n in metrics if n not in ("loss", "grad_norm")]
-    return ["loss"] + names + ["grad_norm"] if "grad_norm" in metrics else ["loss"] + names
+def _skip(batches: Iterable[Any], n: int) -> tuple[Iterable[Any], int | None]:
+    """Drop the first ``n`` batches (already trained on before a preemption); the rest and its length."""
+    if hasattr(batches, "__len__") and hasattr(batches, "__getitem__"):
+        return batches[n:], max(len(batches) - n, 0)
+    return (itertools.islice(iter(batches), n, None) if n else batches), None
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
+
+
+def _steps(loss_fn: Callable, optimizer: Any, carry: Carry | None, jit: bool) -> tuple[Callable, Callable]:
+    """Train and eval steps with one signature whether or not a state is carried."""
+    if carry is None:
+        train, ev = make_train_step(loss_fn, optimizer), make_eval_step(loss_fn)
+
+        def train_step(params, opt_state, state, batch, key):
+            return train(params, opt_state, batch, key) + (None,)
+
+        def eval_step(params, state, batch):
+            return None, ev(params, batch)
+    else:
+        train = make_stateful_train_step(loss_fn, optimizer, carry.initial_state)
+        ev = make_stateful_eval_step(loss_fn, carry.initial_state)
+
+        def train_step(params, opt_state, state, batch, key):
+            params, opt_state, state, metrics = train(params, opt_state, state, batch, key,
+                                                      getattr(batch, "reset", None))
+            return params, opt_state, metrics, state
+
+        def eval_step(params, state, batch):
+            return ev(params, state, batch, None, getattr(batch, "reset", None))
+    return (jax.jit(train_step), jax.jit(eval_step)) if jit else (train_step, eval_step)
+
+
+def _fresh_state(run: _Run, params: Any) -> Any:
+    return None if run.carry is None else run.carry.initial_state(params, run.carry.batch_shape)
+
+
+def _target(params: Any, opt_state: Any, carried: Any, best_params: Any, key: Any) -> dict[str, Any]:
+    target = {"params": params, "opt_state": opt_state}
+    for name, value in (("state", carried), ("best_params", best_params), ("key", key)):
+        if value is not None:
+            target[name] = value
+    return target
+
+
+def _save(run: _Run, fs: FitState, target: dict[str, Any], preempted: bool = False) -> None:
+    meta = {"step": fs.step, "config": run.config, "fit": dict(fs.to_json(), preempted=preempted)}
+    _ckpt.save(run.path, target, metadata=meta)
+
+
+def _resume(run: _Run, like: dict[str, Any]) -> tuple[dict[str, Any], FitState]:
+    target, meta = _ckpt.load(run.path, like)
+    fs = FitState.from_json(meta.get("fit", {}))._replace(step=int(meta.get("step", 0)))
+    if run.progress:
+        where = f"epoch {fs.epoch + 1}, batch {fs.position}" if fs.position else f"after epoch {fs.epoch}"
+        tqdm.write(f"resumed from {run.path} at {where} (step {fs.step})")
+        if fs.epoch >= run.epochs or fs.stopped:
+            tqdm.write(f"nothing left to train: the checkpoint has finished {fs.epoch} of {run.epochs} epochs"
+                       + (" (stopped early)" if fs.stopped else "")
+                       + "; pass a new checkpoint_path (or resume=False) to train afresh.")
+    return target, fs
+
+
+def _advance(fs: FitState, done: list[dict[str, Any]]) -> FitState:
+    n = len(done)
+    return fs._replace(position=fs.position + n, step=fs.step + n, partial=fs.partial + host_metrics(done))
+
+
+def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any, carried: Any,
+                 best_params: Any, guard: SignalGuard) -> tuple[FitState, Any, Any, Any]:
+    """The current epoch's remaining steps; on a signal, checkpoint after the step and raise Preempted."""
+    batches, total = _skip(_batches(data, fs.epoch, "train_data", run.epochs), fs.position)
+    bar = tqdm(batches, total=total, desc=f"epoch {fs.epoch + 1}/{run.epochs}", disable=not run.progress,
+               leave=True, dynamic_ncols=True)
+    done: list[dict[str, Any]] = []
+    with bar:
+        for batch in bar:
+            k = None if run.key is None else jax.random.fold_in(run.key, fs.step + len(done))
+            params, opt_state, metrics, carried = run.train_step(params, opt_state, carried, batch, k)
+            done.append(metrics)
+            if run.progress and (len(done) % 10 == 1 or len(done) == total):
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}")
+            if guard.signum is not None:
+                fs = _advance(fs, done)
+                _save(run, fs, _target(params, opt_state, carried, best_params, run.key), preempted=True)
+                raise Preempted(fs.step, run.path, guard.signum)
+    return _advance(fs, done), params, opt_state, carried
+
+
+def _evaluate(run: _Run, params: Any, eval_data: Any, eval_fn: Callable | None, epoch: int) -> dict[str, float]:
+    record: dict[str, float] = {}
+    if eval_data is not None:
+        carried, ev = _fresh_state(run, params), []
+        for batch in _batches(eval_data, epoch, "eval_data", run.epochs):
+            carried, metrics = run.eval_step(params, carried, batch)
+            ev.append(metrics)
+        if not ev:
+            raise ValueError(f"fit: eval_data gave no batches in epoch {epoch}.")
+        record.update(mean_metrics(ev, "eval_"))
+    if eval_fn is not None:
+        for name, value in dict(eval_fn(params)).items():
+            record[f"eval_{name}"] = scalar(name, value)
+    return record
+
+
+def _finish_epoch(run: _Run, fs: FitState, params: Any, eval_data: Any,
+                  eval_fn: Callable | None) -> tuple[FitState, bool]:
+    """Average the epoch's steps, evaluate, log, and apply early stopping."""
+    if not fs.partial:
+        raise ValueError(f"fit: train_data gave no batches in epoch {fs.epoch}.")
+    fs, record = epoch_record(fs)
+    record.update(_evaluate(run, params, eval_data, eval_fn, fs.epoch))
+    fs, improved = end_epoch(fs, record, run.stopping)
+    if run.progress:
+        tqdm.write(f"epoch {fs.epoch}/{run.epochs}: {_fmt(record)}{' *' if improved else ''}")
+        if fs.stopped:
+            tqdm.write(f"early stopping: {run.stopping.monitor} has not improved for {fs.wait} epochs; best "
+                       f"epoch {fs.best_epoch} ({run.stopping.monitor}={fs.best:.4g}).")
+    return fs, improved
+
+
+def _check_args(epochs: Any, resume: bool, path: Any, clip_norm: float | None, carry: Any,
+                optimizer: Any) -> Any:
+    """Validate ``fit``'s options; returns the optimizer with clipping chained in front."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}.")
+    if resume and path is None:
+        raise ValueError("fit: resume=True needs checkpoint_path=... to resume from.")
+    if carry is not None and not isinstance(carry, Carry):
+        raise TypeError(f"fit: carry must be jlstm.train.Carry(model.initial_state, batch_shape), got "
+                        f"{type(carry).__name__}.")
+    if clip_norm is None:
+        return optimizer
+    if not clip_norm > 0:
+        raise ValueError(f"fit: clip_norm must be positive, got {clip_norm!r}.")
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
 def fit(
@@ -133,176 +285,68 @@ def fit(
     config: dict[str, Any] | None = None,
     progress: bool = True,
     jit: bool = True,
+    carry: Carry | None = None,
 ) -> FitResult:
-    """Train ``params`` with ``optimizer`` on ``loss_fn`` for some epochs.
+    """Train ``params`` with ``optimizer`` on ``loss_fn`` (``(params, batch, key) -> loss[, metrics]``).
 
-    Each epoch runs the jitted :func:`make_train_step` over ``train_data``'s batches (a tqdm
-    bar shows the running loss), then evaluates ``loss_fn`` on ``eval_data`` without a key
-    (dropout off) and/or calls ``eval_fn``, records everything in the :class:`History`,
-    applies early stopping and writes a checkpoint.
+    Each epoch runs the jitted train step over ``train_data`` (a list of batches, or a callable
+    ``epoch -> iterable``; a tqdm bar shows the loss); step ``n`` gets ``fold_in(key, n)``.
+    Then it evaluates ``loss_fn`` without a key on ``eval_data`` and/or calls ``eval_fn(params)
+    -> dict``, records ``train_*``/``eval_*`` means in the :class:`History`, applies early
+    stopping (``monitor``, default ``eval_loss`` or ``train_loss``; ``mode`` min/max/auto;
+    ``patience`` epochs without a ``min_delta`` improvement; ``restore_best`` returns the best
+    epoch's params) and checkpoints to ``checkpoint_path`` (params, optimizer state, step, key,
+    history, ``config``). ``clip_norm`` chains ``optax.clip_by_global_norm`` before the
+    optimizer; ``history.grad_norm`` is taken before clipping. ``carry=Carry(...)`` carries a
+    recurrent state across batches (truncated BPTT, see :class:`Carry`).
 
-    Gradient clipping is an optax transformation: either pass ``clip_norm=1.0`` (``fit`` then
-    uses ``optax.chain(optax.clip_by_global_norm(1.0), optimizer)``) or chain it yourself.
-    ``history.grad_norm`` is always the norm before clipping.
-
-    Args:
-      loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` (or just ``loss``).
-      params: the initial params pytree.
-      optimizer: an optax ``GradientTransformation``.
-      train_data: a re-iterable of batches (a list), or a callable ``epoch -> iterable``
-        (epochs count from 0) for fresh data each epoch. A batch is any pytree of arrays.
-      epochs: the number of epochs (in total, when resuming).
-      key: a PRNG key; step ``n`` gets ``fold_in(key, n)``. ``None`` passes ``key=None``
-        to ``loss_fn`` (no dropout).
-      opt_state: the optimizer state to start from; default ``optimizer.init(params)``.
-      eval_data: batches (same forms as ``train_data``) for ``eval_<metric>``: the mean over
-        batches of ``loss_fn(params, batch, None)``'s loss and metrics.
-      eval_fn: ``eval_fn(params) -> dict`` of scalar metrics, recorded as ``eval_<name>``.
-      clip_norm: if set, clip gradients to this global L2 norm before ``optimizer``.
-      monitor: the per-epoch metric for early stopping and ``restore_best``; default
-        ``"eval_loss"`` when there is evaluation, else ``"train_loss"``.
-      mode: ``"min"``, ``"max"`` or ``"auto"`` (max for names containing "acc", "f1", ...).
-      patience: stop after this many epochs without improvement of ``monitor`` by more than
-        ``min_delta``; ``None`` never stops early.
-      min_delta: the smallest change that counts as an improvement.
-      restore_best: return the params of the best epoch instead of the last ones (the
-        optimizer state returned is still the last one).
-      checkpoint_path: if set, save params, optimizer state, step and history there after
-        every epoch (atomically, see :mod:`jlstm.checkpoint`).
-      resume: continue from ``checkpoint_path`` if it exists: same result as an
-        uninterrupted run, given deterministic data and key.
-      config: JSON-serialisable model configuration stored in the checkpoint.
-      progress: show a tqdm bar per epoch (stderr) and one summary line per epoch (stdout).
-      jit: ``jax.jit`` the steps (turn off to debug with prints).
+    ``resume=True`` continues from ``checkpoint_path`` if it exists, bit-identically to an
+    uninterrupted run given deterministic data; it says so (a line, and
+    ``history.resumed_from``). With a ``checkpoint_path``, SIGTERM or SIGINT finishes the
+    current step, checkpoints (with the position in the epoch) and raises
+    :class:`jlstm.train.Preempted`, which exits a script with status 75.
 
     Returns:
       :class:`FitResult` ``(params, opt_state, history)``.
 
     Example:
+      >>> enc = jlstm.recurrent(jlstm.lstm(8))
+      >>> k1, k2 = jax.random.split(jax.random.key(0))
+      >>> params = (enc.init(k1, 4), jlstm.train.dense_init(k2, 8, 4))
+      >>> batches = [jlstm.tasks.copy_first(jax.random.key(i), 16, 5) for i in range(4)]
       >>> def loss_fn(params, batch, key):
-      ...     final, _ = model.apply(params[0], batch.xs, key=key)
-      ...     logits = dense_apply(params[1], final.h)
-      ...     return (losses.sequence_classification(logits, batch.ys),
-      ...             {"acc": losses.accuracy(logits, batch.ys)})
-      >>> params, opt_state, history = fit(loss_fn, params, optax.adam(1e-3), batches,
-      ...                                  epochs=10, eval_data=val, patience=3, restore_best=True)
+      ...     final, _ = enc.apply(params[0], batch.xs, key=key)
+      ...     logits = jlstm.train.dense_apply(params[1], final.h)
+      ...     return jlstm.train.losses.sequence_classification(logits, batch.ys)
+      >>> params, opt_state, history = fit(loss_fn, params, optax.adam(1e-2), batches, epochs=2,
+      ...                                  eval_data=batches[:1], patience=3, progress=False)
+      >>> history.loss.shape, sorted(history.epochs[-1])
+      ((8,), ['epoch', 'eval_loss', 'step', 'train_grad_norm', 'train_loss'])
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}.")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"fit: patience must be a positive int or None, got {patience!r}.")
-    if resume and checkpoint_path is None:
-        raise ValueError("fit: resume=True needs checkpoint_path=... to resume from.")
-    if clip_norm is not None:
-        if not clip_norm > 0:
-            raise ValueError(f"fit: clip_norm must be positive, got {clip_norm!r}.")
-        optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
-    if opt_state is None:
-        opt_state = optimizer.init(params)
+    optimizer = _check_args(epochs, resume, checkpoint_path, clip_norm, carry, optimizer)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
     has_eval = eval_data is not None or eval_fn is not None
-    monitor = monitor or ("eval_loss" if has_eval else "train_loss")
-    mode = _mode_for(monitor, mode)
-
-    train_step = make_train_step(loss_fn, optimizer)
-    eval_step = make_eval_step(loss_fn)
-    if jit:
-        train_step, eval_step = jax.jit(train_step), jax.jit(eval_step)
-
-    step_log: dict[str, list[float]] = {}
-    epoch_log: list[dict[str, float]] = []
-    best: float | None = None
-    best_epoch: int | None = None
+    stopping = stopping_for(monitor or ("eval_loss" if has_eval else "train_loss"), mode, patience, min_delta,
+                            restore_best)
+    path = None if checkpoint_path is None else os.fspath(checkpoint_path)
+    run = _Run(*_steps(loss_fn, optimizer, carry, jit), carry, stopping, key, path, config or {}, progress, epochs)
+    fs, carried, resumed_from = FitState(), None, None
     best_params = params if restore_best else None
-    wait, stopped, start_epoch, step = 0, False, 0, 0
-
-    if resume and os.path.exists(checkpoint_path):
-        like = {"params": params, "opt_state": opt_state}
-        if restore_best:
-            like["best_params"] = params
-        target, meta = _ckpt.load(checkpoint_path, like)
-        state = meta.get("fit", {})
-        params, opt_state = target["params"], target["opt_state"]
-        best_params = target.get("best_params")
-        step = int(meta.get("step", 0))
-        start_epoch = int(state.get("epoch", 0))
-        step_log = {k: list(v) for k, v in state.get("steps", {}).items()}
-        epoch_log = list(state.get("epochs", []))
-        best, best_epoch = state.get("best"), state.get("best_epoch")
-        wait, stopped = int(state.get("wait", 0)), bool(state.get("stopped_early", False))
-        if progress:
-            tqdm.write(f"resumed from {os.fspath(checkpoint_path)} after epoch {start_epoch} (step {step})")
-
-    for epoch in range(start_epoch, epochs):
-        if stopped:
-            break
-        batches = _batches(train_data, epoch, "train_data", epochs)
-        total = len(batches) if hasattr(batches, "__len__") else None
-        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=True, dynamic_ncols=True)
-        epoch_metrics: list[dict[str, Any]] = []
-        for batch in bar:
-            k = None if key is None else jax.random.fold_in(key, step)
-            params, opt_state, metrics = train_step(params, opt_state, batch, k)
-            epoch_metrics.append(metrics)
-            step += 1
-            if progress and (len(epoch_metrics) % 10 == 1 or len(epoch_metrics) == total):
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}")
-        if not epoch_metrics:
-            bar.close()
-            raise ValueError(f"fit: train_data gave no batches in epoch {epoch}.")
-        host = jax.device_get(epoch_metrics)
-        record: dict[str, float] = {"epoch": epoch + 1, "step": step}
-        for name in _ordered(epoch_metrics[0]):
-            values = [_scalar(name, m[name]) for m in host]
-            step_log.setdefault(name, []).extend(values)
-            record[f"train_{name}"] = float(np.mean(values))
-        if eval_data is not None:
-            ev = [eval_step(params, b) for b in _batches(eval_data, epoch, "eval_data", epochs)]
-            if not ev:
-                raise ValueError(f"fit: eval_data gave no batches in epoch {epoch}.")
-            ev = jax.device_get(ev)
-            for name in _ordered(ev[0]):
-                record[f"eval_{name}"] = float(np.mean([_scalar(name, m[name]) for m in ev]))
-        if eval_fn is not None:
-            for name, value in dict(eval_fn(params)).items():
-                record[f"eval_{name}"] = _scalar(name, value)
-        if monitor not in record:
-            bar.close()
-            raise ValueError(f"fit: monitor={monitor!r} is not among the per-epoch metrics "
-                             f"{sorted(k for k in record if k not in ('epoch', 'step'))}.")
-        epoch_log.append(record)
-        value = record[monitor]
-        note = ""
-        if _improved(value, best, mode, min_delta):
-            best, best_epoch, wait = value, epoch + 1, 0
-            if restore_best:
-                best_params = params
-            note = " *"
-        else:
-            wait += 1
-            if patience is not None and wait >= patience:
-                stopped = True
-        if progress:
-            bar.set_postfix_str(_fmt(record))
-            bar.close()
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {_fmt(record)}{note}")
-            if stopped:
-                tqdm.write(f"early stopping: {monitor} has not improved for {wait} epochs; best epoch "
-                           f"{best_epoch} ({monitor}={best:.4g}).")
-        else:
-            bar.close()
-        if checkpoint_path is not None:
-            target = {"params": params, "opt_state": opt_state}
-            if restore_best:
-                target["best_params"] = best_params
-            fit_state = {"epoch": epoch + 1, "steps": step_log, "epochs": epoch_log, "best": best,
-                         "best_epoch": best_epoch, "wait": wait, "stopped_early": stopped,
-                         "monitor": monitor}
-            _ckpt.save(checkpoint_path, target,
-                       metadata={"step": step, "config": config or {}, "fit": fit_state})
-
-    if restore_best and best_params is not None:
-        params = best_params
-    history = History(steps={k: np.asarray(v, dtype=np.float64) for k, v in step_log.items()},
-                      epochs=epoch_log, best_epoch=best_epoch, stopped_early=stopped, monitor=monitor)
-    return FitResult(params, opt_state, history)
+    if resume and os.path.exists(path):
+        t, fs = _resume(run, _target(params, opt_state, _fresh_state(run, params), best_params, key))
+        params, opt_state, carried, best_params = t["params"], t["opt_state"], t.get("state"), t.get("best_params")
+        run, resumed_from = run._replace(key=t.get("key")), fs.step
+    with SignalGuard(enabled=path is not None) as guard:
+        while fs.epoch < epochs and not fs.stopped:
+            carried = _fresh_state(run, params) if fs.position == 0 else carried
+            fs, params, opt_state, carried = _train_epoch(run, fs, train_data, params, opt_state, carried,
+                                                          best_params, guard)
+            fs, improved = _finish_epoch(run, fs, params, eval_data, eval_fn)
+            best_params = params if improved and restore_best else best_params
+            if path is not None:
+                _save(run, fs, _target(params, opt_state, carried, best_params, run.key))
+            if guard.signum is not None:
+                raise Preempted(fs.step, path, guard.signum)
+    history = History({k: np.asarray(v, dtype=np.float64) for k, v in fs.steps.items()}, fs.epochs,
+                      fs.best_epoch, fs.stopped, stopping.monitor, resumed_from)
+    return FitResult(best_params if restore_best else params, opt_state, history)
