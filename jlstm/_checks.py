@@ -6,7 +6,7 @@ was expected, what came, and how to fix the call.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,14 +36,12 @@ def check_option(name: str, value: Any, allowed: Iterable[Any]) -> None:
         )
 
 
-def check_rate(name: str, value: Any, *, upper_inclusive: bool = False) -> None:
+def check_rate(name: str, value: Any) -> None:
     """Check that a dropout-like rate lies in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a float in [0, 1), got {value!r}.")
-    ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
-    if not ok:
-        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
-        raise ValueError(f"{name} must lie in {bound}, got {value}; for example {name}=0.1.")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}; for example {name}=0.1.")
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
@@ -116,11 +114,9 @@ def check_param_shapes(params: Any, expected: dict[str, tuple[int, ...] | None],
                 f"build the params with this cell's init or cast them to jnp.float32.")
 
 
-def check_state_shapes(
-    state: Any, expected: dict[str, int], batch_shape: Sequence[int] | None, where: str
-) -> tuple[int, ...]:
+def check_state_shapes(state: Any, expected: dict[str, int], where: str) -> tuple[int, ...]:
     """Check the fields of a state NamedTuple: trailing sizes and a common batch shape."""
-    batch: tuple[int, ...] | None = None if batch_shape is None else tuple(batch_shape)
+    batch: tuple[int, ...] | None = None
     for field, size in expected.items():
         value = getattr(state, field)
         shp = shape_of(value)
@@ -175,7 +171,7 @@ def check_cell_args(
     if state is not None:
         check_type("state", state, state_type, where,
                    "build the state with this cell's initial_state(params, batch_shape).")
-        check_state_shapes(state, state_sizes, None, where)
+        check_state_shapes(state, state_sizes, where)
     if x is not None:
         check_features(x, input_size, where)
         if state is not None:

@@ -99,7 +99,8 @@ def _walk(config: Any) -> Iterator[CellConfig]:
         return
     yield config
     for value in config.as_dict().values():
-        children = value if isinstance(value, tuple) else (value,)
+        nested = isinstance(value, tuple) and not isinstance(value, SequenceModel)
+        children = value if nested else (value,)
         for child in children:
             if isinstance(child, (Cell, SequenceModel)):
                 yield from _walk(child.config)
