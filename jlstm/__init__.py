@@ -6,6 +6,8 @@ A cell is a named tuple of pure functions (``init``, ``initial_state``, ``step``
 models with ``init`` and ``apply``.
 """
 
+from importlib import metadata as _metadata
+
 from jlstm._bidirectional import (
     BidirectionalParams,
     BidirectionalState,
@@ -16,14 +18,19 @@ from jlstm._gru import GRUParams, GRUState, gru
 from jlstm._layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jlstm._lstm import LSTMParams, LSTMState, lstm
 from jlstm._make_cell import make_cell
+from jlstm._min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
 from jlstm._mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
 from jlstm._recurrent import recurrent
 from jlstm._scan import default_unroll, reverse_index, scan, time_loop
 from jlstm._simple_rnn import RNNParams, RNNState, simple_rnn
+from jlstm._slstm import SLSTMParams, SLSTMState, slstm
 from jlstm._stack import stack
 from jlstm._types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml, and read from the installed package's metadata
+    __version__ = _metadata.version("jlstm")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = (
     "checkpoint", "demo", "examples", "interop", "nnx", "parallel", "population", "streaming", "tasks", "train",
@@ -50,10 +57,16 @@ __all__ = [
     "LSTMParams",
     "LSTMState",
     "LayerNormLSTMParams",
+    "MinGRUParams",
+    "MinGRUState",
+    "MinLSTMParams",
+    "MinLSTMState",
     "MLSTMParams",
     "MLSTMState",
     "RNNParams",
     "RNNState",
+    "SLSTMParams",
+    "SLSTMState",
     "SequenceModel",
     "batch_tuple",
     "bidirectional",
@@ -63,12 +76,15 @@ __all__ = [
     "lstm",
     "lstm_sequence",
     "make_cell",
+    "min_gru",
+    "min_lstm",
     "mlstm",
     "mlstm_core",
     "recurrent",
     "reverse_index",
     "scan",
     "simple_rnn",
+    "slstm",
     "stack",
     "time_loop",
 ]
