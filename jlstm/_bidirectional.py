@@ -99,14 +99,17 @@ def bidirectional(
                                   time_major=time_major)
         final_b, ys_b = bwd.apply(params.backward, xs, sb, lengths=lengths, mask=mask, key=kb,
                                   time_major=time_major)
-        if merge == "concat":
-            ys = jnp.concatenate([ys_f, ys_b], axis=-1)
-        elif merge == "sum":
-            ys = ys_f + ys_b
-        else:
-            ys = 0.5 * (ys_f + ys_b)
-        return BidirectionalState(final_f, final_b), ys
+        return BidirectionalState(final_f, final_b), _merge(merge, ys_f, ys_b)
 
     config = CellConfig("bidirectional", forward=fwd, backward=bwd, merge=merge)
     return SequenceModel(init=init, apply=apply, initial_state=initial_state, output_size=out,
                          name=name, config=config)
+
+
+def _merge(merge: str, ys_f: jax.Array, ys_b: jax.Array) -> jax.Array:
+    """Combine the two directions' outputs per step."""
+    if merge == "concat":
+        return jnp.concatenate([ys_f, ys_b], axis=-1)
+    if merge == "sum":
+        return ys_f + ys_b
+    return 0.5 * (ys_f + ys_b)

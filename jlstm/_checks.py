@@ -108,10 +108,13 @@ def check_param_shapes(params: Any, expected: dict[str, tuple[int, ...] | None],
                 f"{where}: params.{field} has shape {shape_of(got)}, expected {tuple(want)}; "
                 f"these params belong to another cell size: build them with this cell's init."
             )
-        if hasattr(got, "dtype") and not jnp.issubdtype(got.dtype, jnp.floating):
-            raise TypeError(
-                f"{where}: params.{field} has dtype {got.dtype}, expected a floating point dtype; "
-                f"build the params with this cell's init or cast them to jnp.float32.")
+        _check_floating(got, f"params.{field}", where,
+                        "build the params with this cell's init or cast them to jnp.float32")
+
+
+def _check_floating(value: Any, label: str, where: str, hint: str) -> None:
+    if hasattr(value, "dtype") and not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{where}: {label} has dtype {value.dtype}, expected a floating point dtype; {hint}.")
 
 
 def check_state_shapes(state: Any, expected: dict[str, int], where: str) -> tuple[int, ...]:
@@ -125,10 +128,8 @@ def check_state_shapes(state: Any, expected: dict[str, int], where: str) -> tupl
                 f"{where}: state.{field} has shape {shp}, expected [..., {size}]; "
                 f"this state belongs to another cell size: build it with cell.initial_state."
             )
-        if hasattr(value, "dtype") and not jnp.issubdtype(value.dtype, jnp.floating):
-            raise TypeError(
-                f"{where}: state.{field} has dtype {value.dtype}, expected a floating point dtype; "
-                f"build the state with cell.initial_state(params, batch_shape).")
+        _check_floating(value, f"state.{field}", where,
+                        "build the state with cell.initial_state(params, batch_shape)")
         if batch is None:
             batch = shp[:-1]
         elif shp[:-1] != batch:

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._math import affine, cell_sizes, masked, matmul, output, zeros_state
+from jlstm._types import Cell, CellConfig, DTypeLike
 
 
 class GRUParams(NamedTuple):
@@ -61,10 +61,7 @@ def gru(
       >>> params = cell.init(jax.random.key(0), 4)
       >>> state, y = cell.step(params, cell.initial_state(params), jnp.ones(4))
     """
-    _checks.check_size("hidden_size", hidden_size)
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
-    H = int(hidden_size)
+    H, dtype, param_dtype = cell_sizes(hidden_size, dtype, param_dtype)
     where = f"gru({H})"
     config = CellConfig(
         "gru",
@@ -89,15 +86,15 @@ def gru(
 
     def initial_state(params: GRUParams, batch_shape=()) -> GRUState:
         check(params, where=where + ".initial_state")
-        return GRUState(h=jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
+        return GRUState(h=zeros_state(batch_shape, H, params.w_h, dtype))
 
     def project(params: GRUParams, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dtype) + params.b_x.astype(dtype or params.b_x.dtype)
+        return affine(x, params.w_x, params.b_x, dtype)
 
     def step_projected(params: GRUParams, state: GRUState, xp: jax.Array,
                        recurrent_mask: jax.Array | None = None):
         h = state.h
-        h_in = h if recurrent_mask is None else h * recurrent_mask
+        h_in = masked(h, recurrent_mask)
         hp = matmul(h_in, params.w_h, dtype) + params.b_h.astype(xp.dtype)
         xr, xz, xn = jnp.split(xp, 3, axis=-1)
         hr, hz, hn = jnp.split(hp, 3, axis=-1)

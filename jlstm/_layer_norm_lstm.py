@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jlstm import _checks, _initializers
 from jlstm._lstm import LSTMState
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
+from jlstm._math import carry_dtype, cell_sizes, masked, matmul, output
 from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
 
 
@@ -59,12 +59,9 @@ def layer_norm_lstm(
       >>> cell = jlstm.layer_norm_lstm(32)
       >>> params = cell.init(jax.random.key(0), 8)
     """
-    _checks.check_size("hidden_size", hidden_size)
+    H, dtype, param_dtype = cell_sizes(hidden_size, dtype, param_dtype)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}; the default is 1e-5.")
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
-    H = int(hidden_size)
     where = f"layer_norm_lstm({H})"
     config = CellConfig(
         "layer_norm_lstm",
@@ -104,7 +101,7 @@ def layer_norm_lstm(
     def step_projected(params: LayerNormLSTMParams, state: LSTMState, xp: jax.Array,
                        recurrent_mask: jax.Array | None = None):
         h, c = state.h, state.c
-        h_in = h if recurrent_mask is None else h * recurrent_mask
+        h_in = masked(h, recurrent_mask)
         zh = _normalise(matmul(h_in, params.w_h, dtype), eps)
         z = xp + zh * params.gamma_h.astype(zh.dtype)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)

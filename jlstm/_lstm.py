@@ -21,8 +21,9 @@ Peepholes ``P``:
 
 from __future__ import annotations
 
+import functools
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell, CellConfig, DTypeLike, Peephole, batch_tuple
+from jlstm._types import BatchShape, Cell, CellConfig, DTypeLike, Peephole, batch_tuple
 
 PEEPHOLES = (None, "diagonal", "full")
 
@@ -107,93 +108,107 @@ def lstm(
     _checks.check_size("hidden_size", hidden_size)
     _checks.check_option("peephole", peephole, PEEPHOLES)
     _checks.check_size("proj_size", proj_size, allow_none=True)
-    if cell_clip is not None:
-        if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real):
-            raise TypeError(f"cell_clip must be a positive number or None, got {cell_clip!r} of type "
-                            f"{type(cell_clip).__name__}; pass e.g. cell_clip=3.0.")
-        if not cell_clip > 0:
-            raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}; "
-                             f"pass e.g. cell_clip=3.0.")
+    _check_clip(cell_clip)
     dtype = canonical_dtype(dtype, "dtype")
     param_dtype = canonical_dtype(param_dtype, "param_dtype")
-    H = int(hidden_size)
-    R = H if proj_size is None else int(proj_size)
-    desc = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
-        f", proj_size={proj_size}" if proj_size else "") + (
-        f", cell_clip={cell_clip}" if cell_clip else "") + ")"
-    where = desc
-    config = CellConfig(
-        "lstm", hidden_size=H, peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
+    cfg = CellConfig(
+        "lstm", hidden_size=int(hidden_size), peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
         forget_bias=float(forget_bias), kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_init=bias_init, peephole_init=peephole_init, proj_init=proj_init, dtype=dtype,
         param_dtype=param_dtype)
-
-    def init(key: jax.Array, input_size: int) -> LSTMParams:
-        _checks.check_size("input_size", input_size)
-        kx, kh, kb, kc, kp = jax.random.split(key, 5)
-        w_x = kernel_init(kx, (input_size, 4 * H), param_dtype)
-        w_h = _initializers.per_gate(recurrent_init, kh, R, H, 4, param_dtype)
-        b = bias_init(kb, (4 * H,), param_dtype)
-        b = b.at[H:2 * H].add(jnp.asarray(forget_bias, param_dtype))
-        w_c = None
-        if peephole == "full":
-            pinit = peephole_init or _initializers.uniform(1.0 / H ** 0.5)
-            w_c = pinit(kc, (H, 3 * H), param_dtype)
-        elif peephole == "diagonal":
-            pinit = peephole_init or _initializers.uniform(1.0 / H ** 0.5)
-            w_c = pinit(kc, (3, H), param_dtype)
-        w_p = None if proj_size is None else proj_init(kp, (H, R), param_dtype)
-        return LSTMParams(w_x, w_h, b, w_c, w_p)
-
-    def check(params, state=None, x=None, where: str = where) -> None:
-        w_c_shape = {None: None, "full": (H, 3 * H), "diagonal": (3, H)}[peephole]
-        _checks.check_cell_args(where, params, LSTMParams, lambda n: {
-            "w_x": (n, 4 * H), "w_h": (R, 4 * H), "b": (4 * H,), "w_c": w_c_shape,
-            "w_p": None if proj_size is None else (H, R)},
-                                state, LSTMState, {"h": R, "c": H}, x)
-
-    def initial_state(params: LSTMParams, batch_shape=()) -> LSTMState:
-        check(params, where=where + ".initial_state")
-        batch_shape = batch_tuple(batch_shape)
-        state_dtype = carry_dtype(params.w_h.dtype, dtype)
-        return LSTMState(h=jnp.zeros(batch_shape + (R,), state_dtype),
-                         c=jnp.zeros(batch_shape + (H,), state_dtype))
-
-    def project(params: LSTMParams, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
-
-    def step_projected(params: LSTMParams, state: LSTMState, xp: jax.Array,
-                       recurrent_mask: jax.Array | None = None):
-        h, c = state.h, state.c
-        h_in = h if recurrent_mask is None else h * recurrent_mask
-        z = xp + matmul(h_in, params.w_h, dtype)
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-        cf = c.astype(z.dtype)
-        if peephole == "full":
-            pi, pf, po = jnp.split(matmul(cf, params.w_c, dtype), 3, axis=-1)
-            zi, zf, zo = zi + pi, zf + pf, zo + po
-        elif peephole == "diagonal":
-            w_c = params.w_c.astype(z.dtype)
-            zi, zf = zi + w_c[0] * cf, zf + w_c[1] * cf
-        i, f, g = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg)
-        c_new = f * cf + i * g
-        if cell_clip is not None:
-            c_new = jnp.clip(c_new, -cell_clip, cell_clip)
-        if peephole == "diagonal":
-            zo = zo + params.w_c[2].astype(z.dtype) * c_new
-        o = jax.nn.sigmoid(zo)
-        h_new = o * jnp.tanh(c_new)
-        if proj_size is not None:
-            h_new = matmul(h_new, params.w_p, dtype)
-        new = LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype))
-        return new, output(h_new, dtype)
-
+    H = cfg.hidden_size
+    name = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
+        f", proj_size={proj_size}" if proj_size else "") + (
+        f", cell_clip={cell_clip}" if cell_clip else "") + ")"
     fused = None
     if proj_size is None and cell_clip is None:
         from jlstm._fused_lstm import make_fused
 
         fused = make_fused(dtype, peephole)
+    check = functools.partial(_check, cfg, default_where=name)
+    return make_cell(
+        init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
+        project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
+        output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused)
 
-    return make_cell(init=init, initial_state=initial_state, project=project,
-                     step_projected=step_projected, output_size=R, name=desc, config=config,
-                     check=check, sequence=fused)
+
+def _check_clip(cell_clip: Any) -> None:
+    if cell_clip is None:
+        return
+    if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real):
+        raise TypeError(f"cell_clip must be a positive number or None, got {cell_clip!r} of type "
+                        f"{type(cell_clip).__name__}; pass e.g. cell_clip=3.0.")
+    if not cell_clip > 0:
+        raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}; "
+                         f"pass e.g. cell_clip=3.0.")
+
+
+def _recurrent_size(cfg: CellConfig) -> int:
+    """R: the size of h (the projection size of an LSTMP, else H)."""
+    return cfg.hidden_size if cfg.proj_size is None else int(cfg.proj_size)
+
+
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> LSTMParams:
+    _checks.check_size("input_size", input_size)
+    H, R, dt = cfg.hidden_size, _recurrent_size(cfg), cfg.param_dtype
+    kx, kh, kb, kc, kp = jax.random.split(key, 5)
+    w_x = cfg.kernel_init(kx, (input_size, 4 * H), dt)
+    w_h = _initializers.per_gate(cfg.recurrent_init, kh, R, H, 4, dt)
+    b = cfg.bias_init(kb, (4 * H,), dt)
+    b = b.at[H:2 * H].add(jnp.asarray(cfg.forget_bias, dt))
+    w_c = None
+    if cfg.peephole is not None:
+        pinit = cfg.peephole_init or _initializers.uniform(1.0 / H ** 0.5)
+        w_c = pinit(kc, (H, 3 * H) if cfg.peephole == "full" else (3, H), dt)
+    w_p = None if cfg.proj_size is None else cfg.proj_init(kp, (H, R), dt)
+    return LSTMParams(w_x, w_h, b, w_c, w_p)
+
+
+def _check(cfg: CellConfig, params: Any, state: Any = None, x: Any = None, where: str | None = None, *,
+           default_where: str = "lstm") -> None:
+    H, R = cfg.hidden_size, _recurrent_size(cfg)
+    w_c_shape = {None: None, "full": (H, 3 * H), "diagonal": (3, H)}[cfg.peephole]
+    _checks.check_cell_args(where or default_where, params, LSTMParams, lambda n: {
+        "w_x": (n, 4 * H), "w_h": (R, 4 * H), "b": (4 * H,), "w_c": w_c_shape,
+        "w_p": None if cfg.proj_size is None else (H, R)},
+                            state, LSTMState, {"h": R, "c": H}, x)
+
+
+def _initial_state(cfg: CellConfig, check: Any, params: LSTMParams, batch_shape: BatchShape = ()) -> LSTMState:
+    check(params, where=check.keywords["default_where"] + ".initial_state")
+    batch_shape = batch_tuple(batch_shape)
+    state_dtype = carry_dtype(params.w_h.dtype, cfg.dtype)
+    return LSTMState(h=jnp.zeros(batch_shape + (_recurrent_size(cfg),), state_dtype),
+                     c=jnp.zeros(batch_shape + (cfg.hidden_size,), state_dtype))
+
+
+def _project(cfg: CellConfig, params: LSTMParams, x: jax.Array) -> jax.Array:
+    return matmul(x, params.w_x, cfg.dtype) + params.b.astype(cfg.dtype or params.b.dtype)
+
+
+def _step_projected(cfg: CellConfig, params: LSTMParams, state: LSTMState, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
+    dtype, peephole = cfg.dtype, cfg.peephole
+    h, c = state.h, state.c
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    z = xp + matmul(h_in, params.w_h, dtype)
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    cf = c.astype(z.dtype)
+    if peephole == "full":
+        pi, pf, po = jnp.split(matmul(cf, params.w_c, dtype), 3, axis=-1)
+        zi, zf, zo = zi + pi, zf + pf, zo + po
+    elif peephole == "diagonal":
+        w_c = params.w_c.astype(z.dtype)
+        zi, zf = zi + w_c[0] * cf, zf + w_c[1] * cf
+    i, f, g = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg)
+    c_new = f * cf + i * g
+    if cfg.cell_clip is not None:
+        c_new = jnp.clip(c_new, -cfg.cell_clip, cfg.cell_clip)
+    if peephole == "diagonal":
+        zo = zo + params.w_c[2].astype(z.dtype) * c_new
+    o = jax.nn.sigmoid(zo)
+    h_new = o * jnp.tanh(c_new)
+    if cfg.proj_size is not None:
+        h_new = matmul(h_new, params.w_p, dtype)
+    new = LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype))
+    return new, output(h_new, dtype)

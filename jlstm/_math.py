@@ -48,3 +48,28 @@ def carry_dtype(param_dtype: jnp.dtype, dtype: jnp.dtype | None) -> jnp.dtype:
 
 def output(y: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
     return y if dtype is None else y.astype(dtype)
+
+
+def affine(x: jax.Array, w: jax.Array, b: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """``x @ w + b`` in the compute dtype (the input projection of most cells)."""
+    return matmul(x, w, dtype) + b.astype(dtype or b.dtype)
+
+
+def masked(h: jax.Array, recurrent_mask: jax.Array | None) -> jax.Array:
+    """``h`` times the variational recurrent-dropout mask, when there is one."""
+    return h if recurrent_mask is None else h * recurrent_mask
+
+
+def zeros_state(batch_shape: Any, size: int, w_h: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """A zero state of ``size`` units for ``batch_shape`` (an int or a tuple), in the carry dtype."""
+    from jlstm._types import batch_tuple
+
+    return jnp.zeros(batch_tuple(batch_shape) + (size,), carry_dtype(w_h.dtype, dtype))
+
+
+def cell_sizes(hidden_size: Any, dtype: Any, param_dtype: Any) -> tuple[int, jnp.dtype | None, jnp.dtype]:
+    """Validate a cell factory's ``hidden_size``, ``dtype`` and ``param_dtype``."""
+    from jlstm._checks import check_size
+
+    check_size("hidden_size", hidden_size)
+    return int(hidden_size), canonical_dtype(dtype, "dtype"), canonical_dtype(param_dtype, "param_dtype")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._math import affine, cell_sizes, masked, matmul, output, zeros_state
+from jlstm._types import Cell, CellConfig, DTypeLike
 
 
 class RNNParams(NamedTuple):
@@ -53,12 +53,9 @@ def simple_rnn(
       >>> params = cell.init(jax.random.key(0), 2)
       >>> state, y = cell.step(params, cell.initial_state(params, (5,)), jnp.ones((5, 2)))
     """
-    _checks.check_size("hidden_size", hidden_size)
+    H, dtype, param_dtype = cell_sizes(hidden_size, dtype, param_dtype)
     if not callable(activation):
         raise TypeError(f"activation must be a function such as jnp.tanh, got {activation!r}.")
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
-    H = int(hidden_size)
     where = f"simple_rnn({H})"
     config = CellConfig(
         "simple_rnn",
@@ -78,15 +75,15 @@ def simple_rnn(
 
     def initial_state(params: RNNParams, batch_shape=()) -> RNNState:
         check(params, where=where + ".initial_state")
-        return RNNState(h=jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.w_h.dtype, dtype)))
+        return RNNState(h=zeros_state(batch_shape, H, params.w_h, dtype))
 
     def project(params: RNNParams, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
+        return affine(x, params.w_x, params.b, dtype)
 
     def step_projected(params: RNNParams, state: RNNState, xp: jax.Array,
                        recurrent_mask: jax.Array | None = None):
         h = state.h
-        h_in = h if recurrent_mask is None else h * recurrent_mask
+        h_in = masked(h, recurrent_mask)
         h_new = activation(xp + matmul(h_in, params.w_h, dtype))
         return RNNState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
