@@ -22,8 +22,15 @@ leaf's path, shape and dtype against a template ``like``, and builds the whole r
 before returning it; on any problem it raises :class:`CheckpointError` and returns nothing.
 
 Example:
-  >>> jlstm.checkpoint.save("model.ckpt", params, metadata={"hidden": 32, "step": 1000})
-  >>> params, meta = jlstm.checkpoint.load("model.ckpt", like=cell.init(jax.random.key(0), 8))
+  >>> import os, tempfile
+  >>> cell = jlstm.lstm(32)
+  >>> params = cell.init(jax.random.key(0), 8)
+  >>> with tempfile.TemporaryDirectory() as folder:
+  ...     path = os.path.join(folder, "model.ckpt")
+  ...     jlstm.checkpoint.save(path, params, metadata={"hidden": 32, "step": 1000})
+  ...     restored, meta = jlstm.checkpoint.load(path, like=cell.init(jax.random.key(1), 8))
+  >>> meta["step"], bool(jnp.all(restored.w_h == params.w_h))
+  (1000, True)
 """
 
 from __future__ import annotations

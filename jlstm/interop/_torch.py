@@ -207,9 +207,16 @@ def from_torch_lstm(state_dict: Any, *, dropout: float = 0.0, prefix: str = "") 
       ValueError: unknown or missing keys, or inconsistent shapes (e.g. a GRU's weights).
 
     Example:
+      >>> import torch
+      >>> torch_lstm = torch.nn.LSTM(input_size=3, hidden_size=5, num_layers=2)
       >>> model, params = jlstm.interop.from_torch_lstm(torch_lstm.state_dict())
-      >>> final, ys = model.apply(params, xs)          # xs [T, B, input_size]
+      >>> xs = jnp.ones((7, 2, 3))                     # [T, B, input_size], time-major like torch
+      >>> final, ys = model.apply(params, xs)
+      >>> ys.shape
+      (7, 2, 5)
       >>> h_n, c_n = jlstm.interop.to_torch_state(final)
+      >>> tuple(h_n.shape), tuple(c_n.shape)           # (layers * directions, B, H)
+      ((2, 2, 5), (2, 2, 5))
     """
     where = "jlstm.interop.from_torch_lstm"
     check_rate("dropout", dropout)
