@@ -1,0 +1,54 @@
+"""A tiny stateful training run, killed and rerun by test_preemption.py.
+
+``python preempt_script.py CHECKPOINT RESULT [DELAY]`` trains a character model with a carried
+state and recurrent dropout (so the PRNG key matters) for 2 epochs, resuming from CHECKPOINT when
+it exists, and saves the final params, optimizer state and history to RESULT. Each batch is
+announced on stdout (``batch <global index>``) before it is used, and the data loader sleeps
+DELAY seconds per batch, as a real one would take time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+import jlstm
+import jlstm.train as jt
+
+EPOCHS = 2
+CHUNKS = jt.lm_chunks(np.tile(np.array([0, 1, 2, 3, 4, 0, 2, 4]), 24), batch_size=3, chunk_len=4)
+STEPS = EPOCHS * len(CHUNKS)
+LM = jt.LanguageModel(jlstm.recurrent(jlstm.lstm(6), recurrent_dropout=0.1), vocab_size=5, embed_size=3)
+OPTIMIZER = optax.adam(1e-2)
+
+
+def template() -> dict:
+    """The structure of RESULT's tree, for jlstm.checkpoint.load."""
+    params = LM.init(jax.random.key(0))
+    return {"params": params, "opt_state": OPTIMIZER.init(params)}
+
+
+def main(checkpoint: str, result: str, delay: float = 0.0) -> None:
+    lm = LM
+
+    def data(epoch):
+        for i, chunk in enumerate(CHUNKS):
+            print(f"batch {epoch * len(CHUNKS) + i}", flush=True)
+            time.sleep(delay)
+            yield chunk
+
+    params, opt_state, hist = jt.fit(
+        lm.loss, lm.init(jax.random.key(0)), OPTIMIZER, data, epochs=EPOCHS, key=jax.random.key(1),
+        eval_data=CHUNKS[:2], carry=jt.Carry(lm.initial_state, 3), checkpoint_path=checkpoint, resume=True,
+        progress=True)
+    jlstm.checkpoint.save(result, {"params": params, "opt_state": opt_state},
+                          metadata={"loss": hist.loss.tolist(), "epochs": hist.epochs,
+                                    "resumed_from": hist.resumed_from})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
