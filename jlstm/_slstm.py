@@ -183,7 +183,7 @@ def slstm(
         if state is not None:
             _checks.check_type("state", state, SLSTMState, where,
                                "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": H, "c": H, "n": H, "m": H}, None, where)
+            _checks.check_state_shapes(state, {"h": H, "c": H, "n": H, "m": H}, where)
         if x is not None:
             _checks.check_features(x, input_size, where)
             if state is not None:

@@ -11,6 +11,7 @@ nothing when torch or keras are not installed.
   :func:`to_keras_gru` (``LSTM``, ``GRU``, ``RNN(LSTMCell)``, ``Bidirectional``).
 * Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
   :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
+* xlstm (NX-AI): :func:`from_xlstm_slstm` (an ``sLSTMLayer`` as a jlstm model).
 """
 
 from jlstm.interop._flax import (
@@ -31,8 +32,10 @@ from jlstm.interop._torch import (
     to_torch_state,
     torch_kwargs,
 )
+from jlstm.interop._xlstm import XLSTMSLSTMLayerParams, from_xlstm_slstm
 
 __all__ = [
+    "XLSTMSLSTMLayerParams",
     "from_flax_carry",
     "from_flax_gru",
     "from_flax_lstm",
@@ -41,6 +44,7 @@ __all__ = [
     "from_torch_gru",
     "from_torch_lstm",
     "from_torch_state",
+    "from_xlstm_slstm",
     "to_flax_carry",
     "to_flax_gru",
     "to_flax_lstm",

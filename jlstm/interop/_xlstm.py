@@ -1,0 +1,177 @@
+"""Layers of the ``xlstm`` package (NX-AI, PyTorch) -> jlstm models (torch and xlstm imported lazily).
+
+sLSTM (:func:`from_xlstm_slstm`). ``xlstm.sLSTMLayer`` with ``conv1d_kernel_size=0`` is four
+head-wise gate projections, the sLSTM cell and a per-head group norm::
+
+    pre = [x W_i | x W_f | x W_z | x W_o]          (each W block-diagonal: [heads, d, d])
+    h_t = sLSTM cell(pre_t, h_{t-1})               (R block-diagonal, bias b)
+    y_t = group_norm(h_t)                          (per head over its d units, scale 1 + w)
+
+which is ``jlstm.slstm(H, num_heads=heads, headwise_input=True)`` followed by the same group
+norm. The conversion reads the layout-independent ("external") forms of the cell's
+parameters, so it works for either backend's weights:
+
+* ``w_x[k, :, g·d:(g+1)·d] = W_g[k].T`` for the gates g = i, f, z, o. The layer computes
+  ``i`` with its module named ``fgate`` and ``f`` with the one named ``igate``
+  (``i, f, z, o = fgate(x), igate(x), zgate(x), ogate(x)`` in ``sLSTMLayer.forward``); the
+  conversion follows what the layer computes, not the names.
+* ``r[k] = recurrent_kernel[k].reshape(d, 4d)`` (external layout ``[heads, d, gates, d]``).
+* ``b = bias.transpose(1, 0, 2).reshape(4H)`` (external layout ``[heads, gates, d]``).
+* ``norm_scale = 1 + group_norm.weight`` (the layer stores a residual weight).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlstm._dropout import check_key, dropout
+from jlstm._scan import scan, valid_steps
+from jlstm._slstm import SLSTMParams, slstm
+from jlstm._types import CellConfig, SequenceModel
+from jlstm.interop._common import param_dtype, to_numpy
+
+__all__ = ["XLSTMSLSTMLayerParams", "from_xlstm_slstm"]
+
+
+class XLSTMSLSTMLayerParams(NamedTuple):
+    """Params of an ``sLSTMLayer`` converted by :func:`from_xlstm_slstm`.
+
+    Attributes:
+      cell: the :class:`jlstm.SLSTMParams` (head-wise ``w_x`` ``[heads, d, 4d]``).
+      norm_scale: ``[H]``, the group norm's scale (the layer's ``1 + weight``).
+      norm_bias: ``[H]`` or ``None`` (the layer's default has no bias).
+    """
+
+    cell: SLSTMParams
+    norm_scale: jax.Array
+    norm_bias: jax.Array | None
+
+
+def _group_norm(y: jax.Array, scale: jax.Array, bias: jax.Array | None, heads: int, eps: float) -> jax.Array:
+    """Normalise each head's units of ``y [..., H]`` to zero mean and unit variance, then scale."""
+    shape = y.shape
+    yh = y.reshape(shape[:-1] + (heads, shape[-1] // heads))
+    mean = yh.mean(-1, keepdims=True)
+    var = jnp.square(yh - mean).mean(-1, keepdims=True)
+    out = ((yh - mean) * jax.lax.rsqrt(var + eps)).reshape(shape) * scale
+    return out if bias is None else out + bias
+
+
+def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bias: bool = False,
+                dropout_rate: float = 0.0, param_dtype: Any = jnp.float32) -> SequenceModel:
+    """The sequence model of an ``xlstm.sLSTMLayer``: head-wise sLSTM, dropout, group norm.
+
+    ``apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True)``
+    returns ``(SLSTMState, ys)``; ``key`` switches the dropout on (the layer in training
+    mode), and padded or masked steps output zeros.
+    """
+    cell = slstm(hidden_size, num_heads=num_heads, headwise_input=True, param_dtype=param_dtype)
+    H = hidden_size
+    name = f"xlstm.sLSTMLayer({H}, num_heads={num_heads})"
+    config = CellConfig("xlstm_slstm_layer", cell=cell, eps=float(eps), norm_bias=bool(norm_bias),
+                        dropout_rate=float(dropout_rate))
+
+    def init(key: jax.Array, input_size: int) -> XLSTMSLSTMLayerParams:
+        p = cell.init(key, input_size)
+        bias = jnp.zeros((H,), p.b.dtype) if norm_bias else None
+        return XLSTMSLSTMLayerParams(cell=p, norm_scale=jnp.ones((H,), p.b.dtype), norm_bias=bias)
+
+    def apply(params: XLSTMSLSTMLayerParams, xs, state=None, *, lengths=None, mask=None, key=None,
+              time_major=True):
+        where = name + ".apply"
+        check_key(key, where)
+        final, ys = scan(cell, params.cell, xs, state, lengths=lengths, mask=mask, time_major=time_major)
+        if key is not None and dropout_rate:
+            ys = dropout(key, dropout_rate, ys)
+        out = _group_norm(ys, params.norm_scale, params.norm_bias, num_heads, eps)
+        if lengths is not None or mask is not None:
+            tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
+            m = mask if (mask is None or time_major) else jnp.moveaxis(jnp.asarray(mask), -1, 0)
+            valid, _ = valid_steps(tm.shape[0], tm.shape[1:-1], lengths, m, where)
+            valid = valid if time_major else jnp.moveaxis(valid, 0, -1)
+            out = jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
+        return final, out
+
+    return SequenceModel(init=init, apply=apply, initial_state=cell.initial_state, output_size=H,
+                         name=name, config=config)
+
+
+def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
+    """Convert an ``xlstm.sLSTMLayer`` (``conv1d_kernel_size=0``) into a jlstm model and params.
+
+    Args:
+      layer: an ``xlstm.sLSTMLayer`` (either backend; its weights are read in their
+        backend-independent layout).
+
+    Returns:
+      ``(model, params)``: ``model.apply(params, xs)`` with time-major ``xs [T, B, E]``
+      equals ``layer(xs_bt)`` (batch-major) transposed to time-major, and its final
+      :class:`jlstm.SLSTMState` equals the layer's ``slstm_state`` ``(h, c, n, m)``. A
+      state from the layer goes in as ``jlstm.SLSTMState(*slstm_state)``.
+
+    Raises:
+      TypeError: ``layer`` is not an ``xlstm.sLSTMLayer``.
+      ValueError: the layer has a causal convolution, or a cell function other than sLSTM.
+
+    Example::
+
+      layer = xlstm.sLSTMLayer(xlstm.sLSTMLayerConfig(embedding_dim=64, num_heads=4,
+                                                      backend="vanilla", conv1d_kernel_size=0))
+      model, params = jlstm.interop.from_xlstm_slstm(layer)
+      state, ys = model.apply(params, xs)          # xs: [T, B, 64]
+    """
+    where = "from_xlstm_slstm"
+    try:
+        from xlstm.blocks.slstm.layer import sLSTMLayer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{where} needs the xlstm package: pip install xlstm.") from e
+    if not isinstance(layer, sLSTMLayer):
+        raise TypeError(f"{where}: layer must be an xlstm sLSTMLayer, got {type(layer).__name__}; for an "
+                        f"xLSTM block pass its .xlstm attribute.")
+    cfg = layer.config
+    if cfg.conv1d_kernel_size:
+        raise ValueError(
+            f"{where}: the layer has a causal conv1d (conv1d_kernel_size={cfg.conv1d_kernel_size}) feeding "
+            f"its i and f gates, which jlstm's sLSTM does not have; build the layer with "
+            f"sLSTMLayerConfig(..., conv1d_kernel_size=0).")
+    if cfg.function != "slstm":
+        raise ValueError(f"{where}: the layer's cell computes function={cfg.function!r}; only 'slstm' is "
+                         f"converted.")
+    heads, E = int(cfg.num_heads), int(cfg.embedding_dim)
+    d = E // heads
+    gates = []
+    for gate in ("fgate", "igate", "zgate", "ogate"):  # = i, f, z, o: see the module docstring
+        proj = getattr(layer, gate)
+        if proj.bias is not None:
+            raise ValueError(f"{where}: layer.{gate} has a bias, which sLSTMLayer never builds; this layer "
+                             f"was modified and cannot be converted.")
+        w = to_numpy(proj.weight, f"layer.{gate}.weight", where)
+        if w.shape != (heads, d, d):
+            raise ValueError(f"{where}: layer.{gate}.weight has shape {w.shape}, expected {(heads, d, d)} "
+                             f"(head-wise projections without expansion).")
+        gates.append(np.swapaxes(w, 1, 2))
+    cell_mod = layer.slstm_cell
+    r_ext = to_numpy(cell_mod._recurrent_kernel_int2ext(cell_mod._recurrent_kernel), "recurrent_kernel", where)
+    b_ext = to_numpy(cell_mod._bias_int2ext(cell_mod._bias), "bias", where)
+    gn = layer.group_norm
+    if gn.weight is None:
+        scale = np.ones((E,), r_ext.dtype)
+    else:
+        scale = to_numpy(gn.weight, "group_norm.weight", where)
+        scale = 1.0 + scale if gn.residual_weight else scale
+    bias = None if gn.bias is None else to_numpy(gn.bias, "group_norm.bias", where)
+    dt = param_dtype(r_ext)
+    model = slstm_layer(E, heads, eps=float(gn.eps), norm_bias=bias is not None,
+                        dropout_rate=float(cfg.dropout), param_dtype=dt)
+    cell_params = SLSTMParams(
+        w_x=jnp.asarray(np.concatenate(gates, axis=-1), dt),
+        r=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
+        b=jnp.asarray(np.transpose(b_ext, (1, 0, 2)).reshape(4 * E), dt),
+    )
+    params = XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=jnp.asarray(scale, dt),
+                                   norm_bias=None if bias is None else jnp.asarray(bias, dt))
+    return model, params
