@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Union
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jlstm._math import matmul
 
@@ -85,20 +86,29 @@ def _recurrent_weight(w_h, w_c, peephole):
     return w_h
 
 
-def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, save, inloop, peephole):
-    H = c0.shape[-1]
+class Options(NamedTuple):
+    """The static options of one fused run (hashable: a ``nondiff_argnums`` entry)."""
+
+    dtype: Any = None          # matmul dtype; None follows the inputs
+    unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
+    inloop: bool = False       # multiply the inputs inside the loop (inference layout)
+    peephole: str | None = None
+
+
+def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, *, opts: Options, save: bool, inloop: bool):
+    """The primal loop; with ``save`` it also stacks ``(h_t, c_t, a_t)`` for the derivatives."""
+    dtype, peephole = opts.dtype, opts.peephole
     bias = b.astype(dtype or b.dtype)
     if inloop:
-        # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h] (inference only: training saves
-        # residuals in the hoisted layout, see _fwd).
+        # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h] (inference only: derivatives
+        # use the hoisted layout's residuals, see _jvp).
         op = _operand_dtype(xs, h0, w_x, dtype)
         w = jnp.concatenate([w_x, w_h], axis=0).astype(op)
         seq = xs.astype(op)
     else:
         seq = matmul(xs, w_x, dtype) + bias
         w = w_h if dtype is None else w_h.astype(dtype)
-    if peephole == "full":
-        wc = w_c.astype(w.dtype)
+    wc = w_c.astype(w.dtype) if peephole == "full" else w_c
 
     def body(carry, inp):
         h, c = carry
@@ -107,54 +117,74 @@ def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, save, inloop, peeph
             z = matmul(jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1), w, dtype) + bias
         else:
             z = s_t + matmul(h, w, dtype)
-        s = _gate_scale(H, z.dtype)
-        z4 = z.reshape(z.shape[:-1] + s.shape)
-        if peephole == "full":  # c_{t-1} W_c for the i, f and o blocks
-            pc = matmul(c.astype(h.dtype), wc, dtype).astype(z.dtype)
-            zero = jnp.zeros_like(pc[:, :H])
-            z4 = z4 + jnp.stack([pc[:, :H], pc[:, H:2 * H], zero, pc[:, 2 * H:]], axis=1)
-        if peephole == "diagonal":
-            # i and f see c_{t-1} (w_c rows 0, 1); o sees c_t (row 2), so it is redone below.
-            wd = w_c.astype(z.dtype)
-            zero = jnp.zeros_like(wd[0])
-            z4 = z4 + jnp.stack([wd[0], wd[1], zero, zero]) * c.astype(z.dtype)[:, None]
-        a = s * jnp.tanh(s * z4) + (1.0 - s)
-        i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
-        c_new = f * c + i * g
-        if peephole == "diagonal":
-            o = 0.5 * jnp.tanh(0.5 * (z4[:, 3] + wd[2] * c_new)) + 0.5
-            if save:
-                a = jnp.concatenate([a[:, :3], o[:, None]], axis=1)
-        h_new = o * jnp.tanh(c_new)
+        h_new, c_new, a = _cell(z, c, h.dtype, wc, dtype, peephole, save)
         if m_t is None:
             h_next, c_next, y = h_new, c_new, h_new
         else:
             mm = m_t[:, None]
-            h_next = jnp.where(mm, h_new, h)
-            c_next = jnp.where(mm, c_new, c)
-            y = jnp.where(mm, h_new, 0.0)
+            h_next, c_next, y = jnp.where(mm, h_new, h), jnp.where(mm, c_new, c), jnp.where(mm, h_new, 0.0)
         h_next, c_next = h_next.astype(h.dtype), c_next.astype(c.dtype)
         res = (h_next, c_next, a) if save else None
         # ys leave the loop in the state's dtype and are cast once after it: a per-step
         # cast to bf16 let XLA:CPU re-convert the whole stacked buffer at every step.
         return (h_next, c_next), (y.astype(h.dtype), res)
 
-    (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=unroll)
+    (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=opts.unroll[0])
     return hT, cT, ys, res
 
 
-def lstm_sequence(w_x, w_h, b, xs, h0, c0, m=None, dtype=None, unroll=1, inloop=None,
-                  w_c=None, peephole=None):
-    """Run the LSTM over ``xs`` [T, B, I] from (h0, c0) [B, H].
+def _cell(z, c, h_dtype, w_c, dtype, peephole, save):
+    """One step's element-wise block from the pre-activation ``z`` [B, 4H]: ``(h_t, c_t, a_t)``."""
+    H = c.shape[-1]
+    s = _gate_scale(H, z.dtype)
+    z4 = z.reshape(z.shape[:-1] + s.shape)
+    if peephole == "full":  # c_{t-1} W_c for the i, f and o blocks
+        pc = matmul(c.astype(h_dtype), w_c, dtype).astype(z.dtype)
+        zero = jnp.zeros_like(pc[:, :H])
+        z4 = z4 + jnp.stack([pc[:, :H], pc[:, H:2 * H], zero, pc[:, 2 * H:]], axis=1)
+    if peephole == "diagonal":
+        # i and f see c_{t-1} (w_c rows 0, 1); o sees c_t (row 2), so it is redone below.
+        wd = w_c.astype(z.dtype)
+        zero = jnp.zeros_like(wd[0])
+        z4 = z4 + jnp.stack([wd[0], wd[1], zero, zero]) * c.astype(z.dtype)[:, None]
+    a = s * jnp.tanh(s * z4) + (1.0 - s)
+    i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+    c_new = f * c + i * g
+    if peephole == "diagonal":
+        o = 0.5 * jnp.tanh(0.5 * (z4[:, 3] + wd[2] * c_new)) + 0.5
+        if save:
+            a = jnp.concatenate([a[:, :3], o[:, None]], axis=1)
+    return o * jnp.tanh(c_new), c_new, a
 
-    ``m`` is None or a bool [T, B] of valid steps; ``dtype`` the matmul dtype (None: the
-    inputs'); ``unroll`` an int (or True) for both scans, or a ``(forward, backward)``
-    pair; ``inloop`` multiplies the inputs inside the loop (None: on CPU when B >= 8)
-    instead of in one GEMM before it. ``peephole`` is None, ``"diagonal"`` (``w_c``
-    (3, H): i and f see c_{t-1}, o sees c_t) or ``"full"`` (``w_c`` (H, 3H) applied to
-    c_{t-1}, the founding article's form), as in :func:`jlstm.lstm`. Returns
-    ``(h_T, c_T, ys)``. Reverse-mode differentiable only (custom VJP); the weight
-    gradients are single GEMMs.
+
+def lstm_sequence(
+    w_x: jax.Array,
+    w_h: jax.Array,
+    b: jax.Array,
+    xs: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    m: jax.Array | None = None,
+    w_c: jax.Array | None = None,
+    *,
+    peephole: str | None = None,
+    dtype: Any = None,
+    unroll: Unroll = 1,
+    inloop: bool | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Run the LSTM over ``xs`` [T, B, I] from (h0, c0) [B, H]; returns ``(h_T, c_T, ys)``.
+
+    ``m`` is None or a bool [T, B] of valid steps. ``peephole`` is None, ``"diagonal"``
+    (``w_c`` (3, H): i and f see c_{t-1}, o sees c_t) or ``"full"`` (``w_c`` (H, 3H)
+    applied to c_{t-1}, the founding article's form), as in :func:`jlstm.lstm`.
+    ``dtype`` is the matmul dtype (None: the inputs'); ``unroll`` an int (or True) for
+    both scans, or a ``(forward, tangent)`` pair; ``inloop`` multiplies the inputs inside
+    the loop (None: on CPU when B >= 8) instead of in one GEMM before it, in the forward
+    pass of inference only.
+
+    Differentiable in both modes (``jax.custom_jvp``): the tangent is a linear
+    recurrence with its GEMMs hoisted, and reverse mode is its transpose, so the weight
+    gradients are single GEMMs over all steps.
     """
     if (peephole is None) != (w_c is None):
         raise ValueError(f"lstm_sequence: pass w_c exactly when peephole is set; got peephole="
@@ -163,31 +193,113 @@ def lstm_sequence(w_x, w_h, b, xs, h0, c0, m=None, dtype=None, unroll=1, inloop=
         raise ValueError(f"lstm_sequence: peephole must be None, 'diagonal' or 'full', got {peephole!r}.")
     if inloop is None:
         inloop = _inloop_default(xs.shape[1])
-    return _lstm_sequence(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, bool(inloop), peephole)
+    opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=bool(inloop), peephole=peephole)
+    return _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
-def _lstm_sequence(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, inloop, peephole):
-    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, _split_unroll(unroll)[0],
-                             False, inloop, peephole)
-    return hT, cT, ys.astype(_out_dtype(xs, w_x, dtype))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
+def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts: Options):
+    """:func:`lstm_sequence` with its options as one record, in the same argument order."""
+    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=False, inloop=opts.inloop)
+    return hT, cT, ys.astype(_out_dtype(xs, w_x, opts.dtype))
 
 
 def _out_dtype(xs, w_x, dtype):
     return dtype or jnp.result_type(xs.dtype, w_x.dtype)
 
 
-def _fwd(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, unroll, inloop, peephole):
-    # Training always hoists the input GEMM: measured on 2 CPU cores, the in-loop layout
-    # speeds up inference only (the forward with residuals runs at the same speed either
-    # way, and the hoisted one is faster at batch 1).
-    hT, cT, ys, res = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, dtype, _split_unroll(unroll)[0],
-                               True, False, peephole)
-    hs, cs, acts = res
+def _jvp(opts: Options, primals, tangents):
+    """The primal loop with residuals, then the tangent recurrence (:func:`_tangent_loop`).
+
+    Reverse mode transposes the tangent recurrence: a reverse loop with one GEMM per step
+    by ``W_hᵀ``, and the hoisted GEMMs become the weight and input gradients.
+    """
+    w_x, w_h, b, xs, h0, c0, m, w_c = primals
+    t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c = tangents
+    hT, cT, ys, (hs, cs, acts) = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=True, inloop=False)
     if m is None:
-        hs = ys  # every step is valid, so h_t is ys[t]: no separate copy of the states
-    saved = (w_x, w_h, b, w_c, xs, h0, c0, m, hs, cs, acts)
-    return (hT, cT, ys.astype(_out_dtype(xs, w_x, dtype))), saved
+        hs = ys  # every step is valid, so h_t is ys[t]
+    P, Q, F, c_prev = _coefficients(c0, m, cs, acts, w_c, opts.peephole)
+    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
+    drive = _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c)
+    f32 = cs.dtype
+    dh0 = jnp.zeros(h0.shape, f32) if _is_zero(t_h0) else t_h0.astype(f32)
+    dc0 = jnp.zeros(c0.shape, f32) if _is_zero(t_c0) else t_c0.astype(f32)
+    w_rec = _recurrent_weight(w_h, w_c, opts.peephole)
+    dhT, dcT, dys = _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0)
+    out = _out_dtype(xs, w_x, opts.dtype)
+    return ((hT, cT, ys.astype(out)),
+            (dhT.astype(hT.dtype), dcT.astype(cT.dtype), dys.astype(out)))
+
+
+_lstm_sequence.defjvp(_jvp, symbolic_zeros=True)
+
+
+def _is_zero(t) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c):
+    """The tangent terms that do not depend on the recurrence, for all T at once: [T, B, 4H].
+
+    ``dx W_x + x dW_x + db + h_{t-1} dW_h`` (plus the peephole weights' terms): a few
+    large GEMMs on ``[T·B, ·]`` matrices instead of per-step products (2-D, so that their
+    transposes are the plain ``Xᵀ dZ`` GEMMs of reverse mode, without a relayout of dZ);
+    zero tangents (``symbolic_zeros``) are skipped.
+    """
+    dtype, peephole = opts.dtype, opts.peephole
+    T, B, H = cs.shape
+    f32 = cs.dtype
+
+    def flat(a):
+        return a.reshape(T * B, a.shape[-1])
+
+    drive = jnp.zeros((T * B, 4 * H), f32)
+    if not _is_zero(t_xs):
+        drive = drive + matmul(flat(t_xs), w_x, dtype).astype(f32)
+    if not _is_zero(t_w_x):
+        drive = drive + matmul(flat(xs), t_w_x, dtype).astype(f32)
+    if not _is_zero(t_b):
+        drive = drive + t_b.astype(f32)
+    if not _is_zero(t_w_h):
+        drive = drive + matmul(flat(h_prev), t_w_h, dtype).astype(f32)
+    if not _is_zero(t_w_c) and peephole == "full":
+        drive = drive + matmul(flat(c_prev).astype(h_prev.dtype), _full_peephole_block(t_w_c), dtype).astype(f32)
+    elif not _is_zero(t_w_c):
+        t = t_w_c.astype(f32)
+        zero = jnp.zeros_like(c_prev)
+        drive = drive + flat(jnp.concatenate([t[0] * c_prev, t[1] * c_prev, zero, t[2] * cs], axis=-1))
+    return drive.reshape(T, B, 4 * H)
+
+
+def _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0):
+    """The tangent recurrence: per step one GEMM ``[dh (, dc)] W`` and a few multiply-adds.
+
+    With ``r = drive_t + dh_{t-1} W_h`` and the coefficients of :func:`_coefficients`,
+    ``e = r·Q`` (per gate block), ``dc_t = F·dc_{t-1} + e_i + e_f + e_g`` and
+    ``dh_t = e_o + P·dc_t``. A masked step has ``P = Q = 0`` and ``F = 1``: it keeps
+    ``dc`` and, by the select, ``dh``, and outputs zero.
+    """
+    dtype, full = opts.dtype, opts.peephole == "full"
+    B, H = dc0.shape
+    w = w_rec if dtype is None else w_rec.astype(dtype)
+    o_only = jnp.asarray([0.0, 0.0, 0.0, 1.0], dc0.dtype)[:, None]
+    not_o = 1.0 - o_only
+
+    def body(carry, inp):
+        dh, dc = carry
+        r_t, p, q, f, m_t = inp
+        rec = jnp.concatenate([dh, dc], axis=-1) if full else dh
+        e = (r_t + matmul(rec, w, dtype).astype(r_t.dtype)).reshape(B, 4, H) * q
+        # Block sums as masked reductions: their transpose is one broadcast select, where
+        # slicing e[:, k] would transpose to four padded copies per step.
+        dc_new = f * dc + jnp.sum(e * not_o, axis=1)
+        dh_new = jnp.sum(e * o_only, axis=1) + p * dc_new
+        dh_next = dh_new if m_t is None else jnp.where(m_t[:, None], dh_new, dh)
+        return (dh_next, dc_new), dh_new
+
+    (dhT, dcT), dys = lax.scan(body, (dh0, dc0), (drive, P, Q, F, m), unroll=opts.unroll[1])
+    return dhT, dcT, dys
 
 
 def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
@@ -222,69 +334,18 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     return P, Q, F, c_prev
 
 
-def _bwd(dtype, unroll, inloop, peephole, saved, cts):
-    del inloop  # _fwd always saves the hoisted layout's residuals
-    w_x, w_h, b, w_c, xs, h0, c0, m, hs, cs, acts = saved
-    dhT, dcT, dys = cts
-    f32 = cs.dtype
-    T, B, I = xs.shape
-    H = cs.shape[-1]
-    w_rec = _recurrent_weight(w_h, w_c, peephole)
-    w_t = (w_rec if dtype is None else w_rec.astype(dtype)).T
-    P, Q, F, c_prev = _coefficients(c0, m, cs, acts, w_c, peephole)
-    o_block = lax.broadcasted_iota(jnp.int32, (4, H), 0) == 3
+def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
+    """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping."""
 
-    def body(carry, inp):
-        dh, dc = carry
-        dy, p, q, ff, m_t = inp
-        u = dh + dy.astype(f32)
-        d = dc + u * p
-        dz = (jnp.where(o_block, u[:, None], d[:, None]) * q).reshape(B, 4 * H)
-        back = matmul(dz, w_t, dtype).astype(f32)
-        dc_prev = d * ff
-        if peephole == "full":
-            back, dc_prev = back[:, :H], dc_prev + back[:, H:]
-        if m_t is not None:
-            back = jnp.where(m_t[:, None], back, dh)
-        return (back, dc_prev), dz
-
-    (dh0, dc0), dzs = lax.scan(
-        body, (dhT.astype(f32), dcT.astype(f32)), (dys, P, Q, F, m),
-        reverse=True, unroll=_split_unroll(unroll)[1])
-    dz2 = dzs.reshape(T * B, 4 * H)
-    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
-    db = jnp.sum(dz2, axis=0)
-    dw_h = matmul(h_prev.reshape(T * B, H).T, dz2, dtype)
-    dw_x = matmul(xs.reshape(T * B, I).T, dz2, dtype)
-    dxs = matmul(dzs, w_x.T, dtype)
-    dw_c = None
-    if peephole == "full":
-        g4 = matmul(c_prev.reshape(T * B, H).T, dz2, dtype)  # (H, 4H); the g block is unused
-        dw_c = jnp.concatenate([g4[:, :2 * H], g4[:, 3 * H:]], axis=1).astype(w_c.dtype)
-    elif peephole == "diagonal":
-        dz4 = dzs.reshape(T, B, 4, H)
-        dw_c = jnp.stack([jnp.sum(dz4[:, :, 0] * c_prev, axis=(0, 1)),
-                          jnp.sum(dz4[:, :, 1] * c_prev, axis=(0, 1)),
-                          jnp.sum(dz4[:, :, 3] * cs, axis=(0, 1))]).astype(w_c.dtype)
-    return (dw_x.astype(w_x.dtype), dw_h.astype(w_h.dtype), db.astype(b.dtype), dw_c,
-            dxs.astype(xs.dtype), dh0.astype(h0.dtype), dc0.astype(c0.dtype), None)
-
-
-_lstm_sequence.defvjp(_fwd, _bwd)
-
-
-def make_fused(dtype: jnp.dtype | None, peephole: str | None = None):
-    """The ``Cell.fused`` entry for ``jlstm.lstm`` without projection or clipping."""
-
-    def fused(params, xs, state, valid, unroll):
+    def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll):
         T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
         B = math.prod(batch)
         H = state.c.shape[-1]
         x2 = xs.reshape(T, B, I)
         m = None if valid is None else valid.reshape(T, B)
-        hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2,
-                                   state.h.reshape(B, H), state.c.reshape(B, H), m, dtype, unroll,
-                                   w_c=params.w_c if peephole else None, peephole=peephole)
+        hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
+                                   state.c.reshape(B, H), m, params.w_c if peephole else None,
+                                   peephole=peephole, dtype=dtype, unroll=unroll)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),
                             c=cT.reshape(batch + (H,)).astype(state.c.dtype))
         return final, ys.reshape((T,) + batch + (H,))

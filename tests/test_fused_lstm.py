@@ -100,7 +100,7 @@ def test_fast_equals_reference_peepholes(peephole, name, layout, monkeypatch):
     batch, kw = CASES[name]
     cell, params, xs, state, ct = _setup(batch, peephole=peephole)
     kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-    assert "custom_vjp_call" in str(jax.make_jaxpr(
+    assert "custom_jvp_call" in str(jax.make_jaxpr(
         lambda p: jlstm.scan(cell, p, xs, state, **kw)[1])(params))
     ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
@@ -130,7 +130,7 @@ def test_fused_segments_under_remat_equal_reference(remat, peephole, name):
     cell, params, xs, state, ct = _setup(batch, peephole=peephole)
     kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
     jaxpr = str(jax.make_jaxpr(lambda p: jlstm.scan(cell, p, xs, state, remat=remat, **kw)[1])(params))
-    assert "custom_vjp_call" in jaxpr and ("remat" in jaxpr or "checkpoint" in jaxpr)
+    assert "custom_jvp_call" in jaxpr and ("remat" in jaxpr or "checkpoint" in jaxpr)
     ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, remat=remat, **kw)
     _assert_close(got, ref, 3e-5)
@@ -238,7 +238,7 @@ def test_separate_backward_unroll_matches():
     p = params
 
     def loss(p, x, unroll):
-        _, _, ys = jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, state.h, state.c, None, None, unroll)
+        _, _, ys = jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, state.h, state.c, unroll=unroll)
         return jnp.sum(ys * ct)
 
     g1 = jax.grad(loss)(p, xs, 1)
