@@ -96,8 +96,9 @@ def sequence_classification(logits: jax.Array, labels: jax.Array,
       The scalar loss (float32).
 
     Example:
-      >>> final, _ = encoder.apply(p_enc, xs, lengths=lengths)
-      >>> loss = sequence_classification(dense_apply(p_head, final.h), labels)
+      >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
+      >>> round(float(sequence_classification(logits, jnp.array([0, 0, 1]), jnp.array([1.0, 1.0, 0.0]))), 4)
+      1.1269
     """
     _check_logits_labels("sequence_classification", logits, labels, "labels")
     w = _check_mask("sequence_classification", "weights", weights, tuple(logits.shape[:-1]))

@@ -41,7 +41,7 @@ def reset_state(state: Any, initial: Any, reset: jax.Array | None) -> Any:
     Example:
       >>> cell = jlstm.lstm(2)
       >>> s = jlstm.LSTMState(h=jnp.ones((3, 2)), c=jnp.ones((3, 2)))
-      >>> z = cell.initial_state(None, 3)
+      >>> z = cell.initial_state(cell.init(jax.random.key(0), 1), 3)
       >>> reset_state(s, z, jnp.array([True, False, True])).h[:, 0]
       Array([0., 1., 0.], dtype=float32)
     """

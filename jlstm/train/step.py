@@ -56,8 +56,14 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) ->
       and ``"grad_norm"``.
 
     Example:
-      >>> step = jax.jit(make_train_step(loss_fn, optax.adam(1e-3)))
-      >>> params, opt_state, metrics = step(params, optimizer.init(params), batch, key)
+      >>> def loss_fn(params, batch, key):
+      ...     return jnp.mean((batch @ params["w"]) ** 2), {"w0": params["w"][0]}
+      >>> optimizer = optax.sgd(0.1)
+      >>> step = jax.jit(make_train_step(loss_fn, optimizer))
+      >>> params = {"w": jnp.array([1.0, -1.0])}
+      >>> params, opt_state, metrics = step(params, optimizer.init(params), jnp.eye(2), None)
+      >>> params["w"], sorted(metrics)
+      (Array([ 0.9, -0.9], dtype=float32), ['grad_norm', 'loss', 'w0'])
     """
     if not callable(loss_fn):
         raise TypeError(f"make_train_step: loss_fn must be callable, got {type(loss_fn).__name__}.")
