@@ -29,5 +29,8 @@ timeout 330 python -m benchmarks.scan --suite perf --repeats 20 \
 echo "== deepbench (training + inference, float32), if time remains"
 timeout 200 python -m benchmarks.scan --suite deepbench --repeats 10 \
   --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
+echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
+timeout 240 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
+  --lengths 128,1024,4096,16384,65536 --repeats 5 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
 python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
 echo "== done"

@@ -254,6 +254,11 @@ def _configure_threads() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry (also ``jlstm bench``); returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--cells" or a.startswith("--cells=") for a in args):  # each cell's forms against T
+        from benchmarks import cells
+
+        return cells.main(args)
     p = argparse.ArgumentParser(prog="python -m benchmarks.scan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="perf", choices=("perf", "deepbench", "quick"))
