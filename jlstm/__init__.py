@@ -13,6 +13,7 @@ from jlstm._bidirectional import (
     BidirectionalState,
     bidirectional,
 )
+from jlstm._deer import Newton, NewtonConvergenceError, NewtonInfo
 from jlstm._fused_lstm import lstm_sequence
 from jlstm._gru import GRUParams, GRUState, gru
 from jlstm._layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
@@ -57,6 +58,9 @@ __all__ = [
     "LSTMParams",
     "LSTMState",
     "LayerNormLSTMParams",
+    "Newton",
+    "NewtonConvergenceError",
+    "NewtonInfo",
     "MinGRUParams",
     "MinGRUState",
     "MinLSTMParams",
