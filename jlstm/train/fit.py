@@ -290,21 +290,15 @@ def fit(
     """Train ``params`` with ``optimizer`` on ``loss_fn`` (``(params, batch, key) -> loss[, metrics]``).
 
     Each epoch runs the jitted train step over ``train_data`` (a list of batches, or a callable
-    ``epoch -> iterable``; a tqdm bar shows the loss); step ``n`` gets ``fold_in(key, n)``.
-    Then it evaluates ``loss_fn`` without a key on ``eval_data`` and/or calls ``eval_fn(params)
-    -> dict``, records ``train_*``/``eval_*`` means in the :class:`History`, applies early
-    stopping (``monitor``, default ``eval_loss`` or ``train_loss``; ``mode`` min/max/auto;
-    ``patience`` epochs without a ``min_delta`` improvement; ``restore_best`` returns the best
-    epoch's params) and checkpoints to ``checkpoint_path`` (params, optimizer state, step, key,
-    history, ``config``). ``clip_norm`` chains ``optax.clip_by_global_norm`` before the
-    optimizer; ``history.grad_norm`` is taken before clipping. ``carry=Carry(...)`` carries a
-    recurrent state across batches (truncated BPTT, see :class:`Carry`).
-
-    ``resume=True`` continues from ``checkpoint_path`` if it exists, bit-identically to an
-    uninterrupted run given deterministic data; it says so (a line, and
-    ``history.resumed_from``). With a ``checkpoint_path``, SIGTERM or SIGINT finishes the
-    current step, checkpoints (with the position in the epoch) and raises
-    :class:`jlstm.train.Preempted`, which exits a script with status 75.
+    ``epoch -> iterable``); step ``n`` gets ``fold_in(key, n)``. Then it evaluates on
+    ``eval_data`` (no key) and/or ``eval_fn(params) -> dict``, records ``train_*``/``eval_*``
+    means in the :class:`History`, applies early stopping (``monitor``: default ``eval_loss``
+    or ``train_loss``; ``mode``; ``patience``; ``min_delta``; ``restore_best``) and writes
+    ``checkpoint_path``. ``clip_norm`` chains ``optax.clip_by_global_norm`` in front (the
+    recorded ``grad_norm`` is before clipping). ``carry=Carry(...)`` carries a recurrent
+    state across batches (truncated BPTT). ``resume=True`` continues from the checkpoint,
+    bit-identically, and says so (a line and ``history.resumed_from``). With a checkpoint
+    path, SIGTERM/SIGINT finish the step, checkpoint, and raise :class:`Preempted` (exit 75).
 
     Returns:
       :class:`FitResult` ``(params, opt_state, history)``.
@@ -325,9 +319,8 @@ def fit(
     """
     optimizer = _check_args(epochs, resume, checkpoint_path, clip_norm, carry, optimizer)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
-    has_eval = eval_data is not None or eval_fn is not None
-    stopping = stopping_for(monitor or ("eval_loss" if has_eval else "train_loss"), mode, patience, min_delta,
-                            restore_best)
+    monitor = monitor or ("train_loss" if eval_data is None and eval_fn is None else "eval_loss")
+    stopping = stopping_for(monitor, mode, patience, min_delta, restore_best)
     path = None if checkpoint_path is None else os.fspath(checkpoint_path)
     run = _Run(*_steps(loss_fn, optimizer, carry, jit), carry, stopping, key, path, config or {}, progress, epochs)
     fs, carried, resumed_from = FitState(), None, None
