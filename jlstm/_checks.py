@@ -170,6 +170,8 @@ def check_cell_args(
     input_size = shape_of(params.w_x)[0]
     check_param_shapes(params, param_shapes(input_size), where)
     if state is not None:
+        if state_type is None or state_sizes is None:
+            raise TypeError(f"{where}: checking a state needs state_type and state_sizes (a bug in the cell).")
         check_type("state", state, state_type, where,
                    "build the state with this cell's initial_state(params, batch_shape).")
         check_state_shapes(state, state_sizes, where)

@@ -72,4 +72,7 @@ def cell_sizes(hidden_size: Any, dtype: Any, param_dtype: Any) -> tuple[int, jnp
     from jlstm._checks import check_size
 
     check_size("hidden_size", hidden_size)
-    return int(hidden_size), canonical_dtype(dtype, "dtype"), canonical_dtype(param_dtype, "param_dtype")
+    params = canonical_dtype(param_dtype, "param_dtype")
+    if params is None:
+        raise TypeError("param_dtype=None: the parameters need a dtype; pass e.g. param_dtype=jnp.float32.")
+    return int(hidden_size), canonical_dtype(dtype, "dtype"), params
