@@ -40,7 +40,7 @@ import json
 import os
 import struct
 import tempfile
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +131,7 @@ def _encode(target: Any, metadata: dict[str, Any] | None) -> bytes:
         spec = _leaf_spec(path, leaf)
         specs.append(spec)
         if spec["kind"] == "key":
-            arrays[str(i)] = np.asarray(jax.random.key_data(leaf))
+            arrays[str(i)] = np.asarray(jax.random.key_data(cast(jax.Array, leaf)))
         elif spec["kind"] == "array":
             arrays[str(i)] = np.asarray(leaf)
     payload = serialization.msgpack_serialize(arrays)

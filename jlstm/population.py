@@ -71,10 +71,11 @@ def init_population(init_fn: Callable[[jax.Array], Any], key: jax.Array, n: int)
 def population_size(tree: Any) -> int:
     """The size of the leading member axis of a population pytree (checked to agree on all leaves)."""
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(tree)}
-    if len(sizes) != 1 or None in sizes:
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    if size is None:
         raise ValueError(f"population_size: every leaf must have the same leading member axis, got leading "
                          f"sizes {sorted(map(str, sizes))}; build the population with init_population.")
-    return int(sizes.pop())
+    return int(size)
 
 
 def _is_hp_state(node: Any) -> bool:

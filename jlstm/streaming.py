@@ -57,15 +57,17 @@ def make_stream_step(model: Cell | SequenceModel, **options: Any) -> Callable[..
       ``lengths``/``mask`` are this chunk's (see :func:`chunk_lengths`). Pure: jit it.
     """
     if isinstance(model, Cell):
-        def step(params, state, chunk, lengths=None, mask=None):
+        def scan_chunk(params, state, chunk, lengths=None, mask=None):
             return scan(model, params, chunk, state, lengths=lengths, mask=mask, **options)
-    elif isinstance(model, SequenceModel):
-        def step(params, state, chunk, lengths=None, mask=None):
+
+        return scan_chunk
+    if isinstance(model, SequenceModel):
+        def apply_chunk(params, state, chunk, lengths=None, mask=None):
             return model.apply(params, chunk, state, lengths=lengths, mask=mask, **options)
-    else:
-        raise TypeError(f"make_stream_step: model must be a jlstm.Cell or a jlstm.SequenceModel, got "
-                        f"{type(model).__name__}.")
-    return step
+
+        return apply_chunk
+    raise TypeError(f"make_stream_step: model must be a jlstm.Cell or a jlstm.SequenceModel, got "
+                    f"{type(model).__name__}.")
 
 
 def stream(

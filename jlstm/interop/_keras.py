@@ -23,7 +23,7 @@ from jlstm._bidirectional import BidirectionalParams, bidirectional
 from jlstm._gru import GRUParams, gru
 from jlstm._lstm import LSTMParams, lstm
 from jlstm._recurrent import recurrent
-from jlstm._types import SequenceModel
+from jlstm._types import Merge, SequenceModel
 from jlstm.interop._common import (
     check_model_name,
     layer_is_reversed,
@@ -34,7 +34,7 @@ from jlstm.interop._common import (
 )
 
 _GRU_ORDER = (1, 0, 2)  # z, r, h <-> r, z, n (its own inverse)
-_MERGES = {"concat": "concat", "sum": "sum", "ave": "mean"}
+_MERGES: dict[str, Merge] = {"concat": "concat", "sum": "sum", "ave": "mean"}
 _MERGES_BACK = {v: k for k, v in _MERGES.items()}
 
 
@@ -64,7 +64,7 @@ def _check_cell(cell: Any, kind: str, what: str, where: str) -> None:
             f"keras.layers.GRU(..., reset_after=True), the Keras default.")
 
 
-def _split_layer(layer: Any, kind: str, where: str) -> tuple[list[Any], str | None]:
+def _split_layer(layer: Any, kind: str, where: str) -> tuple[list[Any], Merge | None]:
     """Return ``([rnn_layer] or [forward, backward], merge)`` after checking the layer type."""
     keras = _keras()
     name = "keras.layers.LSTM" if kind == "lstm" else "keras.layers.GRU"
