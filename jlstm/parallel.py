@@ -438,8 +438,8 @@ def _sharded_step(train_step: Callable, mesh: Mesh, data_axis: str, param_shardi
     compiled: dict = {}
 
     def step(params, opt_state, batch, key):
-        shardings = batch_shardings(batch, mesh, data_axis, batch_axis=batch_axis, time_major=time_major)
         _check_batch_global(batch, _leaf_axes(batch, batch_axis, time_major, where)[0], where)
+        shardings = batch_shardings(batch, mesh, data_axis, batch_axis=batch_axis, time_major=time_major)
         p_sh, o_sh = param_shardings(params), param_shardings(opt_state)
         sig = tuple((jax.tree.structure(t), tuple(jax.tree.leaves(t))) for t in (shardings, p_sh, o_sh))
         fn = compiled.get(sig)

@@ -1,5 +1,7 @@
-"""jlstm.parallel: the data-parallel step on 8 (forced host) devices equals a single-device step."""
+"""jlstm.parallel: the data-parallel step on 8 (forced host) devices equals a single-device step, and the
+module's docstring examples run (on however many devices this process has)."""
 
+import doctest
 import json
 import os
 import subprocess
@@ -9,8 +11,10 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import jlstm
 from jlstm import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +26,7 @@ SCRIPT = textwrap.dedent(r"""
     import jlstm
     from jlstm import parallel
     from jlstm.tasks import adding_problem
+    from jlstm.train import make_train_step
 
     assert len(jax.devices()) == 8, jax.devices()
     H, T, B = 8, 12, 16
@@ -40,11 +45,7 @@ SCRIPT = textwrap.dedent(r"""
         return loss, {"loss": loss}
 
     opt = optax.adam(3e-2)
-
-    def train_step(params, opt_state, batch, key):
-        (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
-        updates, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {**metrics, "grad_norm": optax.global_norm(g)}
+    train_step = make_train_step(loss_fn, opt)
 
     data = adding_problem(jax.random.key(1), B, T)
     lengths = jax.random.randint(jax.random.key(2), (B,), 1, T + 1)
@@ -76,13 +77,7 @@ SCRIPT = textwrap.dedent(r"""
             "param_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(p8)),
         }
 
-    run(train_step, "handwritten")
-    try:
-        from jlstm.train import make_train_step
-    except ImportError:
-        out["jlstm.train"] = "absent"
-    else:
-        run(make_train_step(loss_fn, opt), "jlstm.train")
+    run(train_step, "step")
 
     mesh = parallel.data_mesh()
     sb = parallel.shard_batch(batch, mesh, batch_axis=axes)
@@ -122,20 +117,12 @@ def eight_devices():
 
 
 def test_sharded_step_equals_single_device(eight_devices):
-    r = eight_devices["handwritten"]
+    r = eight_devices["step"]
     np.testing.assert_allclose(r["loss_8"], r["loss_1"], rtol=1e-6, atol=1e-6)
     assert r["max_param_change"] > 1e-2          # the steps really trained
     assert r["max_param_diff"] < 1e-6
     assert r["param_devices"] == [8] and r["param_replicated"]
     assert r["loss_1"][-1] < r["loss_1"][0]
-
-
-def test_with_jlstm_train_when_present(eight_devices):
-    r = eight_devices.get("jlstm.train")
-    if r == "absent":
-        pytest.importorskip("jlstm.train")      # the training module is optional for this test
-    np.testing.assert_allclose(r["loss_8"], r["loss_1"], rtol=1e-6, atol=1e-6)
-    assert r["max_param_diff"] < 1e-6
 
 
 def test_batch_is_split_over_eight_devices(eight_devices):
@@ -171,3 +158,13 @@ def test_single_process_helpers():
         parallel.shard_batch(tree, jax.devices())
     with pytest.raises(ValueError, match="structure of the batch"):
         parallel.batch_shardings({"xs": jnp.ones((5, 4, 2))}, mesh, batch_axis=[1, 0])
+
+
+def test_docstring_examples_run():
+    globs = {"jax": jax, "jnp": jnp, "np": np, "optax": optax, "jlstm": jlstm}
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report: list[str] = []
+    for test in doctest.DocTestFinder().find(parallel, "jlstm.parallel", globs=globs):
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
+    assert runner.tries >= 30                     # every public function's example was found and run
