@@ -11,6 +11,8 @@ How each peer is written (the way its users write it):
 * ``jlstm``: ``jlstm.scan(jlstm.lstm(H), params, xs)`` under ``jax.jit``; the fused fast
   path (hoisted input GEMM, custom VJP with hoisted weight-gradient GEMMs).
 * ``jlstm_ref``: the same with ``fast=False`` (a plain ``lax.scan`` of ``cell.step``).
+* ``gemm_floor``: not an LSTM, the GEMM floor: only the matmuls of the same shapes and
+  FLOPs as jlstm's fused path (:func:`build_gemm_floor`).
 * ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)``, jitted ``apply`` /
   ``jax.grad``.
 * ``equinox``: ``eqx.nn.LSTMCell`` vmapped over the batch inside a ``lax.scan`` over time,
@@ -123,6 +125,51 @@ def build_jlstm(case: Case, data: Data, *, fast: bool = True) -> Runner:
 
 def build_jlstm_ref(case: Case, data: Data) -> Runner:
     return build_jlstm(case, data, fast=False)
+
+
+def build_gemm_floor(case: Case, data: Data) -> Runner:
+    """The GEMM floor: only the matmuls of one LSTM forward (or training step), nothing else.
+
+    The same shapes and FLOPs as jlstm's fused path, in XLA, in this process: the input GEMM
+    ``[T·B, I]×[I, 4H]`` and a ``lax.scan`` of the T recurrent GEMMs ``[B, H]×[H, 4H]``
+    (fwd); training adds the backward scan of ``[B, 4H]×[4H, H]`` and the three GEMMs over
+    all steps ``Hᵀ dZ``, ``Xᵀ dZ`` and ``dZ W_xᵀ``. Operands are random, so no element-wise
+    work, gate math, masking or layout change is timed: what is left of jlstm's time above
+    this is overhead that is not GEMM. Independent GEMMs may overlap here, so it is a lower
+    bound. FLOPs: 8·T·B·H·(I+H), ×3 for training.
+    """
+    if case.peephole == "full":
+        raise Unavailable("full peepholes add GEMMs that the floor does not count")
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    dt = _jnp_dtype(case)
+    B, T, I, H = case.B, case.T, case.I, case.H
+    k = jax.random.split(jax.random.key(0), 4)
+    w_x = (0.05 * jax.random.normal(k[0], (I, 4 * H))).astype(dt)
+    w_h = (0.05 * jax.random.normal(k[1], (H, 4 * H))).astype(dt)
+    hs = jax.random.normal(k[2], (T, B, H)).astype(dt)
+    dz = jax.random.normal(k[3], (T, B, 4 * H)).astype(dt)
+    xs = jnp.asarray(data.xs, dt)
+
+    def mm(a, b):
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+    def forward(w_x, w_h, xs, hs):
+        zx = mm(xs.reshape(T * B, I), w_x)
+        zh = lax.scan(lambda c, h: (c, mm(h, w_h)), None, hs)[1]
+        return zx, zh
+
+    def train(w_x, w_h, xs, hs, dz):
+        zx, zh = forward(w_x, w_h, xs, hs)
+        dh = lax.scan(lambda c, d: (c, mm(d, w_h.T)), None, dz, reverse=True)[1]
+        dz2, x2 = dz.reshape(T * B, 4 * H), xs.reshape(T * B, I)
+        return zx, zh, dh, mm(hs.reshape(T * B, H).T, dz2), mm(x2.T, dz2), mm(dz2, w_x.T)
+
+    f = jax.jit(forward) if case.mode == "fwd" else jax.jit(train)
+    args = (w_x, w_h, xs, hs) if case.mode == "fwd" else (w_x, w_h, xs, hs, dz)
+    return lambda: jax.block_until_ready(f(*args))
 
 
 def _no_peepholes(case: Case) -> None:
@@ -275,6 +322,7 @@ def cpu_count() -> int:
 BUILDERS: dict[str, Callable[[Case, Data], Runner]] = {
     "jlstm": build_jlstm,
     "jlstm_ref": build_jlstm_ref,
+    "gemm_floor": build_gemm_floor,
     "flax": build_flax,
     "equinox": build_equinox,
     "keras": build_keras,

@@ -11,7 +11,10 @@ Every implementation runs in this one process, on the same data. Each timing rep
 first call (compile + run) separately, then the median of ``--repeats`` calls, taken in
 three interleaved rounds across the implementations of a case, each call ending with
 ``block_until_ready`` (``torch.cuda.synchronize`` for PyTorch on GPU).
-``fwd`` computes the outputs ``ys``; ``fwd+bwd`` computes the gradient of
+``gemm_floor`` times only the GEMMs of jlstm's fused path (same shapes and FLOPs, no
+element-wise work: :func:`benchmarks.peers.build_gemm_floor`); every row's ``x_floor`` is
+its time as a multiple of that measured floor. ``fwd`` computes the outputs ``ys``;
+``fwd+bwd`` computes the gradient of
 ``sum(ys * ct)`` (a fixed random cotangent) with respect to the parameters and the inputs.
 A peer that is missing or cannot run here (Keras without its package, cuDNN without a
 GPU) is skipped with a printed note. ``ratio`` is ``peer time / jlstm time``: above 1
@@ -36,7 +39,7 @@ CPU_PERF = [(32, 128, 128, 256), (1, 256, 128, 256), (64, 64, 512, 512)]
 GPU_PERF = [(1, 512, 512, 512), (64, 256, 512, 512), (256, 100, 1024, 1024), (16, 2048, 256, 256)]
 GPU_PERF_BF16 = [(64, 256, 512, 512)]
 DEFAULT_PEERS = ("flax", "equinox", "keras", "torch", "jax_cudnn")
-ALL_IMPLS = ("jlstm", "jlstm_ref") + DEFAULT_PEERS
+ALL_IMPLS = ("jlstm", "jlstm_ref", "gemm_floor") + DEFAULT_PEERS
 MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd", "fwd+bwd": "fwd+bwd", "train": "fwd+bwd", "bwd": "fwd+bwd"}
 DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -202,6 +205,7 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
                 times[impl] += [timed_call(run) for _ in range(n)]
         runners.clear()
         base = None
+        floor = statistics.median(times["gemm_floor"]) if times.get("gemm_floor") else None
         for impl, ts in times.items():
             med = statistics.median(ts)
             tflops = case.flops / (med * 1e-3) / 1e12
@@ -216,6 +220,8 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
                 base = med
             if base:
                 row["ratio"] = round(med / base, 3)
+            if floor and impl != "gemm_floor":
+                row["x_floor"] = round(med / floor, 3)  # multiples of the GEMM floor
             results.append(row)
     return results, skipped
 
@@ -238,10 +244,15 @@ def format_table(results: list[dict], gpu: bool) -> str:
             if gpu and i == "jlstm":
                 extra = f"[{r['tflops']:.1f}TF]"
             cells.append(f"{r['median_ms']:>9.3f}{extra:>9}")
+        j = by.get(k + ("jlstm",), {})
+        cells.append(f"{j['x_floor']:>11.2f}" if "x_floor" in j else f"{'-':>11}")
         cfg = ",".join(str(x) for x in k[:4])
         lines.append(f"{cfg:>18} {k[4]:>7} {k[5]:>8} | " + " | ".join(cells))
+    lines[0] += f" | {'jlstm/floor':>11}"
+    lines[1] = "-" * len(lines[0])
     lines.append("medians in ms; (Nx) = peer time / jlstm time, above 1 means jlstm is faster"
-                 + ("; [TF] = jlstm TFLOP/s" if gpu else ""))
+                 + ("; [TF] = jlstm TFLOP/s" if gpu else "")
+                 + "; jlstm/floor = jlstm time / gemm_floor time (the same GEMMs alone, measured)")
     return "\n".join(lines)
 
 
@@ -270,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma list from {', '.join(ALL_IMPLS[1:])}; jlstm always runs ('' = none)")
     p.add_argument("--peephole", default="none", choices=("none", "diagonal", "full"),
                    help="time jlstm.lstm(H, peephole=...) (jlstm and jlstm_ref only; the peers have none)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip gemm_floor (the same GEMMs as jlstm alone, timed in this run)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per case after warm-up (median)")
     p.add_argument("--out", default=None, help="write JSON here (e.g. benchmarks/results/cpu_perf.json)")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -283,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = _parse_list(args.modes, MODES, "mode")
     dtypes = _parse_list(args.dtypes, DTYPES, "dtype") if args.dtypes else None
     peers = _parse_list(args.peers, ALL_IMPLS, "peer")
-    impls = ["jlstm"] + [i for i in peers if i != "jlstm"]
+    impls = ["jlstm"] + ([] if args.no_floor else ["gemm_floor"])
+    impls += [i for i in peers if i not in impls]
     backend = jax.default_backend()
     gpu = backend in ("gpu", "cuda", "rocm")
     device = device_name()
@@ -316,7 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
            "repeats": args.repeats, "peephole": peephole, "host_cores": os.cpu_count(),
            "results": results, "skipped": skipped,
            "notes": "median_ms: median of repeats after one warm-up; compile_s: first call (compile + run); "
-                    "ratio: impl median / jlstm median; tflops: 8*T*B*H*(I+H) per forward, x3 for fwd+bwd"}
+                    "ratio: impl median / jlstm median; tflops: 8*T*B*H*(I+H) per forward, x3 for fwd+bwd; "
+                    "gemm_floor: only the matmuls of jlstm's fused path (same shapes and FLOPs: input GEMM, "
+                    "a scan of the T recurrent GEMMs, and in training the backward scan and the three "
+                    "whole-sequence gradient GEMMs), measured in this run; x_floor: impl median / "
+                    "gemm_floor median"}
     if args.out:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
