@@ -152,6 +152,25 @@ def _child_command(target: Sequence[str], coordinator: str, num_processes: int, 
     return cmd + ["--", *target]
 
 
+_PARENT_ENV = "JLSTM_LAUNCH_PARENT"
+
+
+def _die_with_parent() -> None:
+    """In a process started by :func:`launch_local`: on Linux, ask for SIGKILL when the launcher dies,
+    so a launcher that is itself killed (a CI timeout) leaves no process behind."""
+    parent = os.environ.pop(_PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):                                  # the launcher died before that call
+        os._exit(1)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """Kill the process and everything it started (it leads its own session)."""
     if proc.poll() is None:
@@ -175,7 +194,8 @@ def launch_local(
     The processes form one ``jax.distributed`` run over the loopback address
     (``127.0.0.1`` and a free port); process ``i`` gets ``process_id=i``. The call waits for
     all of them. If any exits with a non-zero status, or ``timeout_s`` passes, the others
-    are killed at once (with whatever they started) and :class:`LaunchError` is raised.
+    are killed at once (with whatever they started) and :class:`LaunchError` is raised. On
+    Linux the processes also die with the caller if it is killed.
 
     Args:
       target: the script and its arguments, as after ``--`` on the command line.
@@ -197,6 +217,7 @@ def launch_local(
         raise ValueError(f"{where}: target must be a non-empty list like ['train.py', '--lr', '1e-3'], "
                          f"got {target!r}.")
     coordinator = f"127.0.0.1:{free_port()}"
+    child_env = dict(os.environ if env is None else env, **{_PARENT_ENV: str(os.getpid())})
     procs: list[subprocess.Popen] = []
     outputs: list[tuple[list[str], list[str]]] = []
     readers: list[threading.Thread] = []
@@ -212,7 +233,7 @@ def launch_local(
             proc = subprocess.Popen(
                 _child_command(target, coordinator, num_processes, i, local_device_count),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                env=env, cwd=cwd, start_new_session=True)
+                env=child_env, cwd=cwd, start_new_session=True)
             procs.append(proc)
             out: tuple[list[str], list[str]] = ([], [])
             outputs.append(out)
@@ -268,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--local-device-count", type=int, help="CPU devices per process")
     parser.add_argument("--timeout", type=float, default=3600.0, help="--local: seconds before all are killed")
     args = parser.parse_args(argv)
+    _die_with_parent()
     if not target:
         parser.error("give the script after '--', e.g. python -m jlstm.launch --local 2 -- train.py")
     if target[0] != "-m" and not os.path.isfile(target[0]):

@@ -55,6 +55,9 @@ def worker(mode: str) -> None:
             os._exit(3)
         time.sleep(120)
         return
+    if mode == "sleep":
+        time.sleep(120)
+        return
     params0, batch = problem()
     share = B // n                          # this process loads only its own sequences
     local = type(batch)(batch.xs[:, i * share:(i + 1) * share], batch.ys[i * share:(i + 1) * share])
@@ -150,6 +153,50 @@ def test_a_failing_process_stops_the_run_and_leaves_no_process():
     for r in results:
         with pytest.raises(ProcessLookupError):
             os.kill(r.pid, 0)
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_killing_the_launcher_kills_its_processes():
+    launcher = subprocess.Popen([sys.executable, "-m", "jlstm.launch", "--local", "2", "--timeout", "100", "--",
+                                 __file__, "sleep"], env=_env(), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(children) < 2 and time.monotonic() < deadline and launcher.poll() is None:
+            time.sleep(0.05)
+            children = _children(launcher.pid)
+        assert len(children) == 2, "the launcher did not start its 2 processes"
+    finally:
+        launcher.kill()                     # as a CI timeout would: no chance to clean up
+        launcher.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children)
 
 
 def test_bad_launch_arguments_raise():
