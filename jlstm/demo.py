@@ -8,8 +8,9 @@ on fresh sequences.
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,35 @@ def _readout_init(key: jax.Array, hidden: int):
     return (jax.random.normal(key, (hidden,)) / jnp.sqrt(hidden), jnp.zeros(()))
 
 
+class _Progress:
+    """A tqdm bar on a terminal; a plain line every tenth of the run when stderr is a file or pipe.
+
+    A redirected tqdm bar writes a carriage-return update per refresh (hundreds of KB per run), so
+    off a terminal the demo prints ``name: step i/n, mse x`` ten times instead.
+    """
+
+    def __init__(self, name: str, steps: int, enabled: bool, stream: TextIO | None = None):
+        self.name, self.steps, self.enabled = name, steps, enabled
+        self.stream = sys.stderr if stream is None else stream
+        tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = tqdm(total=steps, desc=f"{name:>16}", leave=True, file=self.stream) if tty else None
+        self.every = max(1, steps // 10)
+
+    def update(self, i: int, loss: jax.Array) -> None:
+        last = i == self.steps - 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if i % 50 == 0 or last:
+                self.bar.set_postfix(mse=f"{float(loss):.4f}")
+        elif self.enabled and ((i + 1) % self.every == 0 or last):
+            print(f"{self.name:>16}: step {i + 1}/{self.steps}, mse {float(loss):.4f}", file=self.stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def train_adding(cell: jlstm.Cell, *, length: int, steps: int, batch_size: int = 64,
                  learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> DemoResult:
     """Train ``cell`` with a linear readout of its final ``h`` on the adding problem."""
@@ -56,11 +86,11 @@ def train_adding(cell: jlstm.Cell, *, length: int, steps: int, batch_size: int =
         return optax.apply_updates(params, updates), opt_state, loss
 
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"{cell.name:>16}", disable=not progress, leave=True)
-    for i in bar:
+    report = _Progress(cell.name, steps, progress)
+    for i in range(steps):
         params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(k_data, i))
-        if i % 50 == 0 or i == steps - 1:
-            bar.set_postfix(mse=f"{float(loss):.4f}")
+        report.update(i, loss)
+    report.close()
     test = adding_problem(jax.random.key(seed + 10_000), 1024, length)
     mse = float(jax.jit(loss_fn)(params, test.xs, test.ys))
     return DemoResult(cell.name, mse, time.perf_counter() - start, mse < SOLVED_MSE)

@@ -68,6 +68,11 @@ def init_population(init_fn: Callable[[jax.Array], Any], key: jax.Array, n: int)
     return jax.vmap(init_fn)(jax.random.split(key, int(n)))
 
 
+def _l2_norm(tree: Any) -> jax.Array:
+    """``sqrt(sum of squares over all leaves)``, without optax's version-dependent helpers."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def population_size(tree: Any) -> int:
     """The size of the leading member axis of a population pytree (checked to agree on all leaves)."""
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(tree)}
@@ -242,7 +247,7 @@ def run_example(
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, data, key)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {**metrics,
-                                                                 "grad_norm": optax.global_norm(grads)}
+                                                                 "grad_norm": _l2_norm(grads)}
 
     lrs = jnp.logspace(np.log10(lr_range[0]), np.log10(lr_range[1]), n)
     k_init, k_data, k_eval = jax.random.split(jax.random.key(seed), 3)

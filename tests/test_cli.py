@@ -18,12 +18,17 @@ def test_demo_trains_both_models_and_reports(capsys):
     assert len(mses) == 2 and np.isfinite(mses).all()
 
 
-def test_demo_lstm_learns_what_the_mean_cannot():
+def test_demo_lstm_learns_what_the_mean_cannot(capsys):
     import jlstm
     from jlstm.demo import BASELINE_MSE, train_adding
 
-    r = train_adding(jlstm.lstm(16), length=10, steps=400, progress=False)
+    r = train_adding(jlstm.lstm(16), length=10, steps=400, progress=True)
     assert r.test_mse < 0.5 * BASELINE_MSE
+    # stderr is not a terminal here: plain progress lines, one per tenth of the run, no tqdm redraws
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert [int(re.search(r"step (\d+)/400", ln).group(1)) for ln in lines] == list(range(40, 401, 40))
 
 
 def test_readme_ten_line_example_runs_as_written():

@@ -31,7 +31,7 @@ def make_train_step(opt):
     def train_step(params, opt_state, batch, key):
         (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
         updates, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {**metrics, "grad_norm": optax.global_norm(g)}
+        return optax.apply_updates(params, updates), opt_state, {**metrics, "grad_norm": optax.tree.norm(g)}
     return train_step
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from jlstm._bidirectional import BidirectionalParams, BidirectionalState, bidirectional
 from jlstm._checks import check_rate
@@ -258,14 +260,16 @@ def _to_torch(model: SequenceModel | None, params: Any, kind: str, as_numpy: boo
     out = {key: np.ascontiguousarray(v) for key, v in out.items()}
     if as_numpy:
         return out
+    return {key: _torch_tensor(v) for key, v in out.items()}
+
+
+def _torch_tensor(a: np.ndarray):
+    """A CPU torch tensor that owns a copy of ``a`` (bf16 goes through float32: NumPy has no torch bf16)."""
     import torch
 
-    def tensor(a: np.ndarray):
-        if a.dtype == jnp.bfloat16:
-            return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
-        return torch.from_numpy(a.copy())
-
-    return {key: tensor(v) for key, v in out.items()}
+    if a.dtype == jnp.bfloat16:
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a, copy=True))
 
 
 def _torch_sizes(layers: list, bidir: bool, kind: str, where: str) -> dict[str, Any]:
@@ -429,13 +433,19 @@ def from_torch_state(params: Any, h0: Any, c0: Any = None) -> Any:
     return out[0] if single else tuple(out)
 
 
-def to_torch_state(state: Any) -> Any:
+def to_torch_state(state: Any, *, as_numpy: bool = False) -> Any:
     """Convert a jlstm final state (stack, single layer or bidirectional) to PyTorch's layout.
 
+    Like :func:`to_torch_lstm`, it returns CPU torch tensors, ready for ``nn.LSTM(x, (h_n, c_n))``.
+    It works on concrete arrays: call it on the result of a jitted function, not inside one.
+
+    Args:
+      state: the final state of a jlstm LSTM or GRU model (``model.apply(...)[0]``).
+      as_numpy: return NumPy arrays instead (no torch needed).
+
     Returns:
-      ``(h_n, c_n)`` for LSTM states and ``h_n`` for GRU states, JAX arrays of shape
+      ``(h_n, c_n)`` for LSTM states and ``h_n`` for GRU states, of shape
       (num_layers·num_directions, *batch, size), layer ``k`` direction ``d`` at ``k·D + d``.
-      Convert with ``torch.from_numpy(np.asarray(h_n))``.
     """
     where = "jlstm.interop.to_torch_state"
     layers = (state,) if isinstance(state, (LSTMState, GRUState, BidirectionalState)) else state
@@ -453,7 +463,12 @@ def to_torch_state(state: Any) -> Any:
     kinds = {type(d) for d in flat}
     if len(kinds) > 1:
         raise ValueError(f"{where}: the state mixes LSTM and GRU layers; PyTorch has no such module.")
-    h_n = jnp.stack([d.h for d in flat])
+    if any(isinstance(leaf, Tracer) for d in flat for leaf in jax.tree.leaves(d)):
+        raise TypeError(f"{where}: got traced arrays (called inside jit, grad or vmap); it builds torch "
+                        f"tensors, which needs concrete values. Return the jlstm state from the transformed "
+                        f"function and convert it outside.")
+    arrays = [np.stack([np.asarray(d.h) for d in flat])]
     if isinstance(flat[0], LSTMState):
-        return h_n, jnp.stack([d.c for d in flat])
-    return h_n
+        arrays.append(np.stack([np.asarray(d.c) for d in flat]))
+    out = arrays if as_numpy else [_torch_tensor(a) for a in arrays]
+    return tuple(out) if len(out) == 2 else out[0]

@@ -69,10 +69,12 @@ def _jlstm_run(model, params, kind, xs, h0, c0, cot, lengths=None):
     def loss(xs, h0, c0):
         state = interop.from_torch_state(params, h0, c0)
         final, ys = model.apply(params, xs, state, lengths=lengths)
-        return jnp.sum(ys * cot), (ys, interop.to_torch_state(final))
+        return jnp.sum(ys * cot), (ys, final)
 
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
     (_, (ys, final)), (dx, dh) = grad(xs, h0, c0)
+    final = interop.to_torch_state(final)  # torch tensors, converted outside jit
+    assert all(isinstance(t, torch.Tensor) for t in ((final,) if kind == "gru" else final))
     h_n, c_n = (final, None) if kind == "gru" else final
     return ys, h_n, c_n, dx, dh
 
@@ -158,8 +160,14 @@ def test_numpy_state_dict_and_default_state():
     out, (h_n, c_n) = m(torch.tensor(xs))
     np.testing.assert_allclose(ys, out.detach().numpy(), **TOL)
     h, c = interop.to_torch_state(final)
-    np.testing.assert_allclose(h, h_n.detach().numpy(), **TOL)
+    assert isinstance(h, torch.Tensor) and isinstance(c, torch.Tensor)
+    np.testing.assert_allclose(h.numpy(), h_n.detach().numpy(), **TOL)
+    np.testing.assert_allclose(c.numpy(), c_n.detach().numpy(), **TOL)
+    h, c = interop.to_torch_state(final, as_numpy=True)
+    assert isinstance(h, np.ndarray) and isinstance(c, np.ndarray)
     np.testing.assert_allclose(c, c_n.detach().numpy(), **TOL)
+    with pytest.raises(TypeError, match="convert it outside"):
+        jax.jit(interop.to_torch_state)(final)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -201,8 +209,8 @@ def test_jlstm_initialised_model_runs_in_torch():
         out, (h_n, c_n) = m(torch.tensor(xs))
     np.testing.assert_allclose(ys, out.numpy(), **TOL)
     h, c = interop.to_torch_state(final)
-    np.testing.assert_allclose(h, h_n.numpy(), **TOL)
-    np.testing.assert_allclose(c, c_n.numpy(), **TOL)
+    np.testing.assert_allclose(h.numpy(), h_n.numpy(), **TOL)
+    np.testing.assert_allclose(c.numpy(), c_n.numpy(), **TOL)
 
 
 def test_bias_false_and_prefix():
