@@ -121,8 +121,7 @@ def _tex_left(dom: str) -> str:
     return re.sub(r"<annotation.*?</annotation>", "", dom, flags=re.S)
 
 
-def test_index_renders_title_and_maths(browsed):
-    dom, png = browsed["index"]
+def _check_index(dom: str, png: Path | None) -> None:
     assert re.search(r"<title>\s*jlstm\s*</title>", dom), "the index page's title is not 'jlstm'"
     assert "Two commands" in dom and "Ten lines" in dom
     # KaTeX replaced the TeX source by its markup: rendered display maths, with its MathML twin.
@@ -132,8 +131,7 @@ def test_index_renders_title_and_maths(browsed):
     _assert_drawn(png)
 
 
-def test_api_page_renders_entries(browsed):
-    dom, png = browsed["api"]
+def _check_api_page(dom: str, png: Path | None) -> None:
     assert re.search(r"<title>\s*jlstm\b[^<]*</title>", dom), "the API page has no jlstm title"
     for name in ("jlstm.scan", "jlstm.lstm", "jlstm.Cell", "jlstm.stack", "jlstm.LSTMParams"):
         assert f'id="{name}"' in dom, f"the API page has no entry for {name}"
@@ -142,11 +140,19 @@ def test_api_page_renders_entries(browsed):
     _assert_drawn(png)
 
 
-def test_a_cell_page_renders_its_equations(browsed):
-    dom, _ = browsed["lstm"]
+def _check_cell_page(dom: str) -> None:
     assert dom.count('class="katex-display"') >= 3, "the LSTM page's display equations did not render"
     assert 'class="katex-error"' not in dom, "KaTeX could not parse an equation on the LSTM page"
     assert "\\sigma" not in _tex_left(dom), "TeX source left unrendered on the LSTM page"
+
+
+def test_pages_render_in_chromium(browsed):
+    """The index (title, rendered maths, screenshot), the API page of ``jlstm`` (title, entries,
+    screenshot) and the LSTM page (its equations). One test, so that under pytest-xdist the
+    browser runs once."""
+    _check_index(*browsed["index"])
+    _check_api_page(*browsed["api"])
+    _check_cell_page(browsed["lstm"][0])
 
 
 def _inventory(site: Path) -> set[str]:
