@@ -47,6 +47,36 @@ def problem():
                                      rng.uniform(size=B).astype(np.float32))
 
 
+def _listening_hosts() -> list[str]:
+    """The local addresses (hex, as in /proc/net/tcp*) of this process's listening TCP sockets; Linux only."""
+    if not sys.platform.startswith("linux"):
+        return []
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    hosts = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:          # state LISTEN, one of our sockets
+                    hosts.append(fields[1].split(":")[0])
+    return hosts
+
+
+def _is_loopback(hex_host: str) -> bool:
+    """127.0.0.0/8 (IPv4, or IPv4-mapped IPv6) or ::1, from /proc/net's little-endian hex."""
+    if len(hex_host) == 8:
+        return hex_host.endswith("7F")
+    return (hex_host[:24] == "0000000000000000FFFF0000" and hex_host.endswith("7F")) or \
+        hex_host == "00000000000000000000000001000000"
+
+
 def worker(mode: str) -> None:
     """One process of the run (jax.distributed is already initialised by jlstm.launch)."""
     n, i = jax.process_count(), jax.process_index()
@@ -81,6 +111,7 @@ def worker(mode: str) -> None:
         print("STEP " + json.dumps({"step": s, "loss": float(metrics["loss"]),
                                     "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)]}),
               flush=True)
+    print("NET " + json.dumps({"listening": _listening_hosts()}), flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +139,10 @@ def _check_against_reference(stdouts: dict[int, str], reference, n_proc: int, lo
         assert info["local_xs_shapes"] == [[T, B // (n_proc * local_devices), 2]]   # each device: its share
         assert info["global_xs_in_place"]          # the shares assemble the whole batch, in order
         assert "must be a global array" in info["local_batch_error"] and "shard_batch" in info["local_batch_error"]
+        (net,) = _records(out, "NET ")          # the coordinator (process 0) and gloo listen on loopback only
+        assert all(_is_loopback(h) for h in net["listening"]), net
+        if sys.platform.startswith("linux"):
+            assert net["listening"]
         steps = _records(out, "STEP ")
         assert [r["step"] for r in steps] == list(range(STEPS))
         for got, want in zip(steps, ref):
