@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jlstm import _pallas_lstm
 from jlstm._math import matmul
 
 Unroll = Union[int, bool, tuple]
@@ -343,9 +344,14 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         H = state.c.shape[-1]
         x2 = xs.reshape(T, B, I)
         m = None if valid is None else valid.reshape(T, B)
-        hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
-                                   state.c.reshape(B, H), m, params.w_c if peephole else None,
-                                   peephole=peephole, dtype=dtype, unroll=unroll)
+        if _pallas_lstm.fits(B, H, dtype, peephole) and xs.dtype == params.w_h.dtype == jnp.float32:
+            # Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
+            hT, cT, ys = _pallas_lstm.lstm_pallas(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
+                                                  state.c.reshape(B, H), m, _pallas_lstm.interpret_mode())
+        else:
+            hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
+                                       state.c.reshape(B, H), m, params.w_c if peephole else None,
+                                       peephole=peephole, dtype=dtype, unroll=unroll)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),
                             c=cT.reshape(batch + (H,)).astype(state.c.dtype))
         return final, ys.reshape((T,) + batch + (H,))
