@@ -43,7 +43,7 @@ def main(checkpoint: str, result: str, delay: float = 0.0) -> None:
 
     params, opt_state, hist = jt.fit(
         lm.loss, lm.init(jax.random.key(0)), OPTIMIZER, data, epochs=EPOCHS, key=jax.random.key(1),
-        eval_data=CHUNKS[:2], carry=jt.Carry(lm.initial_state, 3), checkpoint_path=checkpoint, resume=True,
+        carry=jt.Carry(lm.initial_state, 3), checkpoint_path=checkpoint, resume=True,
         progress=True)
     jlstm.checkpoint.save(result, {"params": params, "opt_state": opt_state},
                           metadata={"loss": hist.loss.tolist(), "epochs": hist.epochs,

@@ -10,6 +10,7 @@ import jlstm.train as jt
 from jlstm.train.generate import _generate
 
 V = 7
+N = 6  # generated steps in every call but one, so that the compiled programs are shared
 
 
 def make_lm():
@@ -37,25 +38,25 @@ def python_loop(prompt, steps, pick):
 
 
 def test_greedy_equals_a_python_argmax_loop():
-    tokens, _ = jt.generate(LM, PARAMS, PROMPT, 8, greedy=True)
-    ref = python_loop(PROMPT, 8, lambda t, logits: jnp.argmax(logits, -1).astype(jnp.int32))
+    tokens, _ = jt.generate(LM, PARAMS, PROMPT, N, greedy=True)
+    ref = python_loop(PROMPT, N, lambda t, logits: jnp.argmax(logits, -1).astype(jnp.int32))
     np.testing.assert_array_equal(tokens, ref)
-    assert tokens.dtype == jnp.int32 and tokens.shape == (8, 2)
+    assert tokens.dtype == jnp.int32 and tokens.shape == (N, 2)
 
 
 def test_sampling_equals_a_python_loop_with_the_same_keys():
     key = jax.random.key(3)
-    keys = jax.random.split(key, 6)
-    tokens, _ = jt.generate(LM, PARAMS, PROMPT, 6, key, temperature=0.5)
-    ref = python_loop(PROMPT, 6, lambda t, logits: jax.random.categorical(keys[t], logits / 0.5, -1))
+    keys = jax.random.split(key, N)
+    tokens, _ = jt.generate(LM, PARAMS, PROMPT, N, key, temperature=0.5)
+    ref = python_loop(PROMPT, N, lambda t, logits: jax.random.categorical(keys[t], logits / 0.5, -1))
     np.testing.assert_array_equal(tokens, ref)
-    greedy, _ = jt.generate(LM, PARAMS, PROMPT, 6, greedy=True)
-    assert not np.array_equal(jt.generate(LM, PARAMS, PROMPT, 6, key)[0], greedy)
+    greedy, _ = jt.generate(LM, PARAMS, PROMPT, N, greedy=True)
+    assert not np.array_equal(jt.generate(LM, PARAMS, PROMPT, N, key)[0], greedy)
 
 
 def test_temperature_towards_zero_is_greedy():
-    greedy, _ = jt.generate(LM, PARAMS, PROMPT, 10, greedy=True)
-    cold, _ = jt.generate(LM, PARAMS, PROMPT, 10, jax.random.key(5), temperature=1e-4)
+    greedy, _ = jt.generate(LM, PARAMS, PROMPT, N, greedy=True)
+    cold, _ = jt.generate(LM, PARAMS, PROMPT, N, jax.random.key(5), temperature=1e-4)
     np.testing.assert_array_equal(cold, greedy)
 
 
@@ -66,36 +67,34 @@ def test_top_k_never_samples_outside_the_top_k_and_keeps_their_odds():
     freq = np.bincount(np.asarray(draws), minlength=V)[[1, 4, 5]] / 20000
     np.testing.assert_allclose(freq, np.array([0.3, 0.25, 0.2]) / 0.75, atol=0.02)
     # through the model: every sampled token is among the k best of its step
-    tokens, _ = jt.generate(LM, PARAMS, PROMPT, 12, jax.random.key(1), top_k=2, temperature=2.0)
+    tokens, _ = jt.generate(LM, PARAMS, PROMPT, N, jax.random.key(1), top_k=2, temperature=2.0)
     best = []
 
     def replay(t, logits):  # feed the sampled tokens back, recording each step's two best tokens
         best.append(np.argsort(-np.asarray(logits), -1)[:, :2])
         return tokens[t]
 
-    python_loop(PROMPT, 12, replay)
-    assert all(int(tokens[t, b]) in best[t][b] for t in range(12) for b in range(2))
-    top1, _ = jt.generate(LM, PARAMS, PROMPT, 12, jax.random.key(1), top_k=1)
-    np.testing.assert_array_equal(top1, jt.generate(LM, PARAMS, PROMPT, 12, greedy=True)[0])
+    python_loop(PROMPT, N, replay)
+    assert all(int(tokens[t, b]) in best[t][b] for t in range(N) for b in range(2))
+    top1, _ = jt.generate(LM, PARAMS, PROMPT, N, jax.random.key(1), top_k=1)
+    np.testing.assert_array_equal(top1, jt.generate(LM, PARAMS, PROMPT, N, greedy=True)[0])
 
 
 def test_continuing_from_the_returned_state_equals_one_longer_call():
-    key1, key2 = jax.random.key(7), jax.random.key(8)
-    a, state = jt.generate(LM, PARAMS, PROMPT, 5, greedy=True)
-    b, _ = jt.generate(LM, PARAMS, a[-1:], 4, greedy=True, state=state)
-    both, _ = jt.generate(LM, PARAMS, PROMPT, 9, greedy=True)
+    a, state = jt.generate(LM, PARAMS, PROMPT, N // 2, greedy=True)
+    b, _ = jt.generate(LM, PARAMS, a[-1:], N // 2, greedy=True, state=state)
+    both, _ = jt.generate(LM, PARAMS, PROMPT, N, greedy=True)
     np.testing.assert_array_equal(np.concatenate([a, b]), both)
     # the returned state is the model's state after the prompt and a[:-1]
-    ref_state, _ = LM.apply(PARAMS, jnp.concatenate([PROMPT, a[:-1]]))
+    ref_state, _ = APPLY(PARAMS, jnp.concatenate([PROMPT, a[:-1]]))
     np.testing.assert_allclose(state.h, ref_state.h, rtol=1e-5, atol=1e-6)
-    assert jt.generate(LM, PARAMS, PROMPT, 5, key1)[0].shape == jt.generate(LM, PARAMS, PROMPT, 5, key2)[0].shape
 
 
 def test_a_rebuilt_model_reuses_the_compiled_program():
-    jt.generate(LM, PARAMS, PROMPT, 4, greedy=True)
+    jt.generate(LM, PARAMS, PROMPT, N, greedy=True)
     before = _generate._cache_size()
     for _ in range(3):
-        jt.generate(make_lm(), PARAMS, PROMPT, 4, greedy=True)
+        jt.generate(make_lm(), PARAMS, PROMPT, N, greedy=True)
     assert _generate._cache_size() == before
 
 
