@@ -249,7 +249,7 @@ def test_jit_vmap_and_auto():
     seq, *others = forms(p, xs)
     for ys in others:
         np.testing.assert_allclose(ys, seq, atol=1e-5, rtol=1e-5)
-    assert cell.fast.auto_method(256) == "parallel" and cell.fast.auto_method(257) == "chunkwise"
+    assert cell.fast.auto_method(64) == "parallel" and cell.fast.auto_method(65) == "chunkwise"
 
 
 def test_layers_streaming_checkpoint(tmp_path):
