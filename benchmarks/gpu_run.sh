@@ -23,11 +23,14 @@ try:
 except Exception as e:
     print("torch:", e)
 PY
-echo "== perf suite (float32 + bf16 for 64,256,512,512)"
-timeout 330 python -m benchmarks.scan --suite perf --repeats 20 \
-  --peers flax,equinox,keras,torch,jax_cudnn,jlstm_ref --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
+echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
+# jlstm = the automatic choice (the Pallas kernel where B <= 64), jlstm_pallas / jlstm_fused / jlstm_ref =
+# the Pallas kernel, the fused scan and the reference scan forced; cuDNN from JAX and from PyTorch; Flax;
+# gemm_floor = the same GEMMs alone. float32, plus bf16 for 64,256,512,512.
+timeout 220 python -m benchmarks.scan --suite perf --repeats 10 \
+  --peers jlstm_pallas,jlstm_fused,jlstm_ref,jax_cudnn,torch,flax --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
 echo "== deepbench (training + inference, float32), if time remains"
-timeout 200 python -m benchmarks.scan --suite deepbench --repeats 10 \
+timeout 80 python -m benchmarks.scan --suite deepbench --repeats 5 \
   --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
 echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
 timeout 240 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \

@@ -11,6 +11,10 @@ How each peer is written (the way its users write it):
 * ``jlstm``: ``jlstm.scan(jlstm.lstm(H), params, xs)`` under ``jax.jit``; the fused fast
   path (hoisted input GEMM, custom VJP with hoisted weight-gradient GEMMs).
 * ``jlstm_ref``: the same with ``fast=False`` (a plain ``lax.scan`` of ``cell.step``).
+* ``jlstm_fused``: ``jlstm.lstm_sequence`` directly, the fused scan (on GPU ``jlstm``
+  takes the Pallas kernel when the shape fits; this is the path it would otherwise take).
+* ``jlstm_pallas``: the Pallas kernel directly (GPU only, float32, B ≤ 64, H a power of
+  two ≤ 1024).
 * ``gemm_floor``: not an LSTM, the GEMM floor: only the matmuls of the same shapes and
   FLOPs as jlstm's fused path (:func:`build_gemm_floor`).
 * ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)``, jitted ``apply`` /
@@ -125,6 +129,50 @@ def build_jlstm(case: Case, data: Data, *, fast: bool = True) -> Runner:
 
 def build_jlstm_ref(case: Case, data: Data) -> Runner:
     return build_jlstm(case, data, fast=False)
+
+
+def _lstm_params(case: Case):
+    import jax
+
+    import jlstm
+
+    return jlstm.lstm(case.H).init(jax.random.key(0), case.I)
+
+
+def build_jlstm_fused(case: Case, data: Data) -> Runner:
+    """jlstm's fused scan called directly (``jlstm.lstm_sequence``): the path without the Pallas kernel."""
+    _no_peepholes(case)
+    if case.dtype != "float32":
+        raise Unavailable("jlstm_fused is timed in float32 only")
+    import jax.numpy as jnp
+
+    import jlstm
+
+    h0 = jnp.zeros((case.B, case.H))
+
+    def forward(p, x):
+        return jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, h0, h0)[2]
+
+    return _jax_runner(forward, _lstm_params(case), jnp.asarray(data.xs), jnp.asarray(data.ct), case)
+
+
+def build_jlstm_pallas(case: Case, data: Data) -> Runner:
+    """jlstm's Pallas kernel called directly, compiled for the GPU (never interpret mode)."""
+    _no_peepholes(case)
+    import jax
+    import jax.numpy as jnp
+
+    from jlstm import _pallas_lstm
+
+    if not _pallas_lstm.fits(case.B, case.H, None, None) or case.dtype != "float32":
+        raise Unavailable(f"the Pallas kernel serves float32, B <= {_pallas_lstm.MAX_BATCH} and H a power of two "
+                          f"<= {_pallas_lstm.MAX_HIDDEN} on GPU; backend {jax.default_backend()!r}")
+    h0 = jnp.zeros((case.B, case.H))
+
+    def forward(p, x):
+        return _pallas_lstm.lstm_pallas(p.w_x, p.w_h, p.b, x, h0, h0, None, False)[2]
+
+    return _jax_runner(forward, _lstm_params(case), jnp.asarray(data.xs), jnp.asarray(data.ct), case)
 
 
 def build_gemm_floor(case: Case, data: Data) -> Runner:
@@ -323,6 +371,8 @@ BUILDERS: dict[str, Callable[[Case, Data], Runner]] = {
     "jlstm": build_jlstm,
     "jlstm_ref": build_jlstm_ref,
     "gemm_floor": build_gemm_floor,
+    "jlstm_fused": build_jlstm_fused,
+    "jlstm_pallas": build_jlstm_pallas,
     "flax": build_flax,
     "equinox": build_equinox,
     "keras": build_keras,

@@ -39,7 +39,7 @@ CPU_PERF = [(32, 128, 128, 256), (1, 256, 128, 256), (64, 64, 512, 512)]
 GPU_PERF = [(1, 512, 512, 512), (64, 256, 512, 512), (256, 100, 1024, 1024), (16, 2048, 256, 256)]
 GPU_PERF_BF16 = [(64, 256, 512, 512)]
 DEFAULT_PEERS = ("flax", "equinox", "keras", "torch", "jax_cudnn")
-ALL_IMPLS = ("jlstm", "jlstm_ref", "gemm_floor") + DEFAULT_PEERS
+ALL_IMPLS = ("jlstm", "jlstm_ref", "gemm_floor", "jlstm_fused", "jlstm_pallas") + DEFAULT_PEERS
 MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd", "fwd+bwd": "fwd+bwd", "train": "fwd+bwd", "bwd": "fwd+bwd"}
 DTYPES = {"float32": "float32", "f32": "float32", "fp32": "float32",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
