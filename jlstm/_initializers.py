@@ -64,9 +64,11 @@ def _finish(host_fn: Callable[[np.ndarray], np.ndarray], draws, shape: tuple, dt
 
 
 def _shape(name: str, shape) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)):
+        shape = None  # iterable, but not a shape
     try:
         shape = tuple(int(d) for d in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{name}: shape must be a tuple of ints, got {shape!r}; call it as "
                         f"{name}(key, (rows, cols), dtype).") from None
     if any(d < 0 for d in shape):
@@ -163,3 +165,12 @@ def uniform(scale: float) -> Initializer:
         return _finish(host, _draw(key, math.prod(shape), "uniform"), shape, dtype)
 
     return init
+
+
+def add_to_slice(x: jax.Array, start: int, stop: int, value: float) -> jax.Array:
+    """``x.at[..., start:stop].add(value)`` (e.g. a forget-gate bias) without a compile per shape when concrete."""
+    if _is_traced(x):
+        return x.at[..., start:stop].add(jnp.asarray(value, x.dtype))
+    out = np.array(x)
+    out[..., start:stop] += np.asarray(value, out.dtype)
+    return jax.device_put(out)
