@@ -30,8 +30,10 @@ Multi-host (several processes, e.g. one per host). Every process runs the same s
 --coordinator host0:1234 --num-processes N --process-id i -- train.py`` on each host, or
 ``--local N`` for N processes on this machine). Then ``jax.devices()`` lists the devices of
 all processes and :func:`data_mesh` spans them all, ordered by process. Each process loads
-only its own share of the global batch (``global_batch / jax.process_count()`` sequences,
-share ``i`` for process ``i``) and :func:`shard_batch` assembles the global arrays from
+only its own share of the global batch, the sequences :func:`local_batch_slice` names
+(share ``i`` of N for process ``i`` on a :func:`data_mesh`; on a 2-D mesh whose model groups
+span processes, those processes load the same share), and :func:`shard_batch` assembles
+the global arrays from
 these pieces with ``jax.make_array_from_process_local_data`` (automatic when
 ``jax.process_count() > 1``). Parameters must start equal in every process: initialise
 them from the same key; :func:`replicate` and the steps then build global arrays from each
@@ -64,6 +66,7 @@ __all__ = [
     "data_mesh",
     "data_model_mesh",
     "data_parallel_step",
+    "local_batch_slice",
     "model_parallel_step",
     "model_shardings",
     "param_bytes_per_device",
@@ -247,7 +250,8 @@ def shard_batch(
 
     Args:
       batch: a pytree of arrays: the global batch or, with ``process_local``, this
-        process's share of it (``global_batch / jax.process_count()`` sequences).
+        process's share of it: the sequences :func:`local_batch_slice` names
+        (``global_batch / jax.process_count()`` of them on a :func:`data_mesh`).
       mesh, axis, batch_axis, time_major: as in :func:`batch_shardings`.
       process_local: build each global array from the per-process pieces with
         ``jax.make_array_from_process_local_data``; ``None`` means "when
@@ -273,13 +277,59 @@ def shard_batch(
                                                      time_major=time_major))
     axes, treedef = _leaf_axes(batch, batch_axis, time_major, where)
     leaves = [np.asarray(x) for x in jax.tree.leaves(batch)]
-    n_proc = jax.process_count()
-    global_shapes = [tuple(d * n_proc if i == ax else d for i, d in enumerate(x.shape))
+    held, n_pos = len(_process_positions(mesh, axis)), mesh.shape[axis]      # this process's part of the axis
+    for x, ax in zip(leaves, axes):
+        if ax is not None and x.shape[ax] % held:
+            raise ValueError(f"{where}: this process feeds {held} positions of mesh axis {axis!r}, but a local "
+                             f"leaf has batch size {x.shape[ax]}; load the sequences local_batch_slice() names.")
+    global_shapes = [tuple(d * n_pos // held if i == ax else d for i, d in enumerate(x.shape))
                      for x, ax in zip(leaves, axes)]
     _check_sizes(global_shapes, axes, mesh.shape[axis], axis, where)
     arrays = [jax.make_array_from_process_local_data(NamedSharding(mesh, _spec(x.ndim, ax, axis)), x, gs)
               for x, ax, gs in zip(leaves, axes, global_shapes)]
     return treedef.unflatten(arrays)
+
+
+def _process_positions(mesh: Mesh, axis: str) -> list[int]:
+    """The positions along mesh axis ``axis`` that this process's devices occupy, sorted."""
+    k = mesh.axis_names.index(axis)
+    me = jax.process_index()
+    return sorted({coords[k] for coords, d in np.ndenumerate(mesh.devices) if d.process_index == me})
+
+
+def local_batch_slice(batch_size: int, mesh: Mesh, axis: str = "data") -> slice:
+    """Which sequences of a global batch this process loads and passes to :func:`shard_batch`.
+
+    Each process feeds the data-axis positions its own devices hold. On a 1-D
+    :func:`data_mesh` with N processes that is share ``i`` of N for process ``i``. On a 2-D
+    mesh whose model groups span several processes, those processes load the same sequences.
+
+    Args:
+      batch_size: the global batch size, a multiple of the ``axis`` size.
+      mesh: the mesh the batch is split over.
+      axis: the data axis.
+
+    Returns:
+      ``slice(start, stop)`` along the batch axis; the whole batch with one process.
+
+    Example:
+      >>> share = jlstm.parallel.local_batch_slice(8 * len(jax.devices()), jlstm.parallel.data_mesh())
+      >>> (share.start, share.stop) == (0, 8 * len(jax.devices()))      # one process loads it all
+      True
+    """
+    where = "jlstm.parallel.local_batch_slice"
+    _check_mesh(mesh, axis, where)
+    n = mesh.shape[axis]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or batch_size % n:
+        raise ValueError(f"{where}: batch_size must be a positive multiple of the {n} positions of mesh axis "
+                         f"{axis!r}, got {batch_size!r}.")
+    pos = _process_positions(mesh, axis)
+    if not pos or pos != list(range(pos[0], pos[-1] + 1)):
+        raise ValueError(f"{where}: this process's devices sit at positions {pos} of mesh axis {axis!r}, not a "
+                         f"contiguous run; build the mesh with data_mesh() or data_model_mesh(), which order the "
+                         f"devices by process.")
+    per = batch_size // n
+    return slice(pos[0] * per, (pos[-1] + 1) * per)
 
 
 def _place_leaf(x: Any, sharding: NamedSharding) -> Any:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import multihost_utils
 
 import jlstm
 from jlstm import launch, parallel
@@ -89,9 +90,10 @@ def worker(mode: str) -> None:
         time.sleep(120)
         return
     params0, batch = problem()
-    share = B // n                          # this process loads only its own sequences
-    local = type(batch)(batch.xs[:, i * share:(i + 1) * share], batch.ys[i * share:(i + 1) * share])
     mesh = parallel.data_mesh()
+    share = parallel.local_batch_slice(B, mesh)              # this process loads only its own sequences
+    assert (share.start, share.stop) == (i * B // n, (i + 1) * B // n), share
+    local = type(batch)(batch.xs[:, share], batch.ys[share])
     global_batch = parallel.shard_batch(local, mesh)
     in_place = all(np.array_equal(np.asarray(sh.data), batch.xs[sh.index])      # each device holds its part
                    for sh in global_batch.xs.addressable_shards)                  # of the whole batch, in order
@@ -111,6 +113,19 @@ def worker(mode: str) -> None:
         print("STEP " + json.dumps({"step": s, "loss": float(metrics["loss"]),
                                     "params": [np.asarray(x).tolist() for x in jax.tree.leaves(params)]}),
               flush=True)
+    # The same run on a 2-D mesh: LSTM 4H axes split over a model axis of 2 devices, the batch over the rest.
+    mesh2 = parallel.data_model_mesh(len(jax.devices()) // 2, 2)
+    step2 = parallel.model_parallel_step(train_step, mesh2)
+    share2 = parallel.local_batch_slice(B, mesh2)            # model groups across processes share sequences
+    global_batch2 = parallel.shard_batch(type(batch)(batch.xs[:, share2], batch.ys[share2]), mesh2)
+    params, opt_state = params0, opt.init(params0)
+    for s in range(STEPS):
+        params, opt_state, metrics = step2(params, opt_state, global_batch2, jax.random.key(10 + s))
+        spec = tuple(params["rnn"].w_h.sharding.spec)
+        params_host = [np.asarray(multihost_utils.process_allgather(x, tiled=True))      # whole arrays
+                       for x in jax.tree.leaves(params)]
+        print("MODEL " + json.dumps({"step": s, "loss": float(metrics["loss"]), "w_h_spec": list(spec),
+                                     "params": [x.tolist() for x in params_host]}), flush=True)
     print("NET " + json.dumps({"listening": _listening_hosts()}), flush=True)
 
 
@@ -143,12 +158,14 @@ def _check_against_reference(stdouts: dict[int, str], reference, n_proc: int, lo
         assert all(_is_loopback(h) for h in net["listening"]), net
         if sys.platform.startswith("linux"):
             assert net["listening"]
-        steps = _records(out, "STEP ")
-        assert [r["step"] for r in steps] == list(range(STEPS))
-        for got, want in zip(steps, ref):
-            np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
-            for g, w in zip(got["params"], want["params"]):
-                np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-6)
+        for kind in ("STEP ", "MODEL "):        # data parallel, then data x model
+            steps = _records(out, kind)
+            assert [r["step"] for r in steps] == list(range(STEPS))
+            for got, want in zip(steps, ref):
+                np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
+                for g, w in zip(got["params"], want["params"]):
+                    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-6)
+        assert all(r["w_h_spec"] == [None, "model"] for r in _records(out, "MODEL "))
     first, last = ref[0]["params"], ref[-1]["params"]
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(first, last)) > 1e-2      # it really trained
 
