@@ -1,10 +1,13 @@
 """The fused LSTM fast path (``fast=True``) equals the reference scan of ``cell.step`` (``fast=False``).
 
-Values and gradients (w.r.t. params, xs and the initial state) are compared for both
-layouts of the fast path (inputs hoisted into one GEMM, and inputs multiplied inside the
-loop), with lengths, masks, reverse, several batch dims, unbatched input, unroll
-variants and bf16 mixed precision.
+Values and gradients (w.r.t. params, xs and the initial state) are compared with lengths,
+masks, reverse, several batch dims, unbatched input, unroll variants, peepholes, remat
+segments and bf16 mixed precision. Training always runs the hoisted layout; both forward
+layouts (inputs hoisted into one GEMM, or multiplied inside the loop) are compared in
+inference. The reference results are computed once per case and shared.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -66,45 +69,61 @@ CASES = {
 }
 
 
-INLOOP_CASES = ("plain", "mask", "batch_dims", "reverse_lengths", "unroll_full")
-F32_CASES = [(n, False) for n in CASES] + [(n, True) for n in INLOOP_CASES]
-
-
-@pytest.mark.parametrize("name,layout", F32_CASES,
-                         ids=[f"{n}-{'inloop' if i else 'hoisted'}" for n, i in F32_CASES])
-def test_fast_equals_reference_f32(name, layout, monkeypatch):
-    _force_layout(monkeypatch, layout)
+def _kwargs(name):
     batch, kw = CASES[name]
+    return batch, {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+
+
+@functools.cache
+def _reference(name, peephole=None):
+    """The reference path's values and gradients, computed once per case and shared by the tests."""
+    batch, kw = _kwargs(name)
+    cell, params, xs, state, ct = _setup(batch, peephole=peephole)
+    return _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fast_equals_reference_f32(name):
+    """Values and gradients (training always runs the hoisted layout, whatever the batch)."""
+    batch, kw = _kwargs(name)
     cell, params, xs, state, ct = _setup(batch)
-    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
-    _assert_close(got, ref, 2e-5)
+    _assert_close(got, _reference(name), 2e-5)
     # Every gradient is really there (a silently dropped one would be zeros on both paths).
     assert float(jnp.max(jnp.abs(got[3][0].w_h))) > 0
     assert float(jnp.max(jnp.abs(got[3][1]))) > 0
     assert float(jnp.max(jnp.abs(got[3][2].c))) > 0
 
 
-PEEPHOLE_CASES = [(p, n, layout) for p in ("diagonal", "full")
-                  for n, layout in [("plain", False), ("plain", True), ("lengths", False),
-                                    ("reverse_lengths", True), ("mask", False), ("batch_dims", False),
-                                    ("unbatched", False), ("unroll3_uneven", False)]]
+INLOOP_CASES = [(None, "plain"), (None, "mask"), (None, "batch_dims"), (None, "reverse_lengths"),
+                (None, "unroll_full"), ("diagonal", "lengths"), ("full", "mask")]
 
 
-@pytest.mark.parametrize("peephole,name,layout", PEEPHOLE_CASES,
-                         ids=[f"{p}-{n}-{'inloop' if i else 'hoisted'}" for p, n, i in PEEPHOLE_CASES])
-def test_fast_equals_reference_peepholes(peephole, name, layout, monkeypatch):
+@pytest.mark.parametrize("peephole,name", INLOOP_CASES)
+@pytest.mark.parametrize("inloop", [False, True], ids=["hoisted", "inloop"])
+def test_inference_layouts_equal_reference(peephole, name, inloop, monkeypatch):
+    """Both forward layouts (inputs hoisted into one GEMM, or multiplied inside the loop)."""
+    _force_layout(monkeypatch, inloop)
+    batch, kw = _kwargs(name)
+    cell, params, xs, state, _ = _setup(batch, peephole=peephole)
+    final, ys = jlstm.scan(cell, params, xs, state, **kw)
+    ref = jlstm.scan(cell, params, xs, state, fast=False, **kw)
+    _assert_close((final, ys), ref, 2e-5)
+
+
+PEEPHOLE_CASES = [("diagonal", "lengths"), ("diagonal", "mask"), ("diagonal", "unbatched"),
+                  ("full", "reverse_lengths"), ("full", "batch_dims"), ("full", "unroll3_uneven")]
+
+
+@pytest.mark.parametrize("peephole,name", PEEPHOLE_CASES)
+def test_fast_equals_reference_peepholes(peephole, name):
     """The article's full peephole matrices and diagonal peepholes take the fused path too."""
-    _force_layout(monkeypatch, layout)
-    batch, kw = CASES[name]
+    batch, kw = _kwargs(name)
     cell, params, xs, state, ct = _setup(batch, peephole=peephole)
-    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
     assert "custom_jvp_call" in str(jax.make_jaxpr(
         lambda p: jlstm.scan(cell, p, xs, state, **kw)[1])(params))
-    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
-    _assert_close(got, ref, 3e-5)
+    _assert_close(got, _reference(name, peephole), 3e-5)
     assert float(jnp.max(jnp.abs(got[3][0].w_c))) > 0
 
 
@@ -120,18 +139,17 @@ def test_fast_equals_reference_peepholes_bf16(peephole):
 
 
 REMAT_CASES = [("segment", None, "plain"), (3, None, "lengths"), ("segment", "full", "reverse_lengths"),
-               (2, "diagonal", "mask"), (4, None, "batch_dims")]
+               (2, "diagonal", "mask")]
 
 
 @pytest.mark.parametrize("remat,peephole,name", REMAT_CASES)
 def test_fused_segments_under_remat_equal_reference(remat, peephole, name):
     """remat='segment' or an int keeps the fused path, segment by segment (T=7 pads the last one)."""
-    batch, kw = CASES[name]
+    batch, kw = _kwargs(name)
     cell, params, xs, state, ct = _setup(batch, peephole=peephole)
-    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
     jaxpr = str(jax.make_jaxpr(lambda p: jlstm.scan(cell, p, xs, state, remat=remat, **kw)[1])(params))
     assert "custom_jvp_call" in jaxpr and ("remat" in jaxpr or "checkpoint" in jaxpr)
-    ref = _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
+    ref = _reference(name, peephole)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, remat=remat, **kw)
     _assert_close(got, ref, 3e-5)
 
