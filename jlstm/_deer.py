@@ -31,6 +31,7 @@ from jax import lax
 
 from jlstm import _deer_grad
 from jlstm._deer_linear import Algebra, affine_scan, damped_solve
+from jlstm._deer_shard import sharded_forward
 from jlstm._deer_step import FlatState, evaluate, flat_step
 
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
@@ -63,6 +64,9 @@ class Newton:
       adapt, shrink, grow: ELK only. With ``adapt`` (the default) λ is multiplied by ``shrink``
         after a step that lowers the squared residual and by ``grow`` after a refused step
         (Levenberg–Marquardt); without it λ stays fixed.
+      mesh, axis: a ``jax.sharding.Mesh`` and the name of its axis to split time over: each
+        device solves ``T/n`` steps and the segments are joined by the associative scan's
+        carry (:mod:`jlstm._deer_shard`; ``deer`` and ``quasi_deer`` only).
 
     Example:
       >>> cell = jlstm.gru(8)
@@ -81,6 +85,8 @@ class Newton:
     adapt: bool = True
     shrink: float = 0.1
     grow: float = 10.0
+    mesh: Any = None
+    axis: str = "time"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +99,10 @@ class Newton:
             raise ValueError(f"jlstm.Newton: tol must be > 0 (or None for the dtype's default), got {self.tol!r}.")
         if self.damping is not None and not self.damping >= 0:
             raise ValueError(f"jlstm.Newton: damping must be >= 0, got {self.damping!r}.")
+        if self.mesh is not None and (self.damped or self.axis not in self.mesh.axis_names):
+            raise ValueError(f"jlstm.Newton: mesh= splits time for method 'deer' or 'quasi_deer' over an axis "
+                             f"of the mesh; got method={self.method!r}, axis={self.axis!r}, mesh axes "
+                             f"{tuple(self.mesh.axis_names)}.")
         if self.damping and not self.damped:
             raise ValueError(f"jlstm.Newton: damping={self.damping} needs method='elk' or 'quasi_elk', "
                              f"got method={self.method!r}.")
@@ -166,13 +176,18 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
     s0 = spec.ravel(state)
     tol = opts.tolerance(spec.dtype)
     if T == 0:
-        y = jax.eval_shape(cell.step, params, state, xs[0] if T else jnp.zeros(xs.shape[1:], xs.dtype))[1]
-        info = NewtonInfo(jnp.int32(0), jnp.zeros((), spec.dtype), jnp.bool_(True), spec.unravel(s0[None], (0,)))
+        y = jax.eval_shape(cell.step, params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))[1]
+        empty = spec.unravel(jnp.zeros((0,) + s0.shape, s0.dtype), (0,))
+        info = NewtonInfo(jnp.int32(0), jnp.zeros((), spec.dtype), jnp.bool_(True), empty)
         return state, jnp.zeros((0,) + y.shape, y.dtype), info
     guess = jnp.broadcast_to(s0, (T, B, spec.size)) if opts.init is None else spec.ravel(opts.init, (T,))
     f = flat_step(cell, spec)
-    solve = _deer_grad.implicit_solve(f, lambda *a: _newton_loop(f, opts, tol, *a), _chunk(T, remat),
-                                      zero_on_failure=opts.on_failure == "fallback", tol=tol)
+    if opts.mesh is None:
+        forward = functools.partial(_newton_loop, f, opts, tol)
+    else:
+        forward = sharded_forward(f, opts, tol, CLIP)
+    solve = _deer_grad.implicit_solve(f, forward, _chunk(T, remat), zero_on_failure=opts.on_failure == "fallback",
+                                      tol=tol)
     traj, iters, residual = solve(params, x, v, s0, lax.stop_gradient(guess))
     S, ys, _ = evaluate(f, params, _shift(s0, traj), x, v)
     converged = residual <= tol
