@@ -17,7 +17,8 @@ e.g. to try a multi-process script before going to a cluster::
 
     python -m jlstm.launch --local 2 --local-device-count 2 -- train.py
 
-``-m package.module`` may replace the script path. From Python, :func:`launch_local` does the
+``-m package.module`` may replace the script path. The processes' output comes back line by line,
+prefixed with ``[process_id]``. From Python, :func:`launch_local` does the
 same and returns each process's exit status and output; if one process fails or the time
 limit passes, it kills all of them (the others would wait forever on a collective).
 On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``).
@@ -188,6 +189,7 @@ def launch_local(
     timeout_s: float = 300.0,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    echo: bool = False,
 ) -> list[ProcessResult]:
     """Run ``target`` (``["script.py", *args]`` or ``["-m", "module", *args]``) in N local processes.
 
@@ -204,6 +206,8 @@ def launch_local(
       timeout_s: wall-clock limit for the whole run.
       env: the environment of the processes (default: this process's).
       cwd: their working directory.
+      echo: also copy every line the processes print to this process's stdout and stderr as it
+        comes, prefixed with ``[process_id]`` (the command line does this).
 
     Returns:
       One :class:`ProcessResult` per process, in process-id order, all with exit status 0.
@@ -222,9 +226,15 @@ def launch_local(
     outputs: list[tuple[list[str], list[str]]] = []
     readers: list[threading.Thread] = []
 
-    def drain(stream, sink: list[str]) -> None:
+    lock = threading.Lock()
+
+    def drain(stream, sink: list[str], i: int, echo_to) -> None:
         for chunk in iter(stream.readline, ""):
             sink.append(chunk)
+            if echo_to is not None:
+                with lock:
+                    echo_to.write(f"[{i}] {chunk}")
+                    echo_to.flush()
         stream.close()
 
     failed = None
@@ -237,8 +247,8 @@ def launch_local(
             procs.append(proc)
             out: tuple[list[str], list[str]] = ([], [])
             outputs.append(out)
-            for stream, sink in ((proc.stdout, out[0]), (proc.stderr, out[1])):
-                t = threading.Thread(target=drain, args=(stream, sink), daemon=True)
+            for stream, sink, to in ((proc.stdout, out[0], sys.stdout), (proc.stderr, out[1], sys.stderr)):
+                t = threading.Thread(target=drain, args=(stream, sink, i, to if echo else None), daemon=True)
                 t.start()
                 readers.append(t)
         deadline = time.monotonic() + timeout_s
@@ -298,17 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.coordinator or args.process_id is not None or args.num_processes is not None:
             parser.error("--local N starts every process itself; drop --coordinator/--num-processes/--process-id")
         try:
-            results = launch_local(target, args.local, local_device_count=args.local_device_count,
-                                   timeout_s=args.timeout)
+            launch_local(target, args.local, local_device_count=args.local_device_count,
+                         timeout_s=args.timeout, echo=True)
         except LaunchError as e:
-            results, status = e.results, 1
-            print(str(e).splitlines()[0], file=sys.stderr)
-        else:
-            status = 0
-        for r in results:
-            for line in r.stdout.splitlines():
-                print(f"[{r.process_id}] {line}")
-        return status
+            print(str(e).splitlines()[0], file=sys.stderr)      # their output was echoed already
+            return 1
+        return 0
     if args.coordinator is None or args.num_processes is None or args.process_id is None:
         parser.error("give --coordinator, --num-processes and --process-id (one command per host), or --local N")
     try:
