@@ -56,9 +56,9 @@ def init_population(init_fn: Callable[[jax.Array], Any], key: jax.Array, n: int)
       The params of ``n`` members: every leaf gets a leading axis of size ``n``.
 
     Example:
-      >>> params = init_population(lambda k: jlstm.lstm(32).init(k, 2), jax.random.key(0), 16)
+      >>> params = init_population(lambda k: jlstm.lstm(8).init(k, 2), jax.random.key(0), 4)
       >>> params.w_h.shape
-      (16, 32, 128)
+      (4, 8, 32)
     """
     if not callable(init_fn):
         raise TypeError(f"init_population: init_fn must be callable as init_fn(key) -> params, got "
