@@ -1,16 +1,16 @@
 """A tiny stateful training run, killed and rerun by test_preemption.py.
 
-``python preempt_script.py CHECKPOINT RESULT [DELAY]`` trains a character model with a carried
+``python preempt_script.py CHECKPOINT RESULT [paced]`` trains a character model with a carried
 state and recurrent dropout (so the PRNG key matters) for 2 epochs, resuming from CHECKPOINT when
 it exists, and saves the final params, optimizer state and history to RESULT. Each batch is
-announced on stdout (``batch <global index>``) before it is used, and the data loader sleeps
-DELAY seconds per batch, as a real one would take time.
+announced on stdout (``batch <global index>``) before it is used; with ``paced`` the data loader
+then waits for a line on stdin, so the test decides when each batch arrives (a slow loader) and
+where a signal lands, without timing races.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -32,13 +32,14 @@ def template() -> dict:
     return {"params": params, "opt_state": OPTIMIZER.init(params)}
 
 
-def main(checkpoint: str, result: str, delay: float = 0.0) -> None:
+def main(checkpoint: str, result: str, paced: bool = False) -> None:
     lm = LM
 
     def data(epoch):
         for i, chunk in enumerate(CHUNKS):
             print(f"batch {epoch * len(CHUNKS) + i}", flush=True)
-            time.sleep(delay)
+            if paced:
+                sys.stdin.readline()
             yield chunk
 
     params, opt_state, hist = jt.fit(
@@ -51,4 +52,4 @@ def main(checkpoint: str, result: str, delay: float = 0.0) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+    main(sys.argv[1], sys.argv[2], paced=sys.argv[3:] == ["paced"])

@@ -81,52 +81,64 @@ def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path, capsys):
     assert again.history.resumed_from == 1 and len(again.history.loss) == 1
 
 
-def start(checkpoint, result, delay):
-    proc = subprocess.Popen([sys.executable, SCRIPT, str(checkpoint), str(result), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def start(checkpoint, result, paced):
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(checkpoint), str(result)] + (["paced"] if paced else []),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    return proc, lines
+    lines, err = queue.Queue(), []
+
+    def read_stdout():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+    return proc, lines, err
 
 
-def kill_at(proc, lines, target, timeout=60.0):
-    """SIGTERM ``proc`` once it announces global batch ``target``; the lines it printed."""
+def run_and_kill(proc, lines, target):
+    """Release batches one by one; SIGTERM ``proc`` while it waits for global batch ``target``."""
     seen = []
-    while True:
-        line = lines.get(timeout=timeout)
+    while (line := lines.get(timeout=300)) is not None:
         seen.append(line)
-        if line.startswith("batch ") and int(line.split()[1]) >= target:
-            proc.send_signal(signal.SIGTERM)
-            return seen
+        if line.startswith("batch "):
+            if int(line.split()[1]) == target:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except BrokenPipeError:  # it has exited
+                break
+    proc.wait(timeout=300)
+    return seen
 
 
 def test_killed_three_times_at_random_steps_then_resumed_equals_uninterrupted(tmp_path):
     """A real training process, SIGTERMed 3 times at random steps, then run to the end: bit-identical."""
     script = load_script()
     reference = tmp_path / "reference.result"
-    script.main(str(tmp_path / "reference.ckpt"), str(reference))  # uninterrupted, same code, same process type
+    script.main(str(tmp_path / "reference.ckpt"), str(reference))  # uninterrupted, same code
     ckpt, result = tmp_path / "run.ckpt", tmp_path / "run.result"
     rng = random.Random()
-    done, log = 0, []
-    procs = []
+    done, log, procs = 0, [], []
     try:
         for _ in range(3):
-            target = rng.randrange(done, script.STEPS - 6)
-            proc, lines = start(ckpt, result, 0.05)
+            target = rng.randrange(done, script.STEPS - 3)
+            proc, lines, err = start(ckpt, result, paced=True)
             procs.append(proc)
-            seen = kill_at(proc, lines, target)
-            _, err = proc.communicate(timeout=60)
+            seen = run_and_kill(proc, lines, target)
             log.append((target, proc.returncode))
-            assert proc.returncode == jt.PREEMPTED_EXIT_CODE, (log, "".join(seen), err[-2000:])
+            assert proc.returncode == jt.PREEMPTED_EXIT_CODE, (log, "".join(seen), "".join(err)[-2000:])
             assert (done == 0) != any(line.startswith("resumed from") for line in seen), (log, seen)
             meta = jlstm.checkpoint.read_metadata(ckpt)
-            assert meta["fit"]["preempted"] and target < meta["step"] < script.STEPS, (log, meta["step"])
+            # the signal came while batch `target` was loading: that step is finished, then saved
+            assert meta["fit"]["preempted"] and meta["step"] == target + 1, (log, meta["step"])
             done = meta["step"]
-        proc, _ = start(ckpt, result, 0.0)
+        proc, lines, err = start(ckpt, result, paced=False)
         procs.append(proc)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-2000:]
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, "".join(err)[-2000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
