@@ -64,16 +64,16 @@ def _finish(host_fn: Callable[[np.ndarray], np.ndarray], draws, shape: tuple, dt
 
 
 def _shape(name: str, shape) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)):
-        shape = None  # iterable, but not a shape
     try:
-        shape = tuple(int(d) for d in shape)
+        if isinstance(shape, (str, bytes)):
+            raise TypeError  # iterable, but not a shape
+        dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: shape must be a tuple of ints, got {shape!r}; call it as "
                         f"{name}(key, (rows, cols), dtype).") from None
-    if any(d < 0 for d in shape):
-        raise ValueError(f"{name}: shape must have non-negative sizes, got {shape}.")
-    return shape
+    if any(d < 0 for d in dims):
+        raise ValueError(f"{name}: shape must have non-negative sizes, got {dims}.")
+    return dims
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
