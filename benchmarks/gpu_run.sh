@@ -35,5 +35,8 @@ timeout 80 python -m benchmarks.scan --suite deepbench --repeats 5 \
 echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
 timeout 240 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
   --lengths 128,1024,4096,16384,65536 --repeats 5 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
+echo "== parallel in time: DEER / quasi-DEER / ELK against sequential, T from 1k to 1M"
+timeout 150 python -m benchmarks.deer --device gpu --batch 16 --Ts 1024,16384,262144,1048576 --Hs 4,16,64 \
+  --states untrained --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
 python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
 echo "== done"

@@ -1,0 +1,163 @@
+"""Parallel-in-time Newton methods against the sequential scan: iterations and wall time vs T and H.
+
+For each cell (``gru``, ``lstm``), each state (``untrained``: the initialisers' params;
+``trained``: 150 Adam steps on the adding problem at T=64, B=32), each hidden size H and each
+length T, one forward pass ``jlstm.scan(cell, params, xs, method=m)`` at batch B is timed for
+``m`` in ``sequential``, ``quasi_deer``, ``deer`` (skipped where its O(T·D²) Jacobians exceed
+``--deer-max-elements``) and ``elk``. Every method runs in the same process and the same case,
+so the ratios ``speedup = t_sequential / t_method`` are measured side by side. Newton runs use
+``on_failure="ignore"`` so the time is the method's own (a fallback would add a sequential
+scan); the JSON records ``iterations``, ``residual``, ``converged`` and the maximum difference
+of the outputs against the sequential scan.
+
+The compiled memory of a quasi-DEER forward at T = 1,000,000, H = 64, B = 1 (LSTM, state
+[h, c] of size 128) is read from XLA's ``memory_analysis()`` (``--memory``).
+
+Usage::
+
+    python -m benchmarks.deer                                   # CPU sweep -> results/deer_cpu.json
+    python -m benchmarks.deer --Ts 1024,16384,262144,1048576 --Hs 4,16,64 --device gpu \\
+        --out benchmarks/results/deer_gpu.json                  # the GPU sweep (gpu_run.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def make_params(cell_name: str, H: int, I: int, trained: bool):
+    """The cell and its params: as initialised, or after 150 Adam steps on the adding problem."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jlstm
+    from jlstm.tasks import adding_problem
+
+    cell = jlstm.gru(H) if cell_name == "gru" else jlstm.lstm(H)
+    params = {"cell": cell.init(jax.random.key(0), I), "w": jnp.zeros((H,))}
+    if not trained:
+        return cell, params["cell"]
+    opt = optax.adam(1e-2)
+
+    def loss(p, xs, ys):
+        _, hs = jlstm.scan(cell, p["cell"], xs)
+        return jnp.mean((hs[-1] @ p["w"] - ys) ** 2)
+
+    @jax.jit
+    def step(p, s, key):
+        batch = adding_problem(key, 32, 64)
+        g = jax.grad(loss)(p, batch.xs, batch.ys)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    s = opt.init(params)
+    for i in range(150):
+        params, s = step(params, s, jax.random.key(i + 1))
+    return cell, params["cell"]
+
+
+def _time(fn, *args, repeats: int) -> tuple[float, object]:
+    import jax
+
+    out = jax.block_until_ready(fn(*args))                      # compile + warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, deer_max: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import jlstm
+
+    xs = jax.random.uniform(jax.random.key(1), (T, B, I))
+    D = sum(a.shape[-1] for a in jax.tree.leaves(cell.initial_state(params, (B,))))
+    out = {}
+    t_seq, (_, y_seq) = _time(jax.jit(lambda p, x: jlstm.scan(cell, p, x)), params, xs, repeats=repeats)
+    out["sequential"] = {"seconds": t_seq}
+    for m in methods:
+        if m in ("deer", "elk") and T * B * D * D > deer_max:
+            out[m] = {"skipped": f"T·B·D² = {T * B * D * D:.3g} > --deer-max-elements"}
+            continue
+        newton = jlstm.Newton(m, on_failure="ignore", max_iters=200)
+        run = jax.jit(lambda p, x, n=newton: jlstm.scan(cell, p, x, method=n, return_info=True))
+        t, (_, ys, info) = _time(run, params, xs, repeats=repeats)
+        out[m] = {"seconds": t, "speedup_vs_sequential": t_seq / t, "iterations": int(info.iterations),
+                  "residual": float(info.residual), "converged": bool(info.converged),
+                  "max_abs_diff_vs_sequential": float(jnp.max(jnp.abs(ys - y_seq)))}
+    return out
+
+
+def quasi_deer_memory(T: int = 1_000_000, H: int = 64, B: int = 1, I: int = 2) -> dict:
+    """XLA's compiled memory of a quasi-DEER LSTM forward (no execution)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jlstm
+
+    cell = jlstm.lstm(H)
+    params = cell.init(jax.random.key(0), I)
+    fn = jax.jit(lambda p, x: jlstm.scan(cell, p, x, method=jlstm.Newton("quasi_deer", on_failure="ignore")))
+    m = fn.lower(params, jax.ShapeDtypeStruct((T, B, I), jnp.float32)).compile().memory_analysis()
+    total = int(m.temp_size_in_bytes) + int(m.argument_size_in_bytes) + int(m.output_size_in_bytes)
+    return {"T": T, "H": H, "B": B, "cell": "lstm", "method": "quasi_deer", "dtype": "float32",
+            "temp_bytes": int(m.temp_size_in_bytes), "total_bytes": total, "total_GiB": total / 2**30}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--Ts", default="1024,16384,65536")
+    ap.add_argument("--Hs", default="4,16,64")
+    ap.add_argument("--cells", default="gru,lstm")
+    ap.add_argument("--states", default="untrained,trained")
+    ap.add_argument("--methods", default="quasi_deer,deer,elk")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--deer-max-elements", type=float, default=3e7)
+    ap.add_argument("--memory", action="store_true", help="also compile quasi-DEER at T=1M, H=64, B=1")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import jax
+
+    I = 2  # the adding problem's (value, marker) inputs
+    results = {"header": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                          "jax": jax.__version__, "platform": platform.platform(), "batch": args.batch,
+                          "input_size": I, "dtype": "float32", "timing": f"best of {args.repeats} after a warm-up",
+                          "note": "CPU numbers were measured on a 2-core machine shared with other jobs: noisy."},
+               "cases": []}
+    if args.memory:
+        results["memory"] = quasi_deer_memory()
+        print("memory", results["memory"], flush=True)
+    for cell_name in args.cells.split(","):
+        for state in args.states.split(","):
+            for H in map(int, args.Hs.split(",")):
+                cell, params = make_params(cell_name, H, I, state == "trained")
+                for T in map(int, args.Ts.split(",")):
+                    r = run_case(cell, params, T, args.batch, I, args.methods.split(","), args.repeats,
+                                 int(args.deer_max_elements))
+                    results["cases"].append({"cell": cell_name, "state": state, "H": H, "T": T, "results": r})
+                    print(cell_name, state, H, T, {m: {k: (round(v, 4) if isinstance(v, float) else v)
+                                                       for k, v in d.items()} for m, d in r.items()}, flush=True)
+    out = args.out or os.path.join(RESULTS, f"deer_{args.device}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
