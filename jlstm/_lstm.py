@@ -109,13 +109,13 @@ def lstm(
     _checks.check_option("peephole", peephole, PEEPHOLES)
     _checks.check_size("proj_size", proj_size, allow_none=True)
     _check_clip(cell_clip)
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    compute_dtype = canonical_dtype(dtype, "dtype")
+    params_dtype = canonical_dtype(param_dtype, "param_dtype")
     cfg = CellConfig(
         "lstm", hidden_size=int(hidden_size), peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
         forget_bias=float(forget_bias), kernel_init=kernel_init, recurrent_init=recurrent_init,
-        bias_init=bias_init, peephole_init=peephole_init, proj_init=proj_init, dtype=dtype,
-        param_dtype=param_dtype)
+        bias_init=bias_init, peephole_init=peephole_init, proj_init=proj_init, dtype=compute_dtype,
+        param_dtype=params_dtype)
     H = cfg.hidden_size
     name = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
         f", proj_size={proj_size}" if proj_size else "") + (
@@ -124,7 +124,7 @@ def lstm(
     if proj_size is None and cell_clip is None:
         from jlstm._fused_lstm import make_fused
 
-        fused = make_fused(dtype, peephole)
+        fused = make_fused(compute_dtype, peephole)
     check = functools.partial(_check, cfg, default_where=name)
     return make_cell(
         init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
@@ -138,7 +138,7 @@ def _check_clip(cell_clip: Any) -> None:
     if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real):
         raise TypeError(f"cell_clip must be a positive number or None, got {cell_clip!r} of type "
                         f"{type(cell_clip).__name__}; pass e.g. cell_clip=3.0.")
-    if not cell_clip > 0:
+    if not float(cell_clip) > 0:
         raise ValueError(f"cell_clip must be a positive number or None, got {cell_clip!r}; "
                          f"pass e.g. cell_clip=3.0.")
 
@@ -194,21 +194,22 @@ def _step_projected(cfg: CellConfig, params: LSTMParams, state: LSTMState, xp: j
     z = xp + matmul(h_in, params.w_h, dtype)
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     cf = c.astype(z.dtype)
-    if peephole == "full":
-        pi, pf, po = jnp.split(matmul(cf, params.w_c, dtype), 3, axis=-1)
+    w_c, w_p = params.w_c, params.w_p  # present exactly when the config says so (checked)
+    if peephole == "full" and w_c is not None:
+        pi, pf, po = jnp.split(matmul(cf, w_c, dtype), 3, axis=-1)
         zi, zf, zo = zi + pi, zf + pf, zo + po
-    elif peephole == "diagonal":
-        w_c = params.w_c.astype(z.dtype)
+    elif peephole == "diagonal" and w_c is not None:
+        w_c = w_c.astype(z.dtype)
         zi, zf = zi + w_c[0] * cf, zf + w_c[1] * cf
     i, f, g = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg)
     c_new = f * cf + i * g
     if cfg.cell_clip is not None:
         c_new = jnp.clip(c_new, -cfg.cell_clip, cfg.cell_clip)
-    if peephole == "diagonal":
-        zo = zo + params.w_c[2].astype(z.dtype) * c_new
+    if peephole == "diagonal" and w_c is not None:
+        zo = zo + w_c[2] * c_new
     o = jax.nn.sigmoid(zo)
     h_new = o * jnp.tanh(c_new)
-    if cfg.proj_size is not None:
-        h_new = matmul(h_new, params.w_p, dtype)
+    if cfg.proj_size is not None and w_p is not None:
+        h_new = matmul(h_new, w_p, dtype)
     new = LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype))
     return new, output(h_new, dtype)

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 
 from jlstm import _checks
-from jlstm._types import Cell, Method, Params, RematPolicy, State
+from jlstm._types import Cell, CellFast, Method, Params, RematPolicy, SequenceFn, State
 
 REMAT_POLICIES = (None, "step", "segment")
 
@@ -91,7 +92,7 @@ def valid_steps(
 
 def _check_length_values(lengths: Any, T: int, where: str) -> None:
     """Reject lengths outside ``[0, T]`` when they are concrete (traced lengths cannot be read)."""
-    if isinstance(lengths, jax.core.Tracer):
+    if isinstance(lengths, Tracer):
         return
     values = np.asarray(lengths)
     if values.size and (values.max() > T or values.min() < 0):
@@ -210,7 +211,7 @@ def _segment_length(T: int, remat: Any) -> int:
     return min(seg, T)
 
 
-def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
+def _fused_segments(kernel: SequenceFn, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
                     unroll: Union[int, bool], remat: Any) -> tuple[Any, jax.Array]:
     """The fused path under segment remat: a scan over checkpointed segments of ``cell.fast.sequence``.
 
@@ -223,9 +224,8 @@ def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: j
     seg = _segment_length(T, remat)
     n_seg = -(-T // seg)
     pad = n_seg * seg - T
-    if pad and valid is None:
-        valid = jnp.ones((T,) + batch, bool)
     if pad:
+        valid = jnp.ones((T,) + batch, bool) if valid is None else valid
         xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
         valid = jnp.concatenate([valid, jnp.zeros((pad,) + batch, bool)])
     xs_seg = xs.reshape((n_seg, seg) + xs.shape[1:])
@@ -234,7 +234,7 @@ def _fused_segments(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: j
     @jax.checkpoint
     def segment(carry, inp):
         x, v = inp
-        return cell.fast.sequence(params, x, carry, v, unroll)
+        return kernel(params, x, carry, v, unroll)
 
     final, ys = lax.scan(segment, state, (xs_seg, valid_seg))
     return final, ys.reshape((n_seg * seg,) + ys.shape[2:])[:T]
@@ -462,37 +462,33 @@ def _sequential(cell: Cell, params: Any, xs: jax.Array, state: Any, valid: jax.A
     T = xs.shape[0]
     rec_mask, zoneout = regularisers.recurrent_mask, regularisers.zoneout
     plain = rec_mask is None and not zoneout
-    kernel = cell.fast.sequence if cell.fast is not None else None
+    pieces = cell.fast if cell.fast is not None else CellFast()
+    kernel = pieces.sequence
     if plain and fast and kernel is not None and T > 0:
         if remat is None:
             return kernel(params, xs, state, valid, unroll)
         if remat != "step":
-            return _fused_segments(cell, params, xs, state, valid, unroll, remat)
-    projected = cell.fast is not None and cell.fast.project is not None and cell.fast.step_projected is not None
-    if rec_mask is not None and not projected:
-        raise ValueError(f"{cell.name}: recurrent dropout needs a cell with fast.project and "
-                         f"fast.step_projected (build it with jlstm.make_cell); this cell has only a step.")
-    if not projected:
-        inputs = xs
-
-        def step(s, x):
-            return cell.step(params, s, x)
-    elif remat is None:
-        inputs = cell.fast.project(params, xs)
-
-        def step(s, x):
-            return cell.fast.step_projected(params, s, x, recurrent_mask=rec_mask)
-    else:
-        # Under remat the input projection runs inside the loop: a projected copy of the
-        # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
-        inputs = xs
-
-        def step(s, x):
-            return cell.fast.step_projected(params, s, cell.fast.project(params, x), recurrent_mask=rec_mask)
-
+            return _fused_segments(kernel, params, xs, state, valid, unroll, remat)
+    step, inputs = _step_function(cell, pieces, params, xs, remat, rec_mask)
     if zoneout:
         step, inputs = _zoneout(step, inputs, state, T, zoneout, regularisers.zoneout_key)
     return time_loop(step, state, inputs, valid, unroll=unroll, remat=remat)
+
+
+def _step_function(cell: Cell, pieces: CellFast, params: Any, xs: jax.Array, remat: Any,
+                   rec_mask: jax.Array | None) -> tuple[Callable[[Any, Any], tuple[Any, Any]], Any]:
+    """``(step(state, input_t), inputs)`` for the loop: the projected step where the cell has one."""
+    project, step_projected = pieces.project, pieces.step_projected
+    if project is None or step_projected is None:
+        if rec_mask is not None:
+            raise ValueError(f"{cell.name}: recurrent dropout needs a cell with fast.project and "
+                             f"fast.step_projected (build it with jlstm.make_cell); this cell has only a step.")
+        return (lambda s, x: cell.step(params, s, x)), xs
+    if remat is None:
+        return (lambda s, xp: step_projected(params, s, xp, recurrent_mask=rec_mask)), project(params, xs)
+    # Under remat the input projection runs inside the loop: a projected copy of the
+    # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
+    return (lambda s, x: step_projected(params, s, project(params, x), recurrent_mask=rec_mask)), xs
 
 
 def _zoneout(step, xp, state, T, rate, key):

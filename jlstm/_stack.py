@@ -72,8 +72,9 @@ def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
             final, ys = layer.apply(params[k], ys, s, lengths=lengths, mask=mask,
                                     key=keys[2 * k], time_major=time_major)
             finals.append(final)
-            if k < n - 1 and key is not None and dropout_rate:
-                ys = dropout(keys[2 * k + 1], dropout_rate, ys)
+            drop_key = keys[2 * k + 1]
+            if k < n - 1 and drop_key is not None and dropout_rate:
+                ys = dropout(drop_key, dropout_rate, ys)
         return tuple(finals), ys
 
     return SequenceModel(init=init, apply=apply, initial_state=initial_state,

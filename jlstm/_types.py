@@ -75,9 +75,13 @@ class CellConfig:
     compare equal, hash alike and share ``jit`` caches.
 
     Example:
-      >>> cfg = jlstm.CellConfig(kind="lstm", hidden_size=8, peephole=None)
-      >>> cfg.hidden_size, cfg.get("proj_size"), cfg == jlstm.lstm(8).config
-      (8, None, True)
+      >>> cfg = jlstm.lstm(8, peephole="full").config
+      >>> cfg.kind, cfg.hidden_size, cfg.peephole, cfg.get("no_such_option", 0)
+      ('lstm', 8, 'full', 0)
+      >>> cfg == jlstm.lstm(8, peephole="full").config, cfg == jlstm.lstm(8).config
+      (True, False)
+      >>> jlstm.CellConfig(kind="indrnn", hidden_size=32).replace(hidden_size=64).hidden_size
+      64
     """
 
     __slots__ = ("kind", "_items")
