@@ -2,9 +2,8 @@
 
 Values and gradients (w.r.t. params, xs and the initial state) are compared with lengths,
 masks, reverse, several batch dims, unbatched input, unroll variants, peepholes, remat
-segments and bf16 mixed precision. Training always runs the hoisted layout; both forward
-layouts (inputs hoisted into one GEMM, or multiplied inside the loop) are compared in
-inference. The reference results are computed once per case and shared.
+segments and bf16 mixed precision, for both forward layouts (inputs hoisted into one
+GEMM, or multiplied inside the loop). The reference results are computed once per case and shared.
 """
 
 import functools
@@ -82,9 +81,14 @@ def _reference(name, peephole=None):
     return _value_and_grads(cell, params, xs, state, ct, fast=False, **kw)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_fast_equals_reference_f32(name):
-    """Values and gradients (training always runs the hoisted layout, whatever the batch)."""
+F32_CASES = [(n, False) for n in CASES] + [("mask", True), ("reverse_lengths", True)]
+
+
+@pytest.mark.parametrize("name,inloop", F32_CASES,
+                         ids=[f"{n}-{'inloop' if i else 'hoisted'}" for n, i in F32_CASES])
+def test_fast_equals_reference_f32(name, inloop, monkeypatch):
+    """Values and gradients, with the forward in either layout."""
+    _force_layout(monkeypatch, inloop)
     batch, kw = _kwargs(name)
     cell, params, xs, state, ct = _setup(batch)
     got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
