@@ -69,8 +69,10 @@ def make_runner(cell, form: str, mode: str, params, xs, ct):
 
 
 def run(cells: Sequence[str], lengths: Sequence[int], *, batch: int, input_size: int, hidden: int, heads: int,
-        repeats: int, modes: Sequence[str], max_call_s: float, mlstm_parallel_max: int, log=print):
-    """Time every (cell, form, mode, T); returns (results, skipped)."""
+        repeats: int, modes: Sequence[str], max_call_s: float, mlstm_parallel_max: int, log=print,
+        on_cell=None):
+    """Time every (cell, form, mode, T); returns (results, skipped). ``on_cell(results, skipped)``
+    runs after each cell (to save partial results)."""
     import jax
     import numpy as np
 
@@ -105,6 +107,8 @@ def run(cells: Sequence[str], lengths: Sequence[int], *, batch: int, input_size:
                     log(f"{name:9s} {form:11s} {mode:8s} T={T:6d}  {med:10.2f} ms  (first call {compile_s:.2f} s)")
                     if med / 1e3 > max_call_s:
                         stopped[form] = T
+        if on_cell is not None:
+            on_cell(results, skipped)
     return results, skipped
 
 
@@ -161,22 +165,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = device_name()
     print(f"device: {device}   backend: {jax.default_backend()}")
-    results, skipped = run(cells, _ints(a.lengths), batch=a.batch, input_size=a.input_size, hidden=a.hidden,
-                           heads=a.heads, repeats=a.repeats, modes=modes, max_call_s=a.max_call_s,
-                           mlstm_parallel_max=a.mlstm_parallel_max)
-    ratios = speedups(results)
-    print("\nspeedup = sequential time / form time (above 1: faster than the loop)")
-    for r in ratios:
-        print(f"  {r['cell']:9s} {r['form']:10s} {r['mode']:8s} T={r['T']:6d}  {r['speedup']:7.2f}x")
-    doc = {"suite": "cells", "device": device, "backend": jax.default_backend(), "versions": versions(),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python -m benchmarks.cells " + " ".join(sys.argv[1:] if argv is None else argv),
-           "cpu_count": os.cpu_count(), "note": a.note, "results": results, "speedups": ratios,
-           "skipped": skipped}
-    if a.out:
+    command = "python -m benchmarks.cells " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save(results, skipped, done=False):
+        if not a.out:
+            return
+        doc = {"suite": "cells", "device": device, "backend": jax.default_backend(), "versions": versions(),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "command": command, "cpu_count": os.cpu_count(), "note": a.note, "complete": done,
+               "results": results, "speedups": speedups(results), "skipped": skipped}
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
             json.dump(doc, f, indent=1)
+
+    results, skipped = run(cells, _ints(a.lengths), batch=a.batch, input_size=a.input_size, hidden=a.hidden,
+                           heads=a.heads, repeats=a.repeats, modes=modes, max_call_s=a.max_call_s,
+                           mlstm_parallel_max=a.mlstm_parallel_max, on_cell=save)
+    save(results, skipped, done=True)
+    print("\nspeedup = sequential time / form time (above 1: faster than the loop)")
+    for r in speedups(results):
+        print(f"  {r['cell']:9s} {r['form']:10s} {r['mode']:8s} T={r['T']:6d}  {r['speedup']:7.2f}x")
+    if a.out:
         print(f"wrote {a.out}")
     return 0
 
