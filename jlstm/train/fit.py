@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -197,8 +198,9 @@ def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any
                  best_params: Any, guard: SignalGuard) -> tuple[FitState, Any, Any, Any]:
     """The current epoch's remaining steps; on a signal, checkpoint after the step and raise Preempted."""
     batches, total = _skip(_batches(data, fs.epoch, "train_data", run.epochs), fs.position)
+    tty = run.progress and sys.stderr.isatty()  # redirected: a refresh every 10 s, not a stream of \r updates
     bar = tqdm(batches, total=total, desc=f"epoch {fs.epoch + 1}/{run.epochs}", disable=not run.progress,
-               leave=True, dynamic_ncols=True)
+               leave=True, dynamic_ncols=True, mininterval=0.1 if tty else 10.0)
     done: list[dict[str, Any]] = []
     with bar:
         for batch in bar:
@@ -206,7 +208,7 @@ def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any
             params, opt_state, metrics, carried = run.train_step(params, opt_state, carried, batch, k)
             done.append(metrics)
             if run.progress and (len(done) % 10 == 1 or len(done) == total):
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}")
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", refresh=len(done) == 1)
             if guard.signum is not None:
                 fs = _advance(fs, done)
                 _save(run, fs, _target(params, opt_state, carried, best_params, run.key), preempted=True)
