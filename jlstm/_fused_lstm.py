@@ -342,6 +342,22 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     return P, Q, F, c_prev
 
 
+def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array, m: jax.Array | None):
+    """Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
+
+    The kernel's derivative is a ``custom_vjp``, which JAX refuses under forward mode
+    (``jax.jvp``, ``jacfwd``) as soon as it is traced; that case returns None and the
+    caller takes the fused scan, whose ``custom_jvp`` serves both modes.
+    """
+    try:
+        return _pallas_lstm.lstm_pallas(params.w_x, params.w_h, params.b, xs, h0, c0, m,
+                                        _pallas_lstm.interpret_mode())
+    except TypeError as e:
+        if "forward-mode" not in str(e):
+            raise
+        return None
+
+
 def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
     """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping."""
 
@@ -351,10 +367,11 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         H = state.c.shape[-1]
         x2 = xs.reshape(T, B, I)
         m = None if valid is None else valid.reshape(T, B)
+        out = None
         if _pallas_lstm.fits(B, H, dtype, peephole) and xs.dtype == params.w_h.dtype == jnp.float32:
-            # Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
-            hT, cT, ys = _pallas_lstm.lstm_pallas(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
-                                                  state.c.reshape(B, H), m, _pallas_lstm.interpret_mode())
+            out = _pallas(params, x2, state.h.reshape(B, H), state.c.reshape(B, H), m)
+        if out is not None:
+            hT, cT, ys = out
         else:
             hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
                                        state.c.reshape(B, H), m, params.w_c if peephole else None,

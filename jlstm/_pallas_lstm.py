@@ -19,8 +19,8 @@ gradient through, as everywhere in jlstm. The batch is padded to a power of two 
 (Triton's smallest dot) with masked rows. ``jlstm.lstm`` takes this path on GPU when
 :func:`fits` (B ≤ 64, H a power of two from 16 to 1024, float32, no peepholes), else the
 fused scan of :mod:`jlstm._fused_lstm`. On CPU it runs in Pallas interpret mode, which is
-how the tests check it against the reference path. It is reverse-mode differentiable only
-(``custom_vjp``); ``jax.jvp`` through it needs ``fast=False``.
+how the tests check it against the reference path. Its derivative is a ``custom_vjp``
+(reverse mode); under forward mode ``jlstm.lstm`` takes the fused scan instead.
 """
 
 from __future__ import annotations

@@ -112,3 +112,17 @@ def test_large_shapes_keep_the_fused_scan(fake_gpu):
     cell, params, xs, state, _ = _setup(2, 65, 2, 16)
     jax.eval_shape(lambda p: jlstm.scan(cell, p, xs, state), params)
     assert fake_gpu == []
+
+
+def test_forward_mode_on_gpu_takes_the_fused_scan(fake_gpu):
+    """jax.jvp cannot enter the kernel's custom_vjp; jlstm.lstm then runs the fused scan's custom_jvp."""
+    T, B, I, H = 3, 2, 2, 16
+    cell, params, xs, state, _ = _setup(T, B, I, H, seed=2)
+    lengths = jnp.array([3, 1])
+
+    def run(fast):
+        return lambda x: jlstm.scan(cell, params, x, state, lengths=lengths, fast=fast)[1]
+
+    got = jax.jvp(run(True), (xs,), (jnp.ones_like(xs),))
+    assert fake_gpu  # the kernel was tried first
+    _close(got, jax.jvp(run(False), (xs,), (jnp.ones_like(xs),)))
