@@ -54,7 +54,6 @@ def np_slstm_step(p, *, heads, forget_gate, headwise):
 CONFIGS = {
     "sigmoid": dict(num_heads=NH),
     "exponential+headwise": dict(num_heads=NH, forget_gate="exponential", headwise_input=True),
-    "one-head": dict(num_heads=1),
 }
 
 
