@@ -164,9 +164,11 @@ def build_jlstm_pallas(case: Case, data: Data) -> Runner:
 
     from jlstm import _pallas_lstm
 
-    if not _pallas_lstm.fits(case.B, case.H, None, None) or case.dtype != "float32":
+    widest = _pallas_lstm.KERNEL_MAX_HIDDEN
+    if not _pallas_lstm.fits(case.B, case.H, None, None, widest) or case.dtype != "float32":
         raise Unavailable(f"the Pallas kernel serves float32, B <= {_pallas_lstm.MAX_BATCH} and H a power of two "
-                          f"<= {_pallas_lstm.MAX_HIDDEN} on GPU; backend {jax.default_backend()!r}")
+                          f"<= {_pallas_lstm.KERNEL_MAX_HIDDEN} on GPU (jlstm.lstm routes it up to H = "
+                          f"{_pallas_lstm.MAX_HIDDEN}); backend {jax.default_backend()!r}")
     h0 = jnp.zeros((case.B, case.H))
 
     def forward(p, x):
