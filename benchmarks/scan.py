@@ -155,6 +155,18 @@ def timed_call(run) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def timed_call_cpu(run) -> tuple[float, float]:
+    """Wall-clock and process CPU time of one call, in ms.
+
+    On a shared host the CPU time (all of this process's threads) is the steadier of the
+    two for XLA, whose wall time stretches with the other processes' load; PyTorch's
+    spinning OpenMP workers inflate its CPU time under contention, so compare it by wall.
+    """
+    c0, t0 = time.process_time(), time.perf_counter()
+    run()
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+
+
 def _peak(device: str, dtype: str) -> float | None:
     return PEAK_TFLOPS.get(dtype) if any(k in device for k in PEAK_DEVICES) else None
 
@@ -197,22 +209,28 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
                     f"{case.mode} {case.dtype}: {msg}")
                 skip(impl, case, msg)
         times = {impl: [] for impl in runners}
+        cpu = {impl: [] for impl in runners}
         rounds = min(3, repeats)
         for r in range(rounds):
             n = repeats // rounds + (r < repeats % rounds)
             for impl, run in runners.items():
                 run()  # untimed: lets the previous library's worker threads go idle
-                times[impl] += [timed_call(run) for _ in range(n)]
+                for _ in range(n):
+                    wall_ms, cpu_ms = timed_call_cpu(run)
+                    times[impl].append(wall_ms)
+                    cpu[impl].append(cpu_ms)
         runners.clear()
         base = None
         floor = statistics.median(times["gemm_floor"]) if times.get("gemm_floor") else None
+        floor_cpu = statistics.median(cpu["gemm_floor"]) if cpu.get("gemm_floor") else None
         for impl, ts in times.items():
             med = statistics.median(ts)
+            med_cpu = statistics.median(cpu[impl])
             tflops = case.flops / (med * 1e-3) / 1e12
             row = {"impl": impl, "B": case.B, "T": case.T, "I": case.I, "H": case.H,
                    "mode": case.mode, "dtype": case.dtype, "median_ms": round(med, 4),
                    "compile_s": round(compile_s[impl], 3), "min_ms": round(min(ts), 4),
-                   "repeats": repeats, "tflops": round(tflops, 4)}
+                   "repeats": repeats, "tflops": round(tflops, 4), "cpu_ms": round(med_cpu, 4)}
             peak = _peak(device, case.dtype) if gpu else None
             if peak:
                 row["pct_peak"] = round(100.0 * tflops / peak, 2)
@@ -222,6 +240,7 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
                 row["ratio"] = round(med / base, 3)
             if floor and impl != "gemm_floor":
                 row["x_floor"] = round(med / floor, 3)  # multiples of the GEMM floor
+                row["x_floor_cpu"] = round(med_cpu / floor_cpu, 3) if floor_cpu else None
             results.append(row)
     return results, skipped
 
@@ -245,14 +264,16 @@ def format_table(results: list[dict], gpu: bool) -> str:
                 extra = f"[{r['tflops']:.1f}TF]"
             cells.append(f"{r['median_ms']:>9.3f}{extra:>9}")
         j = by.get(k + ("jlstm",), {})
-        cells.append(f"{j['x_floor']:>11.2f}" if "x_floor" in j else f"{'-':>11}")
+        xc = f" ({j['x_floor_cpu']:.2f} cpu)" if j.get("x_floor_cpu") else ""
+        cells.append(f"{j['x_floor']:.2f}{xc}".rjust(18) if "x_floor" in j else f"{'-':>18}")
         cfg = ",".join(str(x) for x in k[:4])
         lines.append(f"{cfg:>18} {k[4]:>7} {k[5]:>8} | " + " | ".join(cells))
-    lines[0] += f" | {'jlstm/floor':>11}"
+    lines[0] += f" | {'jlstm/floor':>18}"
     lines[1] = "-" * len(lines[0])
     lines.append("medians in ms; (Nx) = peer time / jlstm time, above 1 means jlstm is faster"
                  + ("; [TF] = jlstm TFLOP/s" if gpu else "")
-                 + "; jlstm/floor = jlstm time / gemm_floor time (the same GEMMs alone, measured)")
+                 + "; jlstm/floor = jlstm time / gemm_floor time (the same GEMMs alone, measured), "
+                 "by wall clock (and by process CPU time)")
     return "\n".join(lines)
 
 
@@ -334,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "gemm_floor: only the matmuls of jlstm's fused path (same shapes and FLOPs: input GEMM, "
                     "a scan of the T recurrent GEMMs, and in training the backward scan and the three "
                     "whole-sequence gradient GEMMs), measured in this run; x_floor: impl median / "
-                    "gemm_floor median"}
+                    "gemm_floor median (x_floor_cpu: the same by process CPU time, steadier on a shared host); "
+                    "cpu_ms: median process CPU time of a call (all threads)"}
     if args.out:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
