@@ -11,6 +11,10 @@ from np_reference import run, sigmoid
 import jlstm
 from jlstm._min_rnn import linear_recurrence
 
+# one compiled program per call signature (eager scans dispatch, and compile, op by op)
+scan = jax.jit(jlstm.scan, static_argnums=0,
+               static_argnames=("reverse", "time_major", "method", "remat", "unroll", "fast", "return_info"))
+
 H, I, B, T = 4, 3, 3, 23
 CELLS = {"min_gru": (jlstm.min_gru, 2), "min_lstm": (jlstm.min_lstm, 3)}
 
@@ -71,7 +75,7 @@ def _setup(name, dtype=jnp.float32, seed=0):
 def test_scan_matches_numpy(name, method):
     cell, params, xs, h0 = _setup(name)
     lengths = np.array([T, 9, 0])
-    final, ys = jlstm.scan(cell, params, xs, h0, lengths=jnp.asarray(lengths), method=method)
+    final, ys = scan(cell, params, xs, h0, lengths=jnp.asarray(lengths), method=method)
     (want_h,), want_ys = run(NP_STEPS[name](params), (np.asarray(h0.h),), np.asarray(xs), lengths)
     np.testing.assert_allclose(ys, want_ys, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(final.h, want_h, atol=1e-5, rtol=1e-5)
@@ -93,7 +97,8 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name,case", [("min_gru", case) for case in OPTIONS] + [("min_lstm", "mask+reverse")])
+@pytest.mark.parametrize("name,case", [("min_gru", "mask+reverse"), ("min_gru", "lengths+reverse+batch-major"),
+                                       ("min_lstm", "mask+reverse"), ("min_lstm", "lengths")])
 def test_parallel_matches_sequential_values_and_grads(name, case, x64):
     cell, params, xs, h0 = _setup(name, jnp.float64)
     opts = OPTIONS[case]
@@ -101,7 +106,7 @@ def test_parallel_matches_sequential_values_and_grads(name, case, x64):
         xs = jnp.swapaxes(xs, 0, 1)
 
     def loss(method, params, xs, h0):
-        final, ys = jlstm.scan(cell, params, xs, h0, method=method, **opts)
+        final, ys = scan(cell, params, xs, h0, method=method, **opts)
         return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(final.h ** 3), (final, ys)
 
     grads = {}
@@ -123,7 +128,7 @@ def test_check_grads_order_1(name, x64):
     h0 = type(h0)(h=h0.h[:2])
 
     def f(params, xs, h):
-        final, ys = jlstm.scan(cell, params, xs, type(h0)(h=h), lengths=jnp.array([6, 4]), method="parallel")
+        final, ys = scan(cell, params, xs, type(h0)(h=h), lengths=jnp.array([6, 4]), method="parallel")
         return ys, final.h
 
     check_grads(f, (params, xs, h0.h), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
@@ -138,8 +143,8 @@ def test_100k_steps_with_saturated_gates(name):
     xs = 50.0 * jnp.sign(jax.random.normal(jax.random.key(1), (100_000, 2, 2 * k)))
     xs = xs.at[:, 1, :2].set(jnp.linspace(-60.0, 60.0, 100_000)[:, None])  # a candidate sweeping through g
     h0 = type(cell.initial_state(params, 2))(h=jnp.array([[-3.0, 2.0], [0.5, -1.0]]))
-    f_par, y_par = jlstm.scan(cell, params, xs, h0, method="parallel")
-    f_seq, y_seq = jlstm.scan(cell, params, xs, h0, method="sequential")
+    f_par, y_par = scan(cell, params, xs, h0, method="parallel")
+    f_seq, y_seq = scan(cell, params, xs, h0, method="sequential")
     assert bool(jnp.isfinite(y_par).all()) and bool(jnp.isfinite(y_seq).all())
     np.testing.assert_allclose(y_par, y_seq, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(f_par.h, f_seq.h, atol=1e-5, rtol=1e-5)
@@ -153,7 +158,7 @@ def test_min_lstm_gates_below_sigmoid_underflow():
     params = jlstm.MinLSTMParams(w_x=jnp.eye(3), b=jnp.zeros(3))
     xs = jnp.array([[[1.0, -120.0, -121.0]], [[2.0, 0.0, 0.0]]])
     for method in ("sequential", "parallel"):
-        _, ys = jlstm.scan(cell, params, xs, method=method)
+        _, ys = scan(cell, params, xs, method=method)
         i_norm = 1.0 / (1.0 + np.exp(1.0))  # i/(f+i) with log(i/f) = -1
         np.testing.assert_allclose(ys[0, 0, 0], i_norm * 1.5, rtol=1e-5)
         assert bool(jnp.isfinite(ys).all())
@@ -176,15 +181,15 @@ def test_linear_recurrence_blocked_and_associative_match_a_loop(T_):
 @pytest.mark.parametrize("name", CELLS)
 def test_jit_vmap_and_auto(name):
     cell, params, xs, h0 = _setup(name)
-    f = jax.jit(lambda p, x, h: jlstm.scan(cell, p, x, h, method="parallel"))
+    f = jax.jit(lambda p, x, h: scan(cell, p, x, h, method="parallel"))
     final, ys = f(params, xs, h0)
     # vmap over the batch axis of unbatched sequences gives the batched result
-    per_seq = jax.vmap(lambda x, h: jlstm.scan(cell, params, x, type(h0)(h=h), method="parallel")[1],
+    per_seq = jax.vmap(lambda x, h: scan(cell, params, x, type(h0)(h=h), method="parallel")[1],
                        in_axes=(1, 0), out_axes=1)(xs, h0.h)
     np.testing.assert_allclose(per_seq, ys, atol=1e-6)
     step_v = jax.vmap(cell.step, in_axes=(None, 0, 0))(params, h0, xs[0])
     np.testing.assert_allclose(step_v[1], cell.step(params, h0, xs[0])[1], atol=1e-6)
-    _, ys_auto, info = jlstm.scan(cell, params, xs, h0, return_info=True)
+    _, ys_auto, info = scan(cell, params, xs, h0, return_info=True)
     assert info is None
     np.testing.assert_allclose(ys_auto, ys, atol=1e-5)
     assert cell.fast.auto_method(10_000) == ("sequential" if jax.default_backend() == "cpu" else "parallel")
@@ -197,23 +202,24 @@ def test_layers():
     lengths = jnp.array([T, 9, 1])
     # recurrent layer = scan; remat keeps the values
     layer = jlstm.recurrent(cell, method="parallel", remat="step")
-    _, ys = layer.apply(params, xs, lengths=lengths)
-    np.testing.assert_allclose(ys, jlstm.scan(cell, params, xs, lengths=lengths)[1], atol=1e-5)
-    g1 = jax.grad(lambda p: layer.apply(p, xs, lengths=lengths)[1].sum())(params)
-    g2 = jax.grad(lambda p: jlstm.scan(cell, p, xs, lengths=lengths, method="sequential")[1].sum())(params)
+    _, ys = jax.jit(layer.apply)(params, xs, lengths=lengths)
+    np.testing.assert_allclose(ys, scan(cell, params, xs, lengths=lengths)[1], atol=1e-5)
+    g1 = jax.jit(jax.grad(lambda p: layer.apply(p, xs, lengths=lengths)[1].sum()))(params)
+    g2 = jax.grad(lambda p: scan(cell, p, xs, lengths=lengths, method="sequential")[1].sum())(params)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     # bidirectional: the backward half is the reversed scan
     bi = jlstm.bidirectional(cell, method="parallel")
     bp = bi.init(jax.random.key(3), I)
-    _, ys_bi = bi.apply(bp, xs, lengths=lengths)
-    back = jlstm.scan(cell, bp.backward, xs, lengths=lengths, reverse=True, method="sequential")[1]
+    _, ys_bi = jax.jit(bi.apply)(bp, xs, lengths=lengths)
+    back = scan(cell, bp.backward, xs, lengths=lengths, reverse=True, method="sequential")[1]
     np.testing.assert_allclose(ys_bi[..., H:], back, atol=1e-5)
     # stack with dropout between layers (a key switches it on)
     model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(CELLS[name][0](2)), dropout_rate=0.5)
     mp = model.init(jax.random.key(4), I)
-    _, y_det = model.apply(mp, xs, lengths=lengths)
-    _, y_drop = model.apply(mp, xs, lengths=lengths, key=jax.random.key(5))
+    apply = jax.jit(model.apply)
+    _, y_det = apply(mp, xs, lengths=lengths)
+    _, y_drop = apply(mp, xs, lengths=lengths, key=jax.random.key(5))
     assert y_det.shape == y_drop.shape == (T, B, 2) and not np.allclose(y_det, y_drop)
 
 
@@ -225,7 +231,7 @@ def test_streaming_and_checkpoint(name, tmp_path):
     step = jax.jit(jlstm.streaming.make_stream_step(cell, method="parallel"))
     chunks = [xs[:7], xs[7:8], xs[8:]]
     outs = list(jlstm.streaming.stream(step, params, chunks, h0, lengths=lengths))
-    final, ys_one = jlstm.scan(cell, params, xs, h0, lengths=lengths)
+    final, ys_one = scan(cell, params, xs, h0, lengths=lengths)
     np.testing.assert_allclose(jnp.concatenate([o[1] for o in outs]), ys_one, atol=1e-5)
     np.testing.assert_allclose(outs[-1][0].h, final.h, atol=1e-5)
     # checkpoint round trip
@@ -246,11 +252,11 @@ def test_clear_errors(name):
     with pytest.raises(ValueError, match="need method='sequential'"):
         jlstm.recurrent(cell, zoneout=0.1, method="parallel").apply(params, xs, key=jax.random.key(0))
     with pytest.raises(ValueError, match="'parallel'"):
-        jlstm.scan(cell, params, xs, method="chunkwise")
+        scan(cell, params, xs, method="chunkwise")
     with pytest.raises(ValueError, match="input_size=3"):
         cell.step(params, h0, jnp.ones((B, I + 1)))
     with pytest.raises(ValueError, match="state.h has shape"):
-        jlstm.scan(cell, params, xs, type(h0)(h=jnp.zeros((B, H + 1))), method="parallel")
+        scan(cell, params, xs, type(h0)(h=jnp.zeros((B, H + 1))), method="parallel")
     assert cell == CELLS[name][0](H) and hash(cell) == hash(CELLS[name][0](H)) and cell != CELLS[name][0](H + 1)
 
 
@@ -271,8 +277,8 @@ def test_matches_minGRU_pytorch(name):
         params = type(cell.init(jax.random.key(0), I))(w_x=jnp.asarray(W.detach().numpy().T),
                                                         b=jnp.zeros(k * I, jnp.float64))
         xs = jnp.asarray(x.detach().numpy().transpose(1, 0, 2))
-        final, ys = jlstm.scan(cell, params, xs, method="parallel")
-        gx, gw = jax.grad(lambda xs, p: jnp.sum(jnp.sin(jlstm.scan(cell, p, xs, method="sequential")[1])),
+        final, ys = scan(cell, params, xs, method="parallel")
+        gx, gw = jax.grad(lambda xs, p: jnp.sum(jnp.sin(scan(cell, p, xs, method="sequential")[1])),
                           argnums=(0, 1))(xs, params)
     out = ref(x)  # parallel (log space) from h0 = 0
     torch.sin(out).sum().backward()

@@ -10,6 +10,10 @@ from np_reference import run, sigmoid
 
 import jlstm
 
+# one compiled program per call signature (eager scans dispatch, and compile, op by op)
+scan = jax.jit(jlstm.scan, static_argnums=0,
+               static_argnames=("reverse", "time_major", "method", "remat", "unroll", "fast", "return_info"))
+
 H, NH, I, B, T = 6, 2, 4, 3, 13
 D = H // NH
 
@@ -84,7 +88,7 @@ def _np_state(state):
 def test_scan_matches_numpy(name):
     cell, params, xs, state0, np_step = _setup(name)
     lengths = np.array([T, 5, 0])
-    final, ys = jlstm.scan(cell, params, xs, state0, lengths=jnp.asarray(lengths))
+    final, ys = scan(cell, params, xs, state0, lengths=jnp.asarray(lengths))
     want_final, want_ys = run(np_step, _np_state(state0), np.asarray(xs), lengths)
     np.testing.assert_allclose(ys, want_ys, atol=1e-5, rtol=1e-5)
     for field, want in zip(jlstm.SLSTMState._fields, want_final):
@@ -116,7 +120,7 @@ def test_check_grads_order_1(x64):
     xs, state0 = xs[:5, 1:], jax.tree.map(lambda a: a[1:], state0)
 
     def f(params, xs, h, c):
-        final, ys = jlstm.scan(cell, params, xs, state0._replace(h=h, c=c), lengths=jnp.array([5, 3]),
+        final, ys = scan(cell, params, xs, state0._replace(h=h, c=c), lengths=jnp.array([5, 3]),
                                reverse=True)
         return ys, final.c
 
@@ -130,7 +134,7 @@ def test_100k_steps_with_saturated_gates(forget_gate):
     cell = jlstm.slstm(2, forget_gate=forget_gate)
     params = jlstm.SLSTMParams(w_x=jnp.eye(8), r=jnp.zeros((1, 2, 8)), b=jnp.zeros(8))
     xs = 50.0 * jnp.sign(jax.random.normal(jax.random.key(0), (n_steps, 1, 8)))
-    final, ys = jax.jit(lambda xs: jlstm.scan(cell, params, xs))(xs)
+    final, ys = jax.jit(lambda xs: scan(cell, params, xs))(xs)
     assert bool(jnp.isfinite(ys).all()) and all(bool(jnp.isfinite(a).all()) for a in final)
     assert float(jnp.abs(ys).max()) <= 1.0 and float(final.n.min()) >= 1.0
     # an unstabilised run would hold exp(50 · t) in n; the stabilised one agrees with float64 NumPy
@@ -139,16 +143,16 @@ def test_100k_steps_with_saturated_gates(forget_gate):
                      _np_state(cell.initial_state(params, 1)), np.asarray(xs[:head]))
     np.testing.assert_allclose(ys[:head], want_ys, atol=1e-5)
     with jax.enable_x64(True):
-        _, ys64 = jlstm.scan(jlstm.slstm(2, forget_gate=forget_gate, param_dtype=jnp.float64),
+        _, ys64 = scan(jlstm.slstm(2, forget_gate=forget_gate, param_dtype=jnp.float64),
                              jax.tree.map(lambda a: a.astype(jnp.float64), params), xs.astype(jnp.float64))
     np.testing.assert_allclose(ys, ys64, atol=1e-5)
 
 
 def test_jit_vmap_grad():
     cell, params, xs, state0, _ = _setup("sigmoid")
-    f = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))
+    f = jax.jit(lambda p, x, s: scan(cell, p, x, s))
     _, ys = f(params, xs, state0)
-    per_seq = jax.vmap(lambda x, s: jlstm.scan(cell, params, x, s)[1], in_axes=(1, 0), out_axes=1)(xs, state0)
+    per_seq = jax.vmap(lambda x, s: scan(cell, params, x, s)[1], in_axes=(1, 0), out_axes=1)(xs, state0)
     np.testing.assert_allclose(per_seq, ys, atol=1e-6)
     g = jax.grad(lambda p: f(p, xs, state0)[1].sum())(params)
     assert all(bool(jnp.isfinite(a).all()) for a in g)
@@ -159,22 +163,23 @@ def test_layers_streaming_and_checkpoint(tmp_path):
     lengths = jnp.array([T, 6, 1])
     # recurrent with remat and recurrent dropout (the recurrent matmul is per head)
     layer = jlstm.recurrent(cell, remat="segment", recurrent_dropout=0.3)
-    _, ys = layer.apply(params, xs, lengths=lengths)
-    np.testing.assert_allclose(ys, jlstm.scan(cell, params, xs, lengths=lengths)[1], atol=1e-6)
-    _, ys_drop = layer.apply(params, xs, lengths=lengths, key=jax.random.key(1))
+    apply = jax.jit(layer.apply)
+    _, ys = apply(params, xs, lengths=lengths)
+    np.testing.assert_allclose(ys, scan(cell, params, xs, lengths=lengths)[1], atol=1e-6)
+    _, ys_drop = apply(params, xs, lengths=lengths, key=jax.random.key(1))
     assert not np.allclose(ys_drop, ys)
     # bidirectional and stack
     model = jlstm.stack(jlstm.bidirectional(cell), jlstm.recurrent(jlstm.slstm(4, num_heads=2)), dropout_rate=0.1)
     mp = model.init(jax.random.key(2), I)
-    _, y_model = model.apply(mp, xs, lengths=lengths, time_major=True)
-    bi_ys = jlstm.bidirectional(cell).apply(mp[0], xs, lengths=lengths)[1]
-    back = jlstm.scan(cell, mp[0].backward, xs, lengths=lengths, reverse=True)[1]
+    _, y_model = jax.jit(model.apply)(mp, xs, lengths=lengths, key=jax.random.key(3))
+    bi_ys = jax.jit(jlstm.bidirectional(cell).apply)(mp[0], xs, lengths=lengths)[1]
+    back = scan(cell, mp[0].backward, xs, lengths=lengths, reverse=True)[1]
     np.testing.assert_allclose(bi_ys[..., H:], back, atol=1e-6)
     assert y_model.shape == (T, B, 4)
     # streaming: chunks carrying the state equal one run
     step = jax.jit(jlstm.streaming.make_stream_step(cell))
     outs = list(jlstm.streaming.stream(step, params, [xs[:4], xs[4:5], xs[5:]], state0, lengths=lengths))
-    final, ys_one = jlstm.scan(cell, params, xs, state0, lengths=lengths)
+    final, ys_one = scan(cell, params, xs, state0, lengths=lengths)
     np.testing.assert_allclose(jnp.concatenate([o[1] for o in outs]), ys_one, atol=1e-6)
     for a, b in zip(outs[-1][0], final):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -196,9 +201,9 @@ def test_clear_errors():
         jlstm.slstm(4, num_heads=2, headwise_input=True).init(jax.random.key(0), 5)
     cell, params, xs, state0, _ = _setup("sigmoid")
     with pytest.raises(ValueError, match="method='parallel' is not supported.*'sequential'"):
-        jlstm.scan(cell, params, xs, method="parallel")
+        scan(cell, params, xs, method="parallel")
     with pytest.raises(ValueError, match="state.m has shape"):
-        jlstm.scan(cell, params, xs, state0._replace(m=jnp.zeros((B, H + 1))))
+        scan(cell, params, xs, state0._replace(m=jnp.zeros((B, H + 1))))
     with pytest.raises(ValueError, match="params.w_x has shape"):
-        jlstm.scan(jlstm.slstm(H, num_heads=NH, headwise_input=True), params, xs)
+        scan(jlstm.slstm(H, num_heads=NH, headwise_input=True), params, xs)
     assert cell == jlstm.slstm(H, num_heads=NH) and cell != jlstm.slstm(H, num_heads=1)
