@@ -10,8 +10,9 @@ Each device holds ``T/n`` consecutive steps. One Newton iteration on device ``d`
    prefix maps to that state. This is the associative scan's carry across devices.
 
 The residual is reduced with ``pmax``, so every device runs the same number of iterations.
-Only the undamped methods (``deer``, ``quasi_deer``) are split this way. Readout, fallback
-and gradients are those of :func:`jlstm._deer.newton_scan`, on the globally sharded arrays.
+Only the undamped methods (``deer``, ``quasi_deer``) are split this way. The solved trajectory
+is then gathered (replicated), and readout, fallback and gradients are those of
+:func:`jlstm._deer.newton_scan`, unsplit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jlstm._deer_linear import Algebra
@@ -61,10 +63,12 @@ def sharded_forward(f: Callable, opts: Any, tol: float, clip: float) -> Callable
         if pad:
             xs, valid, guess = (jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
                                 for a in (xs, valid, guess))
-        run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(), P(axis)),
-                            out_specs=(P(axis), P(), P()), check_vma=False)
-        S, k, r = run(params, xs, valid, s0, guess)
-        return S[:T], k, r
+        specs = (P(), P(axis), P(axis), P(), P(axis))
+        args = [jax.reshard(a, NamedSharding(mesh, spec)) for a, spec in
+                zip((params, xs, valid, s0, guess), specs)]
+        run = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(axis), P(), P()), check_vma=False)
+        S, k, r = run(*args)
+        return jax.reshard(S, NamedSharding(mesh, P()))[:T], k, r
 
     return forward
 
