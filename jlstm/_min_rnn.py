@@ -260,7 +260,7 @@ def min_gru(
 
     ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"`` (a loop over the step),
     ``"parallel"`` (:func:`linear_recurrence` over the whole sequence) or ``"auto"``
-    (sequential on CPU, where it measured faster; parallel from T = 32 on GPU and TPU). Both
+    (sequential on CPU, where it measured about as fast; parallel from T = 32 on GPU and TPU). Both
     forms compute the same function, with lengths, masks and reverse, and agree at T = 100,000
     with gate pre-activations of ±50. There is no recurrent matmul, so recurrent dropout
     raises an error.
