@@ -35,7 +35,7 @@ import numpy as np
 
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
+from jlstm._math import carry_dtype, cell_sizes, matmul, output
 from jlstm._scan import time_loop
 from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
 
@@ -159,13 +159,15 @@ def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
 
     final, starts = jax.lax.scan(carry, state, (decay, local), unroll=unroll)
     # 3. every chunk's outputs from its start state, all chunks at once
-    h = jax.vmap(lambda *a: _block_outputs(*a, eps))(q, k, v, log_f, ig, starts)
+    h = jax.vmap(lambda q_, k_, v_, f_, i_, s_: _block_outputs(q_, k_, v_, f_, i_, s_, eps))(
+        q, k, v, log_f, ig, starts)
     return h.reshape((n_chunks * L,) + h.shape[2:])[:T], final
 
 
 def _sequential(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
     def step(s, inp):
-        return _step(s, *inp, eps)
+        q_, k_, v_, f_, i_ = inp
+        return _step(s, q_, k_, v_, f_, i_, eps)
 
     # invalid steps already carry log f = 0 and ĩ = −inf, which keep the state
     final, h = time_loop(step, state, (q, k, v, log_f, ig), None, unroll=unroll)
@@ -285,9 +287,8 @@ def mlstm_core(
     dtype = jnp.result_type(q, k, v, i_pre, f_pre, *(jax.tree.leaves(state) if state is not None else ()))
     q, k, v, i_pre, f_pre = (a.astype(dtype) for a in (q, k, v, i_pre, f_pre))
     T, batch, heads, d = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
-    if state is None:
-        state = zero_state(batch, heads, d, dtype)
-    state = jax.tree.map(lambda a: a.astype(dtype), state)
+    start: MLSTMState = zero_state(batch, heads, d, dtype) if state is None else MLSTMState(
+        *(jnp.asarray(a).astype(dtype) for a in state))
     k = k / jnp.asarray(math.sqrt(d), dtype)
     log_f = jax.nn.log_sigmoid(f_pre)
     ig = i_pre
@@ -299,9 +300,9 @@ def mlstm_core(
         q, k, v, log_f = (keep(a, 0.0) for a in (q, k, v, log_f))
         ig = keep(ig, -jnp.inf)
     if T == 0:
-        h, final = jnp.zeros(q.shape, dtype), state
+        h, final = jnp.zeros(q.shape, dtype), start
     else:
-        h, final = _FORMS[method](q, k, v, log_f, ig, state, float(eps), int(chunk_size), unroll)
+        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll)
     if valid is not None:
         h = jnp.where(valid[..., None, None], h, jnp.zeros((), h.dtype))
     return (h, final) if return_state else h
@@ -357,7 +358,7 @@ def mlstm(
       >>> ys.shape, state.C.shape, bool(jnp.allclose(ys, ys2, atol=1e-5))
       ((100, 3, 16), (3, 2, 8, 8), True)
     """
-    _checks.check_size("hidden_size", hidden_size)
+    H, dt, pdt = cell_sizes(hidden_size, dtype, param_dtype)
     _checks.check_size("num_heads", num_heads)
     _checks.check_size("chunk_size", chunk_size)
     _checks.check_size("parallel_max_length", parallel_max_length, minimum=0)
@@ -371,23 +372,21 @@ def mlstm(
     except (TypeError, IndexError, ValueError):
         raise TypeError(f"mlstm: forget_bias must be a pair of floats (first head, last head), got "
                         f"{forget_bias!r}; e.g. forget_bias=(3.0, 6.0).") from None
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
-    H, NH = int(hidden_size), int(num_heads)
+    NH = int(num_heads)
     d = H // NH
     width = 4 * H + 2 * NH
     where = f"mlstm({H}, num_heads={NH})"
     config = CellConfig(
         "mlstm", hidden_size=H, num_heads=NH, chunk_size=int(chunk_size),
         parallel_max_length=int(parallel_max_length), eps=float(eps), kernel_init=kernel_init,
-        forget_bias=forget_bias, dtype=dtype, param_dtype=param_dtype)
+        forget_bias=forget_bias, dtype=dt, param_dtype=pdt)
 
     def init(key: jax.Array, input_size: int) -> MLSTMParams:
         _checks.check_size("input_size", input_size)
         b = np.zeros(width)
         b[4 * H + NH:] = np.linspace(forget_bias[0], forget_bias[1], NH)
-        return MLSTMParams(w_x=kernel_init(key, (input_size, width), param_dtype),
-                           b_x=jnp.asarray(b, param_dtype))
+        return MLSTMParams(w_x=kernel_init(key, (input_size, width), pdt),
+                           b_x=jnp.asarray(b, pdt))
 
     def check(params, state=None, x=None, where: str = where) -> None:
         _checks.check_type("params", params, MLSTMParams, where,
@@ -401,14 +400,14 @@ def mlstm(
             check_state(state, batch, NH, d, where)
 
     def state_dtype(params: MLSTMParams) -> jnp.dtype:
-        return carry_dtype(params.w_x.dtype, dtype)
+        return carry_dtype(params.w_x.dtype, dt)
 
     def initial_state(params: MLSTMParams, batch_shape=()) -> MLSTMState:
         check(params, where=where + ".initial_state")
         return zero_state(batch_tuple(batch_shape), NH, d, state_dtype(params))
 
     def project(params: MLSTMParams, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dtype) + params.b_x.astype(dtype or params.b_x.dtype)
+        return matmul(x, params.w_x, dt) + params.b_x.astype(dt or params.b_x.dtype)
 
     def split(xp: jax.Array, wide: jnp.dtype):
         xp = xp.astype(wide)
@@ -426,7 +425,7 @@ def mlstm(
         k = k / jnp.asarray(math.sqrt(d), k.dtype)
         state, h = _step(state, q, k, v, jax.nn.log_sigmoid(f_pre), i_pre, float(eps))
         y = jax.nn.sigmoid(o) * h
-        return state, output(y.reshape(y.shape[:-2] + (H,)), dtype)
+        return state, output(y.reshape(y.shape[:-2] + (H,)), dt)
 
     def form(method: str):
         def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
@@ -436,7 +435,7 @@ def mlstm(
                 h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=chunk_size, eps=eps,
                                       valid=valid, state=state, return_state=True, unroll=unroll)
                 y = jax.nn.sigmoid(o) * h
-                return final, output(y.reshape(y.shape[:-2] + (H,)), dtype)
+                return final, output(y.reshape(y.shape[:-2] + (H,)), dt)
 
             # remat: the form's intermediates (the decay matrices) are recomputed in the backward pass
             return (jax.checkpoint(core) if remat else core)(params, xs, state)
