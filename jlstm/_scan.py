@@ -433,9 +433,11 @@ def _resolve_method(cell: Cell, method: Any, T: int, regularisers: StepRegularis
                     where: str) -> tuple[str, Any]:
     """``("sequential", None)``, ``("form", fn)`` or ``("newton", method)`` for this cell and T."""
     forms = dict(cell.fast.methods) if cell.fast is not None else {}
+    regularised = regularisers.recurrent_mask is not None or regularisers.zoneout
     if isinstance(method, str):
         if method == "auto":
-            auto = cell.fast.auto_method if cell.fast is not None else None
+            # The regularisers act inside the step loop, so "auto" takes the loop for them.
+            auto = cell.fast.auto_method if cell.fast is not None and not regularised else None
             method = auto(T) if auto is not None else "sequential"
         supported = ("auto", "sequential", *forms, *NEWTON_METHODS)
         if method not in supported:
@@ -448,7 +450,6 @@ def _resolve_method(cell: Cell, method: Any, T: int, regularisers: StepRegularis
     else:
         raise TypeError(f"{where}: method must be a str such as 'sequential' or 'deer', or a method object "
                         f"such as jlstm.Newton(...), got {type(method).__name__}.")
-    regularised = regularisers.recurrent_mask is not None or regularisers.zoneout
     if kind != "sequential" and regularised:
         raise ValueError(f"{where}: recurrent dropout and zoneout act inside the step loop and need "
                          f"method='sequential', got method={method!r}; drop the regulariser or the method.")

@@ -224,3 +224,27 @@ def test_layers_carry_configs_of_both_directions():
     assert model.config.forward.config.cell == fwd
     assert model.config.backward.config.cell == bwd
     assert "backward=lstm(4, cell_clip=3.0)" in model.name
+
+
+def test_auto_method_takes_the_loop_under_step_regularisers():
+    calls = []
+
+    def parallel(params, xs, state, valid, *, unroll, remat):
+        calls.append(1)
+        return jlstm.time_loop(lambda s, x: indrnn_step(params, s, x), state, xs, valid)
+
+    cell = jlstm.make_cell(init=indrnn_init, initial_state=indrnn_initial_state,
+                           project=lambda p, x: x,
+                           step_projected=lambda p, h, x, recurrent_mask=None: indrnn_step(p, h, x),
+                           output_size=H, name="indrnn_auto", methods=(("parallel", parallel),),
+                           auto_method=lambda T: "parallel")
+    params, xs = _data(8)
+    _, ys_auto = jlstm.scan(cell, params, xs)
+    assert calls == [1]
+    _, ys_seq = jlstm.scan(cell, params, xs, method="sequential")
+    np.testing.assert_allclose(ys_auto, ys_seq, atol=1e-6)
+    layer = jlstm.recurrent(cell, zoneout=0.3)  # "auto" must fall back to the loop, not raise
+    _, ys = layer.apply(params, xs, key=jax.random.key(1))
+    assert calls == [1] and ys.shape == (T, B, H)
+    with pytest.raises(ValueError, match="need method='sequential'"):
+        jlstm.recurrent(cell, zoneout=0.3, method="parallel").apply(params, xs, key=jax.random.key(1))
