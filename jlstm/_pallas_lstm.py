@@ -105,7 +105,8 @@ def _backward_kernel(dys_ref, acts_ref, cs_ref, c0_ref, m_ref, w_ref, dhT_ref, d
         for k, dz_k in enumerate(dz):
             dz_k = jnp.where(valid, dz_k, 0.0)
             dz_ref[t, :, k * H:(k + 1) * H] = dz_k
-            back = back + pl.dot(dz_k, w_ref[:, k * H:(k + 1) * H], trans_b=True)
+            back = back + lax.dot_general(dz_k, w_ref[:, k * H:(k + 1) * H], (((1,), (1,)), ((), ())),
+                                          preferred_element_type=jnp.float32)  # dz_k W_kᵀ
         return jnp.where(valid, back, dh), jnp.where(valid, d * f, dc)
 
     dh0, dc0 = lax.fori_loop(0, T, step, (dhT_ref[...], dcT_ref[...]))
