@@ -11,6 +11,9 @@ from jlstm._dropout import check_key, dropout, variational_mask
 from jlstm._scan import ScanOptions, StepRegularisers, _check_remat, _check_unroll, run_scan
 from jlstm._types import Cell, CellConfig, Method, RematPolicy, SequenceModel
 
+# Cells whose state carries a log-space stabiliser (xLSTM): zoneout's unit-wise mix is meaningless.
+_LOG_STABILISED = ("slstm", "mlstm")
+
 
 def recurrent(
     cell: Cell,
@@ -62,6 +65,11 @@ def recurrent(
             f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
             f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
             f"only a step. Use input_dropout or zoneout instead.")
+    if zoneout and cell.config is not None and cell.config.kind in _LOG_STABILISED:
+        raise ValueError(
+            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
+            f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
+            f"Use input_dropout (or a stack's dropout_rate) instead.")
     name = f"recurrent({cell.name}" + (", reverse=True" if reverse else "") + ")"
     options = ScanOptions(reverse=reverse, unroll=unroll, remat=remat, fast=fast, method=method)
     config = CellConfig("recurrent", cell=cell, reverse=reverse, unroll=unroll, remat=remat,

@@ -248,3 +248,9 @@ def test_auto_method_takes_the_loop_under_step_regularisers():
     assert calls == [1] and ys.shape == (T, B, H)
     with pytest.raises(ValueError, match="need method='sequential'"):
         jlstm.recurrent(cell, zoneout=0.3, method="parallel").apply(params, xs, key=jax.random.key(1))
+
+
+@pytest.mark.parametrize("cell", [jlstm.slstm(4, num_heads=2), jlstm.mlstm(4, num_heads=2)])
+def test_zoneout_refused_for_stabilised_states(cell):
+    with pytest.raises(ValueError, match="log-space stabiliser"):
+        jlstm.recurrent(cell, zoneout=0.1)
