@@ -29,13 +29,3 @@ def test_demo_lstm_learns_what_the_mean_cannot(capsys):
     assert "\r" not in err
     lines = err.strip().splitlines()
     assert [int(re.search(r"step (\d+)/400", ln).group(1)) for ln in lines] == list(range(40, 401, 40))
-
-
-def test_readme_ten_line_example_runs_as_written():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Ten lines", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["ys"].shape == (50, 8, 64)
-    assert namespace["grads"].w_c.shape == (64, 192)

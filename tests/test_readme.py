@@ -61,6 +61,12 @@ def _slug(text: str) -> str:
 
 GROUPS = groups(python_blocks(README.read_text(encoding="utf-8")))
 
+# What some examples must produce, beyond running without an error (keyed by the README heading).
+CHECKS = {
+    "Ten lines": lambda ns: ns["ys"].shape == (50, 8, 64) and ns["grads"].w_c.shape == (64, 192),
+    "Layers": lambda ns: ns["ys"].shape == (50, 8, 64),
+}
+
 
 def test_parser_finds_blocks_headings_and_continuations():
     text = "# A\n```python\nx = 1\n```\n```bash\nls\n```\n## B\n```python\n" + CONTINUES + "\ny = x\n```\n" \
@@ -71,6 +77,7 @@ def test_parser_finds_blocks_headings_and_continuations():
     with pytest.raises(ValueError, match="never closed"):
         python_blocks("```python\nx = 1\n")
     assert len(GROUPS) >= 8  # the README's examples are all found
+    assert set(CHECKS) <= {g[0].heading for g in GROUPS}
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=[f"L{g[0].line}_{_slug(g[0].heading)}" for g in GROUPS])
@@ -83,6 +90,8 @@ def test_readme_block_runs(group, tmp_path, monkeypatch):
         # line numbers in tracebacks point into README.md
         code = compile("\n" * (block.line - 1) + block.code, str(README), "exec")
         exec(code, namespace)
+    check = CHECKS.get(group[0].heading)
+    assert check is None or check(namespace), f"README.md line {group[0].line}: unexpected results"
     try:
         import matplotlib.pyplot as plt
 
