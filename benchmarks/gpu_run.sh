@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call on an H100/H200: the GPU perf suite (peers included), then DeepBench if time allows.
+# One device call on an H100/H200, under 8 minutes: the perf suite (peers included, 220 s), DeepBench (40 s),
+# the modern cells' forms (120 s) and parallel-in-time (90 s); each section is cut by its own timeout.
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
 # Writes $OUT/gpu_perf.json, $OUT/gpu_deepbench.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
@@ -30,13 +31,13 @@ echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,20
 timeout 220 python -m benchmarks.scan --suite perf --repeats 10 \
   --peers jlstm_pallas,jlstm_fused,jlstm_ref,jax_cudnn,torch,flax --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
 echo "== deepbench (training + inference, float32), if time remains"
-timeout 80 python -m benchmarks.scan --suite deepbench --repeats 5 \
+timeout 40 python -m benchmarks.scan --suite deepbench --repeats 3 \
   --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
 echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
-timeout 240 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
-  --lengths 128,1024,4096,16384,65536 --repeats 5 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
+timeout 120 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
+  --lengths 1024,16384,65536 --repeats 3 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
 echo "== parallel in time: DEER / quasi-DEER / ELK against sequential, T from 1k to 1M"
-timeout 150 python -m benchmarks.deer --device gpu --batch 16 --Ts 1024,16384,262144,1048576 --Hs 4,16,64 \
+timeout 90 python -m benchmarks.deer --device gpu --batch 16 --Ts 1024,16384,262144,1048576 --Hs 4,16,64 \
   --states untrained --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
 python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
 echo "== done"
