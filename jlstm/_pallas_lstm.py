@@ -26,6 +26,7 @@ how the tests check it against the reference path. Its derivative is a ``custom_
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,11 @@ def _on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
+def enabled() -> bool:
+    """``JLSTM_PALLAS=0`` in the environment turns the kernel off (it has not yet been timed on a GPU)."""
+    return os.environ.get("JLSTM_PALLAS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def interpret_mode() -> bool:
     """Pallas interpret mode everywhere but on a GPU (the kernels are written for Triton)."""
     return jax.default_backend() not in ("gpu", "cuda", "rocm")
@@ -54,7 +60,8 @@ def fits(batch: int, hidden: int, dtype, peephole: str | None, max_hidden: int =
     """Whether ``jlstm.lstm`` takes the Pallas kernel: on GPU, for the small-batch shapes it serves."""
     pow2 = hidden >= 16 and hidden & (hidden - 1) == 0
     f32 = dtype is None or jnp.dtype(dtype) == jnp.float32
-    return _on_gpu() and peephole is None and f32 and 1 <= batch <= MAX_BATCH and pow2 and hidden <= max_hidden
+    shape_ok = 1 <= batch <= MAX_BATCH and pow2 and hidden <= max_hidden
+    return enabled() and _on_gpu() and peephole is None and f32 and shape_ok
 
 
 def _padded_batch(B: int) -> int:

@@ -126,3 +126,10 @@ def test_forward_mode_on_gpu_takes_the_fused_scan(fake_gpu):
     got = jax.jvp(run(True), (xs,), (jnp.ones_like(xs),))
     assert fake_gpu  # the kernel was tried first
     _close(got, jax.jvp(run(False), (xs,), (jnp.ones_like(xs),)))
+
+
+def test_env_switch_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setattr(_pallas_lstm, "_on_gpu", lambda: True)
+    assert _pallas_lstm.fits(8, 64, None, None)
+    monkeypatch.setenv("JLSTM_PALLAS", "0")
+    assert not _pallas_lstm.fits(8, 64, None, None)
