@@ -71,7 +71,7 @@ def layer_norm_lstm(
     def init(key: jax.Array, input_size: int) -> LayerNormLSTMParams:
         _checks.check_size("input_size", input_size)
         kx, kh = jax.random.split(key)
-        b = jnp.zeros((4 * H,), param_dtype).at[H:2 * H].add(jnp.asarray(forget_bias, param_dtype))
+        b = _initializers.add_to_slice(_initializers.zeros(kx, (4 * H,), param_dtype), H, 2 * H, forget_bias)
         return LayerNormLSTMParams(
             w_x=kernel_init(kx, (input_size, 4 * H), param_dtype),
             w_h=_initializers.per_gate(recurrent_init, kh, H, H, 4, param_dtype),

@@ -155,7 +155,7 @@ def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> LSTMParams:
     w_x = cfg.kernel_init(kx, (input_size, 4 * H), dt)
     w_h = _initializers.per_gate(cfg.recurrent_init, kh, R, H, 4, dt)
     b = cfg.bias_init(kb, (4 * H,), dt)
-    b = b.at[H:2 * H].add(jnp.asarray(cfg.forget_bias, dt))
+    b = _initializers.add_to_slice(b, H, 2 * H, cfg.forget_bias)
     w_c = None
     if cfg.peephole is not None:
         pinit = cfg.peephole_init or _initializers.uniform(1.0 / H ** 0.5)
