@@ -95,7 +95,7 @@ def build(T: int, B: int, I: int, H: int, remat: str, impl: str, dtype: str = "f
     def step(p, s, xs, ys):
         loss, g = jax.value_and_grad(loss_fn)(p, xs, ys)
         updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss, optax.global_norm(g)
+        return optax.apply_updates(p, updates), s, loss, optax.tree.norm(g)
 
     return step, params, opt_state, batch
 
