@@ -138,16 +138,16 @@ def slstm(
                          f"hidden_size / num_heads units, so pick e.g. hidden_size={heads * max(1, H // heads)}.")
     d = H // heads
     dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    pdtype = canonical_dtype(param_dtype, "param_dtype")
     where = f"slstm({H}, num_heads={heads})"
     config = CellConfig(
         "slstm", hidden_size=H, num_heads=heads, forget_gate=forget_gate, headwise_input=headwise_input,
         kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init, dtype=dtype,
-        param_dtype=param_dtype)
+        param_dtype=pdtype)
 
     def per_head(init, key, rows: int) -> jax.Array:
         keys = jax.random.split(key, heads)
-        return jnp.stack([_initializers.per_gate(init, k, rows, d, 4, param_dtype) for k in keys])
+        return jnp.stack([_initializers.per_gate(init, k, rows, d, 4, pdtype) for k in keys])
 
     def init(key: jax.Array, input_size: int) -> SLSTMParams:
         _checks.check_size("input_size", input_size)
@@ -160,8 +160,10 @@ def slstm(
                     f"use headwise_input=False.")
             w_x = per_head(kernel_init, kx, input_size // heads)
         else:
-            w_x = _initializers.per_gate(kernel_init, kx, input_size, H, 4, param_dtype)
-        return SLSTMParams(w_x=w_x, r=per_head(recurrent_init, kr, d), b=bias_init(kb, (4 * H,), param_dtype))
+            w_x = _initializers.per_gate(kernel_init, kx, input_size, H, 4, pdtype)
+        # pdtype is None for param_dtype=None, which is passed on to bias_init as it always was
+        return SLSTMParams(w_x=w_x, r=per_head(recurrent_init, kr, d),
+                           b=bias_init(kb, (4 * H,), pdtype))  # pyright: ignore[reportArgumentType]
 
     def check(params, state=None, x=None, where: str = where) -> None:
         _checks.check_type("params", params, SLSTMParams, where,
@@ -179,7 +181,9 @@ def slstm(
             raise ValueError(f"{where}: params.w_x has shape {w_shape}, expected {want_w} "
                              f"({'head-wise' if headwise_input else 'dense'} input weights); these params "
                              f"belong to a cell with other options: build them with this cell's init.")
-        _checks.check_param_shapes(params, {"w_x": want_w, "r": (heads, d, 4 * d), "b": (4 * H,)}, where)
+        assert input_size is not None  # ok is True past the check above
+        # w_x was checked just above (w_shape == want_w here)
+        _checks.check_param_shapes(params, {"w_x": w_shape, "r": (heads, d, 4 * d), "b": (4 * H,)}, where)
         if state is not None:
             _checks.check_type("state", state, SLSTMState, where,
                                "build the state with this cell's initial_state(params, batch_shape).")

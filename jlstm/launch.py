@@ -111,8 +111,9 @@ def initialize(
 
     if local_device_count is not None:
         jax.config.update("jax_num_cpu_devices", _check_count("local_device_count", local_device_count, where, 1))
-    if not jax.config.jax_cpu_collectives_implementation:   # older JAX: no cross-process CPU collectives
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    collectives = "jax_cpu_collectives_implementation"
+    if not getattr(jax.config, collectives):   # older JAX: no cross-process CPU collectives
+        jax.config.update(collectives, "gloo")
     if bind_address is None and host in ("127.0.0.1", "localhost", "::1", "[::1]"):
         bind_address = f"{host}:{port}"
     jax.distributed.initialize(coordinator_address=f"{host}:{port}", num_processes=num_processes,

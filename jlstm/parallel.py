@@ -58,6 +58,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -76,7 +77,9 @@ __all__ = [
 ]
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -> Mesh:
+# jax.Device is a runtime alias of a compiled class, which pyright cannot use as a type
+def data_mesh(devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]
+              axis: str = "data") -> Mesh:
     """A 1-D mesh over ``devices`` (default: all of ``jax.devices()``) with one named axis.
 
     Args:
@@ -105,7 +108,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -
 def data_model_mesh(
     data: int,
     model: int,
-    devices: Sequence[jax.Device] | None = None,
+    devices: Sequence[jax.Device] | None = None,  # pyright: ignore[reportInvalidTypeForm]  (see data_mesh)
     axes: tuple[str, str] = ("data", "model"),
 ) -> Mesh:
     """A 2-D ``data x model`` mesh: the batch splits over ``data``, wide layers over ``model``.
@@ -338,7 +341,7 @@ def _place_leaf(x: Any, sharding: NamedSharding) -> Any:
         return x
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         data = _place_leaf(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     if isinstance(x, jax.Array) and not x.is_fully_addressable:      # a global array: reshard it

@@ -92,6 +92,7 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
             tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
             m = mask if (mask is None or time_major) else jnp.moveaxis(jnp.asarray(mask), -1, 0)
             valid, _ = valid_steps(tm.shape[0], tm.shape[1:-1], lengths, m, where)
+            assert valid is not None  # lengths or mask is given
             valid = valid if time_major else jnp.moveaxis(valid, 0, -1)
             out = jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
         return final, out

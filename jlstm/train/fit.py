@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, cast
 
 import jax
 import numpy as np
@@ -112,7 +112,7 @@ class _Run(NamedTuple):
 
 def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
     if callable(data):
-        return data(epoch)
+        return cast(Iterable[Any], data(epoch))
     if not hasattr(data, "__iter__"):
         raise TypeError(f"fit: {name} must be an iterable of batches or a callable epoch -> iterable, "
                         f"got {type(data).__name__}.")
@@ -124,7 +124,7 @@ def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
     return data
 
 
-def _skip(batches: Iterable[Any], n: int) -> tuple[Iterable[Any], int | None]:
+def _skip(batches: Any, n: int) -> tuple[Iterable[Any], int | None]:
     """Drop the first ``n`` batches (already trained on before a preemption); the rest and its length."""
     if hasattr(batches, "__len__") and hasattr(batches, "__getitem__"):
         return batches[n:], max(len(batches) - n, 0)
@@ -140,21 +140,21 @@ def _steps(loss_fn: Callable, optimizer: Any, carry: Carry | None, jit: bool) ->
     if carry is None:
         train, ev = make_train_step(loss_fn, optimizer), make_eval_step(loss_fn)
 
-        def train_step(params, opt_state, state, batch, key):
+        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
             return train(params, opt_state, batch, key) + (None,)
 
-        def eval_step(params, state, batch):
+        def eval_step(params, state, batch) -> tuple[Any, Any]:
             return None, ev(params, batch)
     else:
         train = make_stateful_train_step(loss_fn, optimizer, carry.initial_state)
         ev = make_stateful_eval_step(loss_fn, carry.initial_state)
 
-        def train_step(params, opt_state, state, batch, key):
+        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
             params, opt_state, state, metrics = train(params, opt_state, state, batch, key,
                                                       getattr(batch, "reset", None))
             return params, opt_state, metrics, state
 
-        def eval_step(params, state, batch):
+        def eval_step(params, state, batch) -> tuple[Any, Any]:
             return ev(params, state, batch, None, getattr(batch, "reset", None))
     return (jax.jit(train_step), jax.jit(eval_step)) if jit else (train_step, eval_step)
 
@@ -172,11 +172,13 @@ def _target(params: Any, opt_state: Any, carried: Any, best_params: Any, key: An
 
 
 def _save(run: _Run, fs: FitState, target: dict[str, Any], preempted: bool = False) -> None:
+    assert run.path is not None  # called only with a checkpoint path
     meta = {"step": fs.step, "config": run.config, "fit": dict(fs.to_json(), preempted=preempted)}
     _ckpt.save(run.path, target, metadata=meta)
 
 
 def _resume(run: _Run, like: dict[str, Any]) -> tuple[dict[str, Any], FitState]:
+    assert run.path is not None  # resume=True needs a checkpoint path (_check_args)
     target, meta = _ckpt.load(run.path, like)
     fs = FitState.from_json(meta.get("fit", {}))._replace(step=int(meta.get("step", 0)))
     if run.progress:
@@ -209,7 +211,7 @@ def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any
             done.append(metrics)
             if run.progress and (len(done) % 10 == 1 or len(done) == total):
                 bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", refresh=len(done) == 1)
-            if guard.signum is not None:
+            if guard.signum is not None and run.path is not None:  # the guard is on only with a path
                 fs = _advance(fs, done)
                 _save(run, fs, _target(params, opt_state, carried, best_params, run.key), preempted=True)
                 raise Preempted(fs.step, run.path, guard.signum)
@@ -327,7 +329,7 @@ def fit(
     run = _Run(*_steps(loss_fn, optimizer, carry, jit), carry, stopping, key, path, config or {}, progress, epochs)
     fs, carried, resumed_from = FitState(), None, None
     best_params = params if restore_best else None
-    if resume and os.path.exists(path):
+    if resume and path is not None and os.path.exists(path):  # resume=True implies a path (_check_args)
         t, fs = _resume(run, _target(params, opt_state, _fresh_state(run, params), best_params, key))
         params, opt_state, carried, best_params = t["params"], t["opt_state"], t.get("state"), t.get("best_params")
         run, resumed_from = run._replace(key=t.get("key")), fs.step
@@ -340,7 +342,7 @@ def fit(
             best_params = params if improved and restore_best else best_params
             if path is not None:
                 _save(run, fs, _target(params, opt_state, carried, best_params, run.key))
-            if guard.signum is not None:
+            if guard.signum is not None and path is not None:  # the guard is on only with a path
                 raise Preempted(fs.step, path, guard.signum)
     history = History({k: np.asarray(v, dtype=np.float64) for k, v in fs.steps.items()}, fs.epochs,
                       fs.best_epoch, fs.stopped, stopping.monitor, resumed_from)

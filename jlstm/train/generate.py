@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 
 __all__ = ["generate", "sample_logits"]
 
@@ -28,6 +29,8 @@ def sample_logits(key: jax.Array | None, logits: jax.Array, *, temperature: floa
     if top_k is not None:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    if key is None:
+        raise TypeError("sample_logits: sampling needs a PRNG key, e.g. jax.random.key(0); or pass greedy=True.")
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
@@ -64,7 +67,7 @@ def _check(model: Any, prompt: jax.Array, steps: int, temperature: Any, top_k: i
     if top_k is not None and vocab is not None and top_k > vocab:
         raise ValueError(f"generate: top_k={top_k} exceeds the vocabulary of {vocab} tokens; pass "
                          f"top_k <= {vocab} or None.")
-    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
+    if not isinstance(temperature, Tracer) and not float(temperature) > 0:
         raise ValueError(f"generate: temperature must be > 0, got {temperature!r}; for the most likely "
                          f"token at each step pass greedy=True.")
     if key is None and not greedy:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jlstm import _checks
 from jlstm._types import SequenceModel
@@ -84,7 +85,7 @@ class LanguageModel:
         """The encoder's initial state for ``batch_shape`` (an int B means (B,))."""
         return self.encoder.initial_state(params.encoder, batch_shape)
 
-    def apply(self, params: LMParams, tokens: jax.Array, state: Any = None, *,
+    def apply(self, params: LMParams, tokens: ArrayLike, state: Any = None, *,
               key: jax.Array | None = None) -> tuple[Any, jax.Array]:
         """Run int ``tokens`` [T, *batch] from ``state`` (None: the initial state).
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 __all__ = [
     "accuracy",
@@ -154,7 +155,7 @@ def per_step_regression(preds: jax.Array, targets: jax.Array,
     return masked_mean(per_step, m)
 
 
-def language_model(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def language_model(logits: jax.Array, tokens: ArrayLike, mask: jax.Array | None = None) -> jax.Array:
     """Per-token softmax cross-entropy (mean negative log-likelihood over valid tokens).
 
     ``L = Σ_{t,b} m_{t,b} (-log softmax(logits_{t,b})[tokens_{t,b}]) / Σ_{t,b} m_{t,b}``;
@@ -176,7 +177,7 @@ def language_model(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None 
     return masked_mean(ce, m)
 
 
-def token_accuracy(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def token_accuracy(logits: jax.Array, tokens: ArrayLike, mask: jax.Array | None = None) -> jax.Array:
     """Fraction of valid tokens whose arg-max prediction is right (padding ignored)."""
     _check_logits_labels("token_accuracy", logits, tokens, "tokens")
     m = _check_mask("token_accuracy", "mask", mask, tuple(logits.shape[:-1]))
