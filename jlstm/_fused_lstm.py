@@ -223,8 +223,9 @@ def _jvp(opts: Options, primals, tangents):
     """
     w_x, w_h, b, xs, h0, c0, m, w_c = primals
     t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c = tangents
-    hT, cT, ys, (hs, cs, acts) = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=True,
-                                          inloop=opts.inloop)
+    hT, cT, ys, saved = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=True, inloop=opts.inloop)
+    assert saved is not None  # save=True stacks the residuals
+    hs, cs, acts = saved
     if m is None:
         hs = ys  # every step is valid, so h_t is ys[t]
     P, Q, F, c_prev = _coefficients(c0, m, cs, acts, w_c, opts.peephole)
@@ -330,6 +331,7 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     P = o * (1.0 - tc * tc)
     F = f
     if peephole == "diagonal":
+        assert w_c is not None  # diagonal peepholes come with w_c
         wd = w_c.astype(P.dtype)
         P = P + wd[2] * qo
         F = f + wd[0] * qi + wd[1] * qf
@@ -342,7 +344,8 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     return P, Q, F, c_prev
 
 
-def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array, m: jax.Array | None):
+def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array,
+            m: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array] | None:
     """Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
 
     The kernel's derivative is a ``custom_vjp``, which JAX refuses under forward mode
