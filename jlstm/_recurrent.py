@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import jax
 
@@ -52,24 +52,7 @@ def recurrent(
       >>> params = layer.init(jax.random.key(0), 8)
       >>> state, ys = layer.apply(params, jnp.ones((20, 4, 8)), key=jax.random.key(1))
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"recurrent: cell must be a jlstm.Cell such as jlstm.lstm(32), got "
-                        f"{type(cell).__name__}.")
-    _checks.check_rate("input_dropout", input_dropout)
-    _checks.check_rate("recurrent_dropout", recurrent_dropout)
-    _checks.check_rate("zoneout", zoneout)
-    _check_unroll(unroll)
-    _check_remat(remat)
-    if recurrent_dropout and (cell.fast is None or cell.fast.step_projected is None):
-        raise ValueError(
-            f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
-            f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
-            f"only a step. Use input_dropout or zoneout instead.")
-    if zoneout and cell.config is not None and cell.config.kind in _LOG_STABILISED:
-        raise ValueError(
-            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
-            f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
-            f"Use input_dropout (or a stack's dropout_rate) instead.")
+    _check_options(cell, input_dropout, recurrent_dropout, zoneout, unroll, remat)
     name = f"recurrent({cell.name}" + (", reverse=True" if reverse else "") + ")"
     options = ScanOptions(reverse=reverse, unroll=unroll, remat=remat, fast=fast, method=method)
     config = CellConfig("recurrent", cell=cell, reverse=reverse, unroll=unroll, remat=remat,
@@ -98,3 +81,26 @@ def recurrent(
 
     return SequenceModel(init=cell.init, apply=apply, initial_state=cell.initial_state,
                          output_size=cell.output_size, name=name, config=config)
+
+
+def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zoneout: float,
+                   unroll: Any, remat: Any) -> None:
+    """The layer's trace-free checks: the cell, the rates, and what the cell can support."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"recurrent: cell must be a jlstm.Cell such as jlstm.lstm(32), got "
+                        f"{type(cell).__name__}.")
+    _checks.check_rate("input_dropout", input_dropout)
+    _checks.check_rate("recurrent_dropout", recurrent_dropout)
+    _checks.check_rate("zoneout", zoneout)
+    _check_unroll(unroll)
+    _check_remat(remat)
+    if recurrent_dropout and (cell.fast is None or cell.fast.step_projected is None):
+        raise ValueError(
+            f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
+            f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
+            f"only a step. Use input_dropout or zoneout instead.")
+    if zoneout and cell.config is not None and cell.config.kind in _LOG_STABILISED:
+        raise ValueError(
+            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
+            f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
+            f"Use input_dropout (or a stack's dropout_rate) instead.")
