@@ -244,7 +244,7 @@ def _widen(a: jax.Array) -> jax.Array:
     return a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a
 
 
-NEWTON_METHODS = ("deer", "quasi_deer", "elk")
+NEWTON_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 
 
 class ScanOptions(NamedTuple):

@@ -38,9 +38,13 @@ CELLS = {
     "min_gru": lambda: jlstm.min_gru(3),
     "min_lstm": lambda: jlstm.min_lstm(3),
 }
-# Every cell runs the two undamped methods; the damped ones run on a cell of each family.
+# Every cell runs one undamped method, deer and quasi_deer in turn, so each method meets every
+# cell family (a method per cell keeps the compile time of this file within the suite's budget);
+# the damped methods run on a cell of each family.
+UNDAMPED = {c: ("deer",) if k % 2 == 0 else ("quasi_deer",) for k, c in enumerate(CELLS)}
+UNDAMPED["lstm"] = ("deer", "quasi_deer")  # the plain LSTM runs both
 DAMPED = {"lstm_full_peephole": ("elk",), "slstm": ("elk",), "gru": ("quasi_elk",), "simple_rnn": ("quasi_elk",)}
-CASES = {c: ("deer", "quasi_deer") + DAMPED.get(c, ()) for c in CELLS}
+CASES = {c: UNDAMPED[c] + DAMPED.get(c, ()) for c in CELLS}
 
 
 def _setup(name, key=0, scale=0.3):
