@@ -26,6 +26,7 @@ The cell (:func:`mlstm`) adds the paper's projections and output gate:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Union
 
@@ -37,7 +38,7 @@ from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
 from jlstm._math import carry_dtype, cell_sizes, matmul, output
 from jlstm._scan import time_loop
-from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
 
 NO_MEMORY = -1e30
 """The stabiliser ``m`` of the zero state: a finite stand-in for −∞."""
@@ -372,81 +373,100 @@ def mlstm(
     except (TypeError, IndexError, ValueError):
         raise TypeError(f"mlstm: forget_bias must be a pair of floats (first head, last head), got "
                         f"{forget_bias!r}; e.g. forget_bias=(3.0, 6.0).") from None
-    NH = int(num_heads)
-    d = H // NH
-    width = 4 * H + 2 * NH
-    where = f"mlstm({H}, num_heads={NH})"
-    config = CellConfig(
-        "mlstm", hidden_size=H, num_heads=NH, chunk_size=int(chunk_size),
+    where = f"mlstm({H}, num_heads={int(num_heads)})"
+    cfg = CellConfig(
+        "mlstm", hidden_size=H, num_heads=int(num_heads), chunk_size=int(chunk_size),
         parallel_max_length=int(parallel_max_length), eps=float(eps), kernel_init=kernel_init,
         forget_bias=forget_bias, dtype=dt, param_dtype=pdt)
+    check = functools.partial(_check, cfg, default_where=where)
+    return make_cell(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
+                     project=functools.partial(_project, cfg),
+                     step_projected=functools.partial(_step_projected, cfg),
+                     output_size=H, name=where, config=cfg, check=check,
+                     methods=(("parallel", _form(cfg, "parallel")), ("chunkwise", _form(cfg, "chunkwise"))),
+                     auto_method=functools.partial(_auto_method, cfg))
 
-    def init(key: jax.Array, input_size: int) -> MLSTMParams:
-        _checks.check_size("input_size", input_size)
-        b = np.zeros(width)
-        b[4 * H + NH:] = np.linspace(forget_bias[0], forget_bias[1], NH)
-        return MLSTMParams(w_x=kernel_init(key, (input_size, width), pdt),
-                           b_x=jnp.asarray(b, pdt))
 
-    def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type("params", params, MLSTMParams, where,
-                           "build the params with this cell's init(key, input_size).")
-        n_in = _checks.shape_of(params.w_x)[0] if len(_checks.shape_of(params.w_x)) == 2 else -1
-        _checks.check_param_shapes(params, {"w_x": (n_in, width), "b_x": (width,)}, where)
-        if x is not None:
-            _checks.check_features(x, n_in, where)
-        if state is not None:
-            batch = tuple(x.shape[:-1]) if x is not None else tuple(_checks.shape_of(state.m)[:-1])
-            check_state(state, batch, NH, d, where)
+def _sizes(cfg: CellConfig) -> tuple[int, int, int, int]:
+    """``(H, heads, d, width)``: units, heads, head size and the projection's width."""
+    H, NH = cfg.hidden_size, cfg.num_heads
+    return H, NH, H // NH, 4 * H + 2 * NH
 
-    def state_dtype(params: MLSTMParams) -> jnp.dtype:
-        return carry_dtype(params.w_x.dtype, dt)
 
-    def initial_state(params: MLSTMParams, batch_shape=()) -> MLSTMState:
-        check(params, where=where + ".initial_state")
-        return zero_state(batch_tuple(batch_shape), NH, d, state_dtype(params))
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> MLSTMParams:
+    _checks.check_size("input_size", input_size)
+    H, NH, _, width = _sizes(cfg)
+    b = np.zeros(width)
+    b[4 * H + NH:] = np.linspace(cfg.forget_bias[0], cfg.forget_bias[1], NH)
+    return MLSTMParams(w_x=cfg.kernel_init(key, (input_size, width), cfg.param_dtype),
+                       b_x=jnp.asarray(b, cfg.param_dtype))
 
-    def project(params: MLSTMParams, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dt) + params.b_x.astype(dt or params.b_x.dtype)
 
-    def split(xp: jax.Array, wide: jnp.dtype):
-        xp = xp.astype(wide)
-        lead = xp.shape[:-1]
-        q, k, v, o = (xp[..., j * H:(j + 1) * H].reshape(lead + (NH, d)) for j in range(4))
-        return q, k, v, o, xp[..., 4 * H:4 * H + NH], xp[..., 4 * H + NH:]
+def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None, *,
+           default_where: str = "mlstm") -> None:
+    where = where or default_where
+    _, NH, d, width = _sizes(cfg)
+    _checks.check_type("params", params, MLSTMParams, where,
+                       "build the params with this cell's init(key, input_size).")
+    n_in = _checks.shape_of(params.w_x)[0] if len(_checks.shape_of(params.w_x)) == 2 else -1
+    _checks.check_param_shapes(params, {"w_x": (n_in, width), "b_x": (width,)}, where)
+    if x is not None:
+        _checks.check_features(x, n_in, where)
+    if state is not None:
+        batch = tuple(x.shape[:-1]) if x is not None else tuple(_checks.shape_of(state.m)[:-1])
+        check_state(state, batch, NH, d, where)
 
-    def step_projected(params: MLSTMParams, state: MLSTMState, xp: jax.Array,
-                       recurrent_mask: jax.Array | None = None):
-        if recurrent_mask is not None:
-            raise ValueError(f"{where}: recurrent dropout masks h_(t-1) in a recurrent matmul, and the mLSTM has "
-                             f"none (its gates read only x); use input dropout instead "
-                             f"(jlstm.recurrent(cell, dropout=...)).")
-        q, k, v, o, i_pre, f_pre = split(xp, state.C.dtype)
-        k = k / jnp.asarray(math.sqrt(d), k.dtype)
-        state, h = _step(state, q, k, v, jax.nn.log_sigmoid(f_pre), i_pre, float(eps))
-        y = jax.nn.sigmoid(o) * h
-        return state, output(y.reshape(y.shape[:-2] + (H,)), dt)
 
-    def form(method: str):
-        def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
-                unroll: Union[int, bool] = 1, remat: Any = None) -> tuple[MLSTMState, jax.Array]:
-            def core(params, xs, state):
-                q, k, v, o, i_pre, f_pre = split(project(params, xs), state.C.dtype)
-                h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=chunk_size, eps=eps,
-                                      valid=valid, state=state, return_state=True, unroll=unroll)
-                y = jax.nn.sigmoid(o) * h
-                return final, output(y.reshape(y.shape[:-2] + (H,)), dt)
+def _initial_state(cfg: CellConfig, params: MLSTMParams, batch_shape: BatchShape = ()) -> MLSTMState:
+    _, NH, d, _ = _sizes(cfg)
+    _check(cfg, params, where=f"mlstm({cfg.hidden_size}, num_heads={NH}).initial_state")
+    return zero_state(batch_tuple(batch_shape), NH, d, carry_dtype(params.w_x.dtype, cfg.dtype))
 
-            # remat: the form's intermediates (the decay matrices) are recomputed in the backward pass
-            return (jax.checkpoint(core) if remat else core)(params, xs, state)
 
-        run.__name__ = f"mlstm_{method}"
-        return run
+def _project(cfg: CellConfig, params: MLSTMParams, x: jax.Array) -> jax.Array:
+    return matmul(x, params.w_x, cfg.dtype) + params.b_x.astype(cfg.dtype or params.b_x.dtype)
 
-    def auto_method(T: int) -> str:
-        return "parallel" if T <= parallel_max_length else "chunkwise"
 
-    return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
-                     output_size=H, name=where, config=config, check=check,
-                     methods=(("parallel", form("parallel")), ("chunkwise", form("chunkwise"))),
-                     auto_method=auto_method)
+def _split(cfg: CellConfig, xp: jax.Array, wide: jnp.dtype):
+    H, NH, d, _ = _sizes(cfg)
+    xp = xp.astype(wide)
+    lead = xp.shape[:-1]
+    q, k, v, o = (xp[..., j * H:(j + 1) * H].reshape(lead + (NH, d)) for j in range(4))
+    return q, k, v, o, xp[..., 4 * H:4 * H + NH], xp[..., 4 * H + NH:]
+
+
+def _step_projected(cfg: CellConfig, params: MLSTMParams, state: MLSTMState, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[MLSTMState, jax.Array]:
+    H, NH, d, _ = _sizes(cfg)
+    if recurrent_mask is not None:
+        raise ValueError(f"mlstm({H}, num_heads={NH}): recurrent dropout masks h_(t-1) in a recurrent matmul, "
+                         f"and the mLSTM has none (its gates read only x); use input dropout instead "
+                         f"(jlstm.recurrent(cell, dropout=...)).")
+    q, k, v, o, i_pre, f_pre = _split(cfg, xp, state.C.dtype)
+    k = k / jnp.asarray(math.sqrt(d), k.dtype)
+    state, h = _step(state, q, k, v, jax.nn.log_sigmoid(f_pre), i_pre, float(cfg.eps))
+    y = jax.nn.sigmoid(o) * h
+    return state, output(y.reshape(y.shape[:-2] + (H,)), cfg.dtype)
+
+
+def _form(cfg: CellConfig, method: str):
+    """The cell's whole-sequence form ``method`` ("parallel" or "chunkwise") for :func:`jlstm.scan`."""
+
+    def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
+            unroll: Union[int, bool] = 1, remat: Any = None) -> tuple[MLSTMState, jax.Array]:
+        def core(params, xs, state):
+            q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.C.dtype)
+            h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=cfg.chunk_size, eps=cfg.eps,
+                                  valid=valid, state=state, return_state=True, unroll=unroll)
+            y = jax.nn.sigmoid(o) * h
+            return final, output(y.reshape(y.shape[:-2] + (cfg.hidden_size,)), cfg.dtype)
+
+        # remat: the form's intermediates (the decay matrices) are recomputed in the backward pass
+        return (jax.checkpoint(core) if remat else core)(params, xs, state)
+
+    run.__name__ = f"mlstm_{method}"
+    return run
+
+
+def _auto_method(cfg: CellConfig, T: int) -> str:
+    return "parallel" if T <= cfg.parallel_max_length else "chunkwise"

@@ -26,6 +26,7 @@ vanilla kernel.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
 from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
 
 ForgetGate = Literal["sigmoid", "exponential"]
 GATES = ("i", "f", "z", "o")
@@ -136,7 +137,6 @@ def slstm(
     if H % heads:
         raise ValueError(f"slstm: hidden_size={H} is not a multiple of num_heads={heads}; each head holds "
                          f"hidden_size / num_heads units, so pick e.g. hidden_size={heads * max(1, H // heads)}.")
-    d = H // heads
     dtype = canonical_dtype(dtype, "dtype")
     pdtype = canonical_dtype(param_dtype, "param_dtype")
     where = f"slstm({H}, num_heads={heads})"
@@ -145,88 +145,110 @@ def slstm(
         kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init, dtype=dtype,
         param_dtype=pdtype)
 
-    def per_head(init, key, rows: int) -> jax.Array:
-        keys = jax.random.split(key, heads)
-        return jnp.stack([_initializers.per_gate(init, k, rows, d, 4, pdtype) for k in keys])
-
-    def init(key: jax.Array, input_size: int) -> SLSTMParams:
-        _checks.check_size("input_size", input_size)
-        kx, kr, kb = jax.random.split(key, 3)
-        if headwise_input:
-            if input_size % heads:
-                raise ValueError(
-                    f"{where}.init: with headwise_input=True each head reads input_size / num_heads inputs, "
-                    f"but input_size={input_size} is not a multiple of num_heads={heads}; pad the input or "
-                    f"use headwise_input=False.")
-            w_x = per_head(kernel_init, kx, input_size // heads)
-        else:
-            w_x = _initializers.per_gate(kernel_init, kx, input_size, H, 4, pdtype)
-        # pdtype is None for param_dtype=None, which is passed on to bias_init as it always was
-        return SLSTMParams(w_x=w_x, r=per_head(recurrent_init, kr, d),
-                           b=bias_init(kb, (4 * H,), pdtype))  # pyright: ignore[reportArgumentType]
-
-    def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_type("params", params, SLSTMParams, where,
-                           "build the params with this cell's init(key, input_size).")
-        w_shape = _checks.shape_of(params.w_x)
-        if headwise_input:
-            ok = len(w_shape) == 3 and w_shape[0] == heads
-            input_size = w_shape[0] * w_shape[1] if ok else None
-            want_w = (heads, w_shape[1] if ok else "input/heads", 4 * d)
-        else:
-            ok = len(w_shape) == 2
-            input_size = w_shape[0] if ok else None
-            want_w = (w_shape[0] if ok else "input", 4 * H)
-        if not ok or w_shape != want_w:
-            raise ValueError(f"{where}: params.w_x has shape {w_shape}, expected {want_w} "
-                             f"({'head-wise' if headwise_input else 'dense'} input weights); these params "
-                             f"belong to a cell with other options: build them with this cell's init.")
-        assert input_size is not None  # ok is True past the check above
-        # w_x was checked just above (w_shape == want_w here)
-        _checks.check_param_shapes(params, {"w_x": w_shape, "r": (heads, d, 4 * d), "b": (4 * H,)}, where)
-        if state is not None:
-            _checks.check_type("state", state, SLSTMState, where,
-                               "build the state with this cell's initial_state(params, batch_shape).")
-            _checks.check_state_shapes(state, {"h": H, "c": H, "n": H, "m": H}, where)
-        if x is not None:
-            _checks.check_features(x, input_size, where)
-            if state is not None:
-                _checks.check_batch(x, state.h, where)
-
-    def initial_state(params: SLSTMParams, batch_shape=()) -> SLSTMState:
-        check(params, where=where + ".initial_state")
-        zeros = jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.r.dtype, dtype))
-        return SLSTMState(h=zeros, c=zeros, n=zeros, m=zeros)
-
-    def project(params: SLSTMParams, x: jax.Array) -> jax.Array:
-        b = params.b.astype(dtype or params.b.dtype)
-        if headwise_input:
-            xp = _heads_to_gates(_headwise(x, params.w_x, dtype), heads, d)
-        else:
-            xp = matmul(x, params.w_x, dtype)
-        return xp + b
-
-    def step_projected(params: SLSTMParams, state: SLSTMState, xp: jax.Array,
-                       recurrent_mask: jax.Array | None = None):
-        h, c, n, m = state
-        h_in = h if recurrent_mask is None else h * recurrent_mask
-        hp = _heads_to_gates(_headwise(h_in, params.r, dtype), heads, d)
-        wide = jnp.promote_types(jnp.promote_types(xp.dtype, hp.dtype), c.dtype)
-        i_pre, f_pre, z_pre, o_pre = jnp.split(xp.astype(wide) + hp.astype(wide), 4, axis=-1)
-        log_f = jax.nn.log_sigmoid(f_pre) if forget_gate == "sigmoid" else f_pre
-        m = m.astype(wide)
-        fresh = n == 0
-        m_new = jnp.where(fresh, i_pre, jnp.maximum(log_f + m, i_pre))
-        # Both exponents are <= 0 except f's in a fresh unit, whose c = n = 0: clamping it there
-        # (as the reference's min(f, 1) does) keeps exp finite without changing anything.
-        i = jnp.exp(jnp.minimum(i_pre - m_new, 0.0))
-        f = jnp.exp(jnp.minimum(log_f + m - m_new, 0.0))
-        c_new = f * c.astype(wide) + i * jnp.tanh(z_pre)
-        n_new = f * n.astype(wide) + i
-        h_new = jax.nn.sigmoid(o_pre) * c_new / n_new
-        sd = c.dtype
-        new = SLSTMState(h=h_new.astype(sd), c=c_new.astype(sd), n=n_new.astype(sd), m=m_new.astype(sd))
-        return new, output(h_new, dtype)
-
-    return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
+    check = functools.partial(_check, config, default_where=where)
+    return make_cell(init=functools.partial(_init, config),
+                     initial_state=functools.partial(_initial_state, config),
+                     project=functools.partial(_project, config),
+                     step_projected=functools.partial(_step_projected, config),
                      output_size=H, name=where, config=config, check=check)
+
+
+def _where(cfg: CellConfig) -> str:
+    return f"slstm({cfg.hidden_size}, num_heads={cfg.num_heads})"
+
+
+def _per_head(cfg: CellConfig, init, key, rows: int) -> jax.Array:
+    heads, d = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    keys = jax.random.split(key, heads)
+    return jnp.stack([_initializers.per_gate(init, k, rows, d, 4, cfg.param_dtype) for k in keys])
+
+
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> SLSTMParams:
+    _checks.check_size("input_size", input_size)
+    H, heads, d, pdtype = cfg.hidden_size, cfg.num_heads, cfg.hidden_size // cfg.num_heads, cfg.param_dtype
+    kx, kr, kb = jax.random.split(key, 3)
+    if cfg.headwise_input:
+        if input_size % heads:
+            raise ValueError(
+                f"{_where(cfg)}.init: with headwise_input=True each head reads input_size / num_heads inputs, "
+                f"but input_size={input_size} is not a multiple of num_heads={heads}; pad the input or "
+                f"use headwise_input=False.")
+        w_x = _per_head(cfg, cfg.kernel_init, kx, input_size // heads)
+    else:
+        w_x = _initializers.per_gate(cfg.kernel_init, kx, input_size, H, 4, pdtype)
+    # pdtype is None for param_dtype=None, which is passed on to bias_init as it always was
+    return SLSTMParams(w_x=w_x, r=_per_head(cfg, cfg.recurrent_init, kr, d),
+                       b=cfg.bias_init(kb, (4 * H,), pdtype))
+
+
+def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None, *,
+           default_where: str = "slstm") -> None:
+    where = where or default_where
+    H, heads, headwise_input = cfg.hidden_size, cfg.num_heads, cfg.headwise_input
+    d = H // heads
+    _checks.check_type("params", params, SLSTMParams, where,
+                       "build the params with this cell's init(key, input_size).")
+    w_shape = _checks.shape_of(params.w_x)
+    if headwise_input:
+        ok = len(w_shape) == 3 and w_shape[0] == heads
+        input_size = w_shape[0] * w_shape[1] if ok else None
+        want_w = (heads, w_shape[1] if ok else "input/heads", 4 * d)
+    else:
+        ok = len(w_shape) == 2
+        input_size = w_shape[0] if ok else None
+        want_w = (w_shape[0] if ok else "input", 4 * H)
+    if not ok or w_shape != want_w:
+        raise ValueError(f"{where}: params.w_x has shape {w_shape}, expected {want_w} "
+                         f"({'head-wise' if headwise_input else 'dense'} input weights); these params "
+                         f"belong to a cell with other options: build them with this cell's init.")
+    assert input_size is not None  # ok is True past the check above
+    # w_x was checked just above (w_shape == want_w here)
+    _checks.check_param_shapes(params, {"w_x": w_shape, "r": (heads, d, 4 * d), "b": (4 * H,)}, where)
+    if state is not None:
+        _checks.check_type("state", state, SLSTMState, where,
+                           "build the state with this cell's initial_state(params, batch_shape).")
+        _checks.check_state_shapes(state, {"h": H, "c": H, "n": H, "m": H}, where)
+    if x is not None:
+        _checks.check_features(x, input_size, where)
+        if state is not None:
+            _checks.check_batch(x, state.h, where)
+
+
+def _initial_state(cfg: CellConfig, params: SLSTMParams, batch_shape: BatchShape = ()) -> SLSTMState:
+    _check(cfg, params, where=_where(cfg) + ".initial_state")
+    zeros = jnp.zeros(batch_tuple(batch_shape) + (cfg.hidden_size,), carry_dtype(params.r.dtype, cfg.dtype))
+    return SLSTMState(h=zeros, c=zeros, n=zeros, m=zeros)
+
+
+def _project(cfg: CellConfig, params: SLSTMParams, x: jax.Array) -> jax.Array:
+    dtype, heads, d = cfg.dtype, cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    b = params.b.astype(dtype or params.b.dtype)
+    if cfg.headwise_input:
+        xp = _heads_to_gates(_headwise(x, params.w_x, dtype), heads, d)
+    else:
+        xp = matmul(x, params.w_x, dtype)
+    return xp + b
+
+
+def _step_projected(cfg: CellConfig, params: SLSTMParams, state: SLSTMState, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[SLSTMState, jax.Array]:
+    dtype, heads, d = cfg.dtype, cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    h, c, n, m = state
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    hp = _heads_to_gates(_headwise(h_in, params.r, dtype), heads, d)
+    wide = jnp.promote_types(jnp.promote_types(xp.dtype, hp.dtype), c.dtype)
+    i_pre, f_pre, z_pre, o_pre = jnp.split(xp.astype(wide) + hp.astype(wide), 4, axis=-1)
+    log_f = jax.nn.log_sigmoid(f_pre) if cfg.forget_gate == "sigmoid" else f_pre
+    m = m.astype(wide)
+    fresh = n == 0
+    m_new = jnp.where(fresh, i_pre, jnp.maximum(log_f + m, i_pre))
+    # Both exponents are <= 0 except f's in a fresh unit, whose c = n = 0: clamping it there
+    # (as the reference's min(f, 1) does) keeps exp finite without changing anything.
+    i = jnp.exp(jnp.minimum(i_pre - m_new, 0.0))
+    f = jnp.exp(jnp.minimum(log_f + m - m_new, 0.0))
+    c_new = f * c.astype(wide) + i * jnp.tanh(z_pre)
+    n_new = f * n.astype(wide) + i
+    h_new = jax.nn.sigmoid(o_pre) * c_new / n_new
+    sd = c.dtype
+    new = SLSTMState(h=h_new.astype(sd), c=c_new.astype(sd), n=n_new.astype(sd), m=m_new.astype(sd))
+    return new, output(h_new, dtype)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 __all__ = ["LaunchError", "ProcessResult", "free_port", "initialize", "launch_local", "main"]
 
@@ -182,6 +182,33 @@ def _kill(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
+def _drain(stream: Any, sink: list[str], i: int, echo_to: Any, lock: threading.Lock) -> None:
+    """Collect a child's output stream line by line, echoing it with a ``[i]`` prefix if asked."""
+    for chunk in iter(stream.readline, ""):
+        sink.append(chunk)
+        if echo_to is not None:
+            with lock:
+                echo_to.write(f"[{i}] {chunk}")
+                echo_to.flush()
+    stream.close()
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float) -> str | None:
+    """Wait until every process exits 0 (``None``), one fails or the time is up (a description)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes = [p.poll() for p in procs]
+        bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        if bad:
+            return f"process {bad[0]} exited with status {codes[bad[0]]}"
+        if all(c == 0 for c in codes):
+            return None
+        if time.monotonic() > deadline:
+            return (f"the run passed timeout_s={timeout_s} (still running: "
+                    f"{[i for i, c in enumerate(codes) if c is None]})")
+        time.sleep(0.05)
+
+
 def launch_local(
     target: Sequence[str],
     num_processes: int,
@@ -226,18 +253,7 @@ def launch_local(
     procs: list[subprocess.Popen] = []
     outputs: list[tuple[list[str], list[str]]] = []
     readers: list[threading.Thread] = []
-
     lock = threading.Lock()
-
-    def drain(stream, sink: list[str], i: int, echo_to) -> None:
-        for chunk in iter(stream.readline, ""):
-            sink.append(chunk)
-            if echo_to is not None:
-                with lock:
-                    echo_to.write(f"[{i}] {chunk}")
-                    echo_to.flush()
-        stream.close()
-
     failed = None
     try:
         for i in range(num_processes):
@@ -249,23 +265,11 @@ def launch_local(
             out: tuple[list[str], list[str]] = ([], [])
             outputs.append(out)
             for stream, sink, to in ((proc.stdout, out[0], sys.stdout), (proc.stderr, out[1], sys.stderr)):
-                t = threading.Thread(target=drain, args=(stream, sink, i, to if echo else None), daemon=True)
+                t = threading.Thread(target=_drain, args=(stream, sink, i, to if echo else None, lock),
+                                     daemon=True)
                 t.start()
                 readers.append(t)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            codes = [p.poll() for p in procs]
-            bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
-            if bad:
-                failed = f"process {bad[0]} exited with status {codes[bad[0]]}"
-                break
-            if all(c == 0 for c in codes):
-                break
-            if time.monotonic() > deadline:
-                failed = f"the run passed timeout_s={timeout_s} (still running: " \
-                         f"{[i for i, c in enumerate(codes) if c is None]})"
-                break
-            time.sleep(0.05)
+        failed = _wait_all(procs, timeout_s)
     finally:
         for proc in procs:
             _kill(proc)
