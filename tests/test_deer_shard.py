@@ -1,17 +1,12 @@
 """jlstm.Newton(mesh=...): time split over 8 host CPU devices equals one device and the sequential scan."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import pytest
+from host_devices import run_on_host_devices
 
 import jlstm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run in a subprocess: the device count is fixed when JAX starts.
 SCRIPT = textwrap.dedent(r"""
@@ -52,11 +47,7 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def test_sharded_over_time_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    out = run_on_host_devices(SCRIPT, timeout=600)
     for case, r in out.items():
         assert r["converged"], (case, r)
         assert r["sharded_vs_one"] < 1e-9, (case, r)

@@ -1,10 +1,6 @@
 """jlstm.parallel's model axis: on 8 host devices as a 2 (data) x 4 (model) mesh, training steps with the
 LSTM 4H axes split over ``model`` equal one device, and each device holds a quarter of the LSTM weights."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from host_devices import run_on_host_devices
 
 import jlstm
 from jlstm import parallel
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A subprocess: the host device count is fixed when JAX starts.
 SCRIPT = textwrap.dedent(r"""
@@ -98,13 +93,7 @@ SCRIPT = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def two_by_four():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return run_on_host_devices(SCRIPT)
 
 
 def test_two_by_four_mesh_step_equals_one_device(two_by_four):

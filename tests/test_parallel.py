@@ -2,10 +2,6 @@
 module's docstring examples run (on however many devices this process has)."""
 
 import doctest
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from host_devices import run_on_host_devices
 
 import jlstm
 from jlstm import parallel
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run in a subprocess: the device count is fixed when JAX starts.
 SCRIPT = textwrap.dedent(r"""
@@ -107,13 +102,7 @@ SCRIPT = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return run_on_host_devices(SCRIPT)
 
 
 def test_sharded_step_equals_single_device(eight_devices):
