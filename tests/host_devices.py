@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from xla_flags import with_device_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,7 +17,7 @@ def run_on_host_devices(script: str, devices: int = 8, timeout: float = 300) -> 
 
     XLA fixes the device count when the backend starts, so the script needs a process of its own.
     """
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=with_device_count(devices), JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import xla_flags
 from jax.experimental import multihost_utils
 
 import jlstm
@@ -172,7 +173,7 @@ def _check_against_reference(stdouts: dict[int, str], reference, n_proc: int, lo
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)              # the device count comes from --local-device-count
+    env["XLA_FLAGS"] = os.environ.get(xla_flags.ENV, "")   # no device count: --local-device-count sets it
     return env
 
 
