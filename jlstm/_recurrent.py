@@ -103,4 +103,4 @@ def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zo
         raise ValueError(
             f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
             f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
-            f"Use input_dropout (or a stack's dropout_rate) instead.")
+            f"Use input_dropout (or a stack's inter_layer_dropout) instead.")

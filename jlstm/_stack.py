@@ -7,17 +7,22 @@ from typing import Any
 import jax
 
 from jlstm import _checks
+from jlstm._deprecation import renamed_keyword
 from jlstm._dropout import check_key, dropout
 from jlstm._types import CellConfig, SequenceModel
 
 
-def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
+@renamed_keyword("dropout_rate", "inter_layer_dropout")
+def stack(*layers: SequenceModel, inter_layer_dropout: float = 0.0) -> SequenceModel:
     """Compose sequence layers: each layer reads the outputs of the one before.
 
     Args:
       *layers: :class:`jlstm.SequenceModel` s, applied first to last.
-      dropout_rate: inverted dropout on the outputs of every layer but the last (PyTorch's
-        ``dropout`` of a multi-layer ``nn.LSTM``); active only when ``apply`` gets a key.
+      inter_layer_dropout: the rate of inverted dropout between layers, on the outputs of
+        every layer but the last: the semantics of PyTorch's ``nn.LSTM(dropout=)``. Active only
+        when ``apply`` gets a key. Within a layer, :func:`jlstm.recurrent` has
+        ``input_dropout``, ``recurrent_dropout`` and ``zoneout``. ``dropout_rate=``, the former
+        name, still works but is deprecated (a ``DeprecationWarning``).
 
     Returns:
       A sequence model whose params and state are tuples with one entry per layer.
@@ -26,7 +31,7 @@ def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
 
     Example:
       >>> model = jlstm.stack(jlstm.recurrent(jlstm.lstm(64)),
-      ...                     jlstm.recurrent(jlstm.lstm(32)), dropout_rate=0.1)
+      ...                     jlstm.recurrent(jlstm.lstm(32)), inter_layer_dropout=0.1)
       >>> params = model.init(jax.random.key(0), 16)
     """
     if not layers:
@@ -36,7 +41,7 @@ def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
             raise TypeError(
                 f"stack: layer {k} must be a jlstm.SequenceModel (e.g. jlstm.recurrent(cell)), "
                 f"got {type(layer).__name__}; wrap cells with jlstm.recurrent.")
-    _checks.check_rate("dropout_rate", dropout_rate)
+    _checks.check_rate("inter_layer_dropout", inter_layer_dropout)
     n = len(layers)
     name = "stack(" + ", ".join(layer.name for layer in layers) + ")"
 
@@ -73,10 +78,11 @@ def stack(*layers: SequenceModel, dropout_rate: float = 0.0) -> SequenceModel:
                                     key=keys[2 * k], time_major=time_major)
             finals.append(final)
             drop_key = keys[2 * k + 1]
-            if k < n - 1 and drop_key is not None and dropout_rate:
-                ys = dropout(drop_key, dropout_rate, ys)
+            if k < n - 1 and drop_key is not None and inter_layer_dropout:
+                ys = dropout(drop_key, inter_layer_dropout, ys)
         return tuple(finals), ys
 
     return SequenceModel(init=init, apply=apply, initial_state=initial_state,
                          output_size=layers[-1].output_size, name=name,
-                         config=CellConfig("stack", layers=tuple(layers), dropout_rate=dropout_rate))
+                         config=CellConfig("stack", layers=tuple(layers),
+                                           inter_layer_dropout=inter_layer_dropout))

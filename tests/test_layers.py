@@ -45,7 +45,8 @@ def test_stack_chains_layers_and_states(xs):
 
 
 def test_stack_dropout_only_with_a_key(xs):
-    model = jlstm.stack(jlstm.recurrent(jlstm.lstm(6)), jlstm.recurrent(jlstm.lstm(6)), dropout_rate=0.5)
+    model = jlstm.stack(jlstm.recurrent(jlstm.lstm(6)), jlstm.recurrent(jlstm.lstm(6)),
+                        inter_layer_dropout=0.5)
     p = model.init(jax.random.key(1), I)
     _, a = model.apply(p, xs)
     _, b = model.apply(p, xs)
@@ -55,6 +56,30 @@ def test_stack_dropout_only_with_a_key(xs):
     _close(a, b)
     _close(c, d)
     assert not np.allclose(a, c) and not np.allclose(c, e)
+
+
+def _stack_of_two(**dropout):
+    return jlstm.stack(jlstm.recurrent(jlstm.lstm(6)), jlstm.recurrent(jlstm.lstm(6)), **dropout)
+
+
+def _xlstm_layer(**dropout):
+    from jlstm.interop._xlstm import slstm_layer
+
+    return slstm_layer(4, 2, **dropout)
+
+
+@pytest.mark.parametrize("build, name", [(_stack_of_two, "inter_layer_dropout"), (_xlstm_layer, "output_dropout")],
+                         ids=["stack", "xlstm_slstm_layer"])
+def test_dropout_rate_is_a_deprecated_alias(xs, build, name):
+    new = build(**{name: 0.5})
+    with pytest.warns(DeprecationWarning, match=rf"dropout_rate= is deprecated.*pass {name}=") as rec:
+        old = build(dropout_rate=0.5)
+    assert rec[0].filename == __file__                      # the warning points at the caller's line
+    assert old == new and old.config.get(name) == 0.5 and old.config.get("dropout_rate") is None
+    p = new.init(jax.random.key(1), I)
+    _close(old.apply(p, xs, key=jax.random.key(3)), new.apply(p, xs, key=jax.random.key(3)))
+    with pytest.raises(TypeError, match=rf"both {name}= and dropout_rate="):
+        build(**{name: 0.0}, dropout_rate=0.5)
 
 
 @pytest.mark.parametrize("merge", ["concat", "sum", "mean"])
@@ -155,7 +180,7 @@ def test_input_dropout_zeroes_inputs_with_a_key(xs):
 
 def test_layers_under_jit_and_grad(xs):
     model = jlstm.stack(jlstm.bidirectional(jlstm.lstm(4)), jlstm.recurrent(jlstm.layer_norm_lstm(3)),
-                        dropout_rate=0.1)
+                        inter_layer_dropout=0.1)
     p = model.init(jax.random.key(0), I)
     L = jnp.array([7, 5, 2])
 

@@ -215,7 +215,8 @@ def test_layers():
     back = scan(cell, bp.backward, xs, lengths=lengths, reverse=True, method="sequential")[1]
     np.testing.assert_allclose(ys_bi[..., H:], back, atol=1e-5)
     # stack with dropout between layers (a key switches it on)
-    model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(CELLS[name][0](2)), dropout_rate=0.5)
+    model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(CELLS[name][0](2)),
+                        inter_layer_dropout=0.5)
     mp = model.init(jax.random.key(4), I)
     apply = jax.jit(model.apply)
     _, y_det = apply(mp, xs, lengths=lengths)

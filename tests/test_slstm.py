@@ -169,7 +169,8 @@ def test_layers_streaming_and_checkpoint(tmp_path):
     _, ys_drop = apply(params, xs, lengths=lengths, key=jax.random.key(1))
     assert not np.allclose(ys_drop, ys)
     # bidirectional and stack
-    model = jlstm.stack(jlstm.bidirectional(cell), jlstm.recurrent(jlstm.slstm(4, num_heads=2)), dropout_rate=0.1)
+    model = jlstm.stack(jlstm.bidirectional(cell), jlstm.recurrent(jlstm.slstm(4, num_heads=2)),
+                        inter_layer_dropout=0.1)
     mp = model.init(jax.random.key(2), I)
     _, y_model = jax.jit(model.apply)(mp, xs, lengths=lengths, key=jax.random.key(3))
     bi_ys = jax.jit(jlstm.bidirectional(cell).apply)(mp[0], xs, lengths=lengths)[1]

@@ -173,7 +173,7 @@ def _build(parsed: _Parsed, kind: str, dropout: float) -> tuple[SequenceModel, t
         else:
             layers.append(recurrent(cell))
             params.append(dirs[0])
-    return stack(*layers, dropout_rate=dropout), tuple(params)
+    return stack(*layers, inter_layer_dropout=dropout), tuple(params)
 
 
 def from_torch_lstm(state_dict: Any, *, dropout: float = 0.0, prefix: str = "") -> tuple[SequenceModel, tuple]:
@@ -191,7 +191,7 @@ def from_torch_lstm(state_dict: Any, *, dropout: float = 0.0, prefix: str = "") 
     Args:
       state_dict: ``lstm.state_dict()`` (or the ``nn.LSTM`` itself).
       dropout: PyTorch's between-layer ``dropout`` (it is not in the state dict); used as the
-        ``dropout_rate`` of :func:`jlstm.stack`, active only when ``apply`` gets a key.
+        ``inter_layer_dropout`` of :func:`jlstm.stack`, active only when ``apply`` gets a key.
       prefix: read only the keys that start with it (e.g. ``"encoder.rnn."``) from the
         state dict of a larger model.
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jlstm._deprecation import renamed_keyword
 from jlstm._dropout import check_key, dropout
 from jlstm._scan import scan, valid_steps
 from jlstm._slstm import SLSTMParams, slstm
@@ -61,19 +62,24 @@ def _group_norm(y: jax.Array, scale: jax.Array, bias: jax.Array | None, heads: i
     return out if bias is None else out + bias
 
 
+@renamed_keyword("dropout_rate", "output_dropout")
 def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bias: bool = False,
-                dropout_rate: float = 0.0, param_dtype: Any = jnp.float32) -> SequenceModel:
+                output_dropout: float = 0.0, param_dtype: Any = jnp.float32) -> SequenceModel:
     """The sequence model of an ``xlstm.sLSTMLayer``: head-wise sLSTM, dropout, group norm.
 
     ``apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True)``
     returns ``(SLSTMState, ys)``; ``key`` switches the dropout on (the layer in training
     mode), and padded or masked steps output zeros.
+
+    ``output_dropout`` is the layer's ``sLSTMLayerConfig.dropout``: inverted dropout on the
+    cell's outputs, before the group norm. ``dropout_rate=``, its former name, still works but
+    is deprecated.
     """
     cell = slstm(hidden_size, num_heads=num_heads, headwise_input=True, param_dtype=param_dtype)
     H = hidden_size
     name = f"xlstm.sLSTMLayer({H}, num_heads={num_heads})"
     config = CellConfig("xlstm_slstm_layer", cell=cell, eps=float(eps), norm_bias=bool(norm_bias),
-                        dropout_rate=float(dropout_rate))
+                        output_dropout=float(output_dropout))
 
     def init(key: jax.Array, input_size: int) -> XLSTMSLSTMLayerParams:
         p = cell.init(key, input_size)
@@ -85,8 +91,8 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
         where = name + ".apply"
         check_key(key, where)
         final, ys = scan(cell, params.cell, xs, state, lengths=lengths, mask=mask, time_major=time_major)
-        if key is not None and dropout_rate:
-            ys = dropout(key, dropout_rate, ys)
+        if key is not None and output_dropout:
+            ys = dropout(key, output_dropout, ys)
         out = _group_norm(ys, params.norm_scale, params.norm_bias, num_heads, eps)
         if lengths is not None or mask is not None:
             tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
@@ -167,7 +173,7 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
     bias = None if gn.bias is None else to_numpy(gn.bias, "group_norm.bias", where)
     dt = param_dtype(r_ext)
     model = slstm_layer(E, heads, eps=float(gn.eps), norm_bias=bias is not None,
-                        dropout_rate=float(cfg.dropout), param_dtype=dt)
+                        output_dropout=float(cfg.dropout), param_dtype=dt)
     cell_params = SLSTMParams(
         w_x=jnp.asarray(np.concatenate(gates, axis=-1), dt),
         r=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),

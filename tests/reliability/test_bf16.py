@@ -95,7 +95,7 @@ def test_bf16_layers_end_to_end(kind):
     a = jlstm.lstm(H, dtype=BF16, param_dtype=BF16)
     b = jlstm.gru(H, dtype=BF16, param_dtype=BF16)
     if kind == "stack":
-        model = jlstm.stack(jlstm.recurrent(a), jlstm.recurrent(b, reverse=True), dropout_rate=0.1)
+        model = jlstm.stack(jlstm.recurrent(a), jlstm.recurrent(b, reverse=True), inter_layer_dropout=0.1)
         f32_model = jlstm.stack(jlstm.recurrent(jlstm.lstm(H)), jlstm.recurrent(jlstm.gru(H)))
     else:
         model = jlstm.bidirectional(a, b, recurrent_dropout=0.1)

@@ -53,7 +53,8 @@ def test_same_gradients_on_repeat(name):
 DROPOUT_MODELS = {
     "recurrent": lambda: jlstm.recurrent(jlstm.lstm(4), input_dropout=0.3, recurrent_dropout=0.3),
     "zoneout": lambda: jlstm.recurrent(jlstm.gru(4), zoneout=0.3),
-    "stack": lambda: jlstm.stack(jlstm.recurrent(jlstm.lstm(4)), jlstm.recurrent(jlstm.gru(4)), dropout_rate=0.5),
+    "stack": lambda: jlstm.stack(jlstm.recurrent(jlstm.lstm(4)), jlstm.recurrent(jlstm.gru(4)),
+                              inter_layer_dropout=0.5),
     "bidirectional": lambda: jlstm.bidirectional(jlstm.simple_rnn(4), recurrent_dropout=0.3, zoneout=0.2),
 }
 

@@ -64,7 +64,7 @@ def test_layers_trace_once_across_lengths_and_keys(kind):
     if kind == "recurrent":
         model = jlstm.recurrent(cell, input_dropout=0.2, recurrent_dropout=0.2, zoneout=0.1)
     elif kind == "stack":
-        model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(jlstm.lstm(2)), dropout_rate=0.3)
+        model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(jlstm.lstm(2)), inter_layer_dropout=0.3)
     else:
         model = jlstm.bidirectional(cell, recurrent_dropout=0.2)
     params = model.init(jax.random.key(0), I)
