@@ -100,8 +100,16 @@ def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, deer_m
     return out
 
 
-def quasi_deer_memory(T: int = 1_000_000, H: int = 64, B: int = 1, I: int = 2) -> dict:
-    """XLA's compiled memory of a quasi-DEER LSTM forward (no execution)."""
+def quasi_deer_memory(T: int = 1_000_000, H: int = 64, B: int = 1, I: int = 2, run: bool = True) -> dict:
+    """quasi-DEER on an LSTM at length ``T``: XLA's compiled memory, then (``run``) one real forward.
+
+    The compiled figures are XLA's ``memory_analysis()`` of the forward and of the gradient
+    (temporaries plus arguments and outputs); the run records the wall time, the Newton
+    iterations, the largest difference from the sequential scan and the process's peak
+    resident memory (``ru_maxrss``), which includes JAX itself.
+    """
+    import resource
+
     import jax
     import jax.numpy as jnp
 
@@ -109,11 +117,47 @@ def quasi_deer_memory(T: int = 1_000_000, H: int = 64, B: int = 1, I: int = 2) -
 
     cell = jlstm.lstm(H)
     params = cell.init(jax.random.key(0), I)
-    fn = jax.jit(lambda p, x: jlstm.scan(cell, p, x, method=jlstm.Newton("quasi_deer", on_failure="ignore")))
-    m = fn.lower(params, jax.ShapeDtypeStruct((T, B, I), jnp.float32)).compile().memory_analysis()
-    total = int(m.temp_size_in_bytes) + int(m.argument_size_in_bytes) + int(m.output_size_in_bytes)
-    return {"T": T, "H": H, "B": B, "cell": "lstm", "method": "quasi_deer", "dtype": "float32",
-            "temp_bytes": int(m.temp_size_in_bytes), "total_bytes": total, "total_GiB": total / 2**30}
+    newton = jlstm.Newton("quasi_deer", on_failure="ignore", max_iters=200)
+    fwd = jax.jit(lambda p, x: jlstm.scan(cell, p, x, method=newton, return_info=True))
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, method=newton)[1][-1])))
+    spec = jax.ShapeDtypeStruct((T, B, I), jnp.float32)
+
+    def compiled(fn) -> dict:
+        m = fn.lower(params, spec).compile().memory_analysis()
+        total = int(m.temp_size_in_bytes) + int(m.argument_size_in_bytes) + int(m.output_size_in_bytes)
+        return {"temp_bytes": int(m.temp_size_in_bytes), "total_bytes": total, "total_GiB": total / 2**30}
+
+    out = {"T": T, "H": H, "B": B, "cell": "lstm", "method": "quasi_deer", "dtype": "float32",
+           "forward_compiled": compiled(fwd), "gradient_compiled": compiled(grad)}
+    out.update(out["forward_compiled"])               # the keys of earlier result files
+    if run:
+        xs = jax.random.uniform(jax.random.key(1), (T, B, I))
+        t0 = time.perf_counter()
+        _, ys, info = jax.block_until_ready(fwd(params, xs))
+        seconds = time.perf_counter() - t0
+        _, y_seq = jax.jit(lambda p, x: jlstm.scan(cell, p, x))(params, xs)
+        out["run"] = {"seconds_with_compile": seconds, "iterations": int(info.iterations),
+                      "residual": float(info.residual), "converged": bool(info.converged),
+                      "max_abs_diff_vs_sequential": float(jnp.max(jnp.abs(ys - y_seq))),
+                      "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return out
+
+
+def summary(cases: list[dict]) -> list[str]:
+    """One line per case: each method's speed-up over the sequential scan and its iterations."""
+    lines = []
+    for c in cases:
+        parts = []
+        for m, r in c["results"].items():
+            if m == "sequential":
+                parts.append(f"sequential {1e3 * r['seconds']:.1f} ms")
+            elif "skipped" in r:
+                parts.append(f"{m} skipped")
+            else:
+                flag = "" if r["converged"] else " NOT converged"
+                parts.append(f"{m} {r['speedup_vs_sequential']:.3f}x ({r['iterations']} it{flag})")
+        lines.append(f"{c['cell']:4s} {c['state']:9s} H={c['H']:<3d} T={c['T']:<8d} " + ", ".join(parts))
+    return lines
 
 
 def main(argv=None) -> None:
@@ -122,11 +166,14 @@ def main(argv=None) -> None:
     ap.add_argument("--Hs", default="4,16,64")
     ap.add_argument("--cells", default="gru,lstm")
     ap.add_argument("--states", default="untrained,trained")
-    ap.add_argument("--methods", default="quasi_deer,deer,elk")
+    ap.add_argument("--methods", default="quasi_deer,deer,elk,quasi_elk")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--deer-max-elements", type=float, default=3e7)
-    ap.add_argument("--memory", action="store_true", help="also compile quasi-DEER at T=1M, H=64, B=1")
+    ap.add_argument("--memory", action="store_true",
+                    help="also compile and run quasi-DEER at --memory-T (1M), H=64, B=1")
+    ap.add_argument("--memory-T", type=int, default=1_000_000)
+    ap.add_argument("--memory-only", action="store_true", help="the --memory case alone, no sweep")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -139,10 +186,10 @@ def main(argv=None) -> None:
                           "input_size": I, "dtype": "float32", "timing": f"best of {args.repeats} after a warm-up",
                           "note": "CPU numbers were measured on a 2-core machine shared with other jobs: noisy."},
                "cases": []}
-    if args.memory:
-        results["memory"] = quasi_deer_memory()
+    if args.memory or args.memory_only:
+        results["memory"] = quasi_deer_memory(T=args.memory_T)
         print("memory", results["memory"], flush=True)
-    for cell_name in args.cells.split(","):
+    for cell_name in [] if args.memory_only else args.cells.split(","):
         for state in args.states.split(","):
             for H in map(int, args.Hs.split(",")):
                 cell, params = make_params(cell_name, H, I, state == "trained")
@@ -156,6 +203,7 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(results, fh, indent=1)
+    print("\n".join(summary(results["cases"])))
     print("wrote", out)
 
 

@@ -37,6 +37,7 @@ from jlstm._deer_step import FlatState, evaluate, flat_step
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 ON_FAILURE = ("fallback", "raise", "ignore")
 CLIP = 1e8                                           # iterates are clipped to ±CLIP, as in the ELK code
+DENSE_CHUNK_ELEMENTS = 1 << 25                       # the gradient's dense Jacobians: 128 MiB of f32 a chunk
 
 
 class NewtonConvergenceError(RuntimeError):
@@ -186,7 +187,8 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
         forward = functools.partial(_newton_loop, f, opts, tol)
     else:
         forward = sharded_forward(f, opts, tol, CLIP)
-    solve = _deer_grad.implicit_solve(f, forward, _chunk(T, remat), zero_on_failure=opts.on_failure == "fallback",
+    solve = _deer_grad.implicit_solve(f, forward, _chunk(T, remat, B * spec.size ** 2),
+                                      zero_on_failure=opts.on_failure == "fallback",
                                       tol=tol)
     traj, iters, residual = solve(params, x, v, s0, lax.stop_gradient(guess))
     S, ys, _ = evaluate(f, params, _shift(s0, traj), x, v)
@@ -207,11 +209,17 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
     return final, ys, info
 
 
-def _chunk(T: int, remat: Any) -> int:
-    """Steps per chunk of the gradient's dense Jacobians: all of T, or a remat segment."""
+def _chunk(T: int, remat: Any, per_step: int) -> int:
+    """Steps per chunk of the gradient's dense Jacobians (``per_step`` = B·D² elements a step).
+
+    All of T, or a remat segment, and never more than :data:`DENSE_CHUNK_ELEMENTS` elements, so
+    that the gradient of a long sequence (quasi-DEER at T = 1M) stays within memory.
+    """
     if remat is None or remat == "step":
-        return T
-    return min(T, math.isqrt(max(T - 1, 0)) + 1 if remat == "segment" else int(remat))
+        steps = T
+    else:
+        steps = min(T, math.isqrt(max(T - 1, 0)) + 1 if remat == "segment" else int(remat))
+    return max(1, min(steps, DENSE_CHUNK_ELEMENTS // max(1, per_step)))
 
 
 def _shift(s0: jax.Array, traj: jax.Array) -> jax.Array:

@@ -64,8 +64,23 @@ def _cumsum(xs: list[int]) -> list[int]:
     return out
 
 
-def flat_step(cell: Any, spec: FlatState) -> Callable:
-    """``f(params, s[D], x[I], valid[]) -> (s'[D], y[O])`` for one example; identity where invalid."""
+class FlatStep(NamedTuple):
+    """A cell's step on flat state vectors: ``step`` and, where the cell can, a cheap ``diag``.
+
+    ``step(params, s[D], x[I], valid[]) -> (s'[D], y[O])`` for one example, the identity where
+    invalid; ``diag(params, s, x, valid) -> (s', y, diag(∂s'/∂s) [D])`` from the cell's
+    ``CellFast.step_decoupled`` (one JVP per state leaf), or ``None``.
+    """
+
+    step: Callable
+    diag: Callable | None = None
+
+    def __call__(self, params, s, x, v):
+        return self.step(params, s, x, v)
+
+
+def flat_step(cell: Any, spec: FlatState) -> FlatStep:
+    """The :class:`FlatStep` of ``cell`` for states laid out by ``spec``."""
 
     def f(params, s, x, v):
         new, y = cell.step(params, spec.unravel(s, batch=()), x)
@@ -73,23 +88,49 @@ def flat_step(cell: Any, spec: FlatState) -> Callable:
         new = jnp.where(v, new, s)
         return new, jnp.where(v, y, jnp.zeros((), y.dtype))
 
-    return f
+    fast = cell.fast
+    if fast is None or fast.step_decoupled is None or fast.project is None:
+        return FlatStep(f)
+    decoupled, project = fast.step_decoupled, fast.project
+
+    def diag(params, s, x, v):
+        state = spec.unravel(s, batch=())
+        xp = project(params, x)
+        (new, y), tangent = jax.linearize(lambda st: decoupled(params, st, xp), state)
+        leaves, treedef = jax.tree.flatten(state)
+        parts = []
+        for k in range(len(leaves)):                   # ones on leaf k: its own diagonal comes back
+            ones = [jnp.ones_like(a) if j == k else jnp.zeros_like(a) for j, a in enumerate(leaves)]
+            parts.append(jax.tree.leaves(tangent(treedef.unflatten(ones))[0])[k].reshape(-1).astype(spec.dtype))
+        d = jnp.concatenate(parts)
+        new = jnp.where(v, _ravel_one(spec, new), s)
+        return new, jnp.where(v, y, jnp.zeros((), y.dtype)), jnp.where(v, d, jnp.ones((), d.dtype))
+
+    return FlatStep(f, diag)
 
 
 def _ravel_one(spec: FlatState, state: Any) -> jax.Array:
     return jnp.concatenate([a.reshape(-1).astype(spec.dtype) for a in jax.tree.leaves(state)])
 
 
+def both_with(fn: Callable) -> Callable:
+    """``fn`` over the time and batch axes of ``(s [T,B,D], x [T,B,I], valid [T,B])``."""
+    return jax.vmap(jax.vmap(fn, (None, 0, 0, 0)), (None, 0, 0, 0))
+
+
 def evaluate(f: Callable, params: Any, s_prev: jax.Array, xs: jax.Array, valid: jax.Array,
              jac: str | None = None) -> tuple:
     """``f`` at every step of ``s_prev [T, B, D]``: ``(s [T,B,D], ys [T,B,O], J | None)``.
 
-    ``jac`` is ``None``, ``"dense"`` (``[T, B, D, D]``) or ``"diag"`` (``[T, B, D]``).
+    ``jac`` is ``None``, ``"dense"`` (``[T, B, D, D]``) or ``"diag"`` (``[T, B, D]``; from
+    ``f.diag`` where the cell has a decoupled step, else a full ``jacfwd`` per chunk).
     """
-    both = jax.vmap(jax.vmap(f, (None, 0, 0, 0)), (None, 0, 0, 0))
     if jac is None:
-        s, ys = both(params, s_prev, xs, valid)
+        s, ys = both_with(f)(params, s_prev, xs, valid)
         return s, ys, None
+
+    if jac == "diag" and getattr(f, "diag", None) is not None:
+        return both_with(f.diag)(params, s_prev, xs, valid)
 
     def with_jac(p, s, x, v):
         J, (new, y) = jax.jacfwd(lambda s_: (lambda o: (o[0], o))(f(p, s_, x, v)), has_aux=True)(s)

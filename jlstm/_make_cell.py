@@ -30,6 +30,7 @@ def make_cell(
     sequence: SequenceFn | None = None,
     methods: tuple[tuple[str, Callable[..., Any]], ...] = (),
     auto_method: Callable[[int], str] | None = None,
+    step_decoupled: Callable[..., Any] | None = None,
 ) -> Cell:
     """A cell whose ``step`` is derived: ``step(p, s, x) = step_projected(p, s, project(p, x))``.
 
@@ -45,6 +46,8 @@ def make_cell(
       check: optional ``check(params, state=None, x=None, where=...)``, run by ``step``
         and by :func:`jlstm.scan` at trace time.
       sequence, methods, auto_method: optional whole-sequence forms (:class:`jlstm.CellFast`).
+      step_decoupled: optional step with a diagonal state Jacobian, for quasi-DEER
+        (:class:`jlstm.CellFast`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -69,6 +72,7 @@ def make_cell(
         return step_projected(params, state, project(params, x))
 
     fast = CellFast(project=project, step_projected=step_projected, sequence=sequence, check=check,
-                    methods=tuple(methods), auto_method=auto_method)
+                    methods=tuple(methods), auto_method=auto_method,
+                    step_decoupled=step_decoupled)
     return Cell(init=init, initial_state=initial_state, step=step, output_size=output_size, name=name,
                 config=config, fast=fast)

@@ -156,6 +156,11 @@ class CellFast(NamedTuple):
       methods: extra whole-sequence forms, ``((name, fn), ...)`` with
         ``fn(params, xs, state, valid, *, unroll, remat) -> (state, ys)``.
       auto_method: ``auto_method(T) -> name``, the form ``method="auto"`` picks.
+      step_decoupled: ``step_decoupled(params, state, xp) -> (state, y)``, equal in value to
+        ``step_projected``, whose Jacobian with respect to the state has the same diagonal and
+        no other entry within a state leaf (:mod:`jlstm._decouple`): ``method="quasi_deer"``
+        and ``"quasi_elk"`` then read the diagonal with one JVP per state leaf instead of a
+        full ``jax.jacfwd``.
     """
 
     project: ProjectFn | None = None
@@ -164,6 +169,7 @@ class CellFast(NamedTuple):
     check: CheckFn | None = None
     methods: tuple[tuple[str, Callable[..., tuple[State, Array]]], ...] = ()
     auto_method: Callable[[int], str] | None = None
+    step_decoupled: Callable[[Params, State, Any], tuple[State, Array]] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
