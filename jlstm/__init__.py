@@ -21,6 +21,7 @@ from jlstm._lstm import LSTMParams, LSTMState, lstm
 from jlstm._make_cell import make_cell
 from jlstm._min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
 from jlstm._mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
+from jlstm._options import CellOptions, MinCellOptions
 from jlstm._recurrent import recurrent
 from jlstm._scan import default_unroll, reverse_index, scan, time_loop
 from jlstm._simple_rnn import RNNParams, RNNState, simple_rnn
@@ -54,6 +55,7 @@ __all__ = [
     "Cell",
     "CellConfig",
     "CellFast",
+    "CellOptions",
     "GRUParams",
     "GRUState",
     "LSTMParams",
@@ -66,6 +68,7 @@ __all__ = [
     "MinGRUState",
     "MinLSTMParams",
     "MinLSTMState",
+    "MinCellOptions",
     "MLSTMParams",
     "MLSTMState",
     "RNNParams",

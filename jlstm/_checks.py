@@ -44,6 +44,15 @@ def check_rate(name: str, value: Any) -> None:
         raise ValueError(f"{name} must lie in [0, 1), got {value}; for example {name}=0.1.")
 
 
+def check_keywords(where: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Reject a keyword that a function taking ``**options`` does not know, as Python would."""
+    allowed = tuple(allowed)
+    for name in given:
+        if name not in allowed:
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}; it takes "
+                            f"{', '.join(allowed)}.")
+
+
 def shape_of(x: Any) -> tuple[int, ...]:
     return tuple(getattr(x, "shape", np.shape(x)))
 

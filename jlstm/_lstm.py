@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
+from jlstm._decouple import recurrent_matmul
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import BatchShape, Cell, CellConfig, DTypeLike, Peephole, batch_tuple
+from jlstm._math import carry_dtype, matmul, output
+from jlstm._options import CellOptions, Unpack, resolve
+from jlstm._types import BatchShape, Cell, CellConfig, Peephole, batch_tuple
 
 PEEPHOLES = (None, "diagonal", "full")
 
@@ -69,13 +71,9 @@ def lstm(
     proj_size: int | None = None,
     cell_clip: float | None = None,
     forget_bias: float = 1.0,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
-    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
-    bias_init: _initializers.Initializer = _initializers.zeros,
     peephole_init: _initializers.Initializer | None = None,
     proj_init: _initializers.Initializer = _initializers.glorot_uniform,
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
+    **options: Unpack[CellOptions],
 ) -> Cell:
     """Build an LSTM cell.
 
@@ -87,11 +85,12 @@ def lstm(
         recurrence reads the projected ``h``.
       cell_clip: if set, ``c_t`` is clipped to ``[-cell_clip, cell_clip]`` (TF1's ``cell_clip``).
       forget_bias: initial value of the forget-gate bias block.
-      kernel_init, recurrent_init, bias_init, peephole_init, proj_init: initialisers
-        ``(key, shape, dtype)``; recurrent_init is applied per gate block.
-      dtype: dtype of the matmuls and outputs (``jnp.bfloat16`` for mixed precision; the
-        state then stays in float32). ``None`` follows the inputs and params.
-      param_dtype: dtype of the parameters made by ``init``.
+      peephole_init: initialiser ``(key, shape, dtype)`` of ``w_c``; ``None`` means
+        ``U(-1/√H, 1/√H)``.
+      proj_init: initialiser of the LSTMP's ``w_p``.
+      **options: ``kernel_init`` (of the whole ``w_x``), ``recurrent_init`` (per gate block),
+        ``bias_init``, ``dtype`` (``jnp.bfloat16`` for mixed precision) and ``param_dtype``:
+        see :class:`jlstm.CellOptions`.
 
     Returns:
       A :class:`jlstm.Cell`. ``step(params, state, x)`` takes ``x`` of shape
@@ -109,13 +108,10 @@ def lstm(
     _checks.check_option("peephole", peephole, PEEPHOLES)
     _checks.check_size("proj_size", proj_size, allow_none=True)
     _check_clip(cell_clip)
-    compute_dtype = canonical_dtype(dtype, "dtype")
-    params_dtype = canonical_dtype(param_dtype, "param_dtype")
+    opts = resolve("lstm", options)
     cfg = CellConfig(
         "lstm", hidden_size=int(hidden_size), peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
-        forget_bias=float(forget_bias), kernel_init=kernel_init, recurrent_init=recurrent_init,
-        bias_init=bias_init, peephole_init=peephole_init, proj_init=proj_init, dtype=compute_dtype,
-        param_dtype=params_dtype)
+        forget_bias=float(forget_bias), peephole_init=peephole_init, proj_init=proj_init, **opts.config())
     H = cfg.hidden_size
     name = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
         f", proj_size={proj_size}" if proj_size else "") + (
@@ -124,12 +120,13 @@ def lstm(
     if proj_size is None and cell_clip is None:
         from jlstm._fused_lstm import make_fused
 
-        fused = make_fused(compute_dtype, peephole)
+        fused = make_fused(opts.dtype, peephole)
     check = functools.partial(_check, cfg, default_where=name)
     return make_cell(
         init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
         project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
-        output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused)
+        output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused,
+        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None)
 
 
 def _check_clip(cell_clip: Any) -> None:
@@ -187,16 +184,17 @@ def _project(cfg: CellConfig, params: LSTMParams, x: jax.Array) -> jax.Array:
 
 
 def _step_projected(cfg: CellConfig, params: LSTMParams, state: LSTMState, xp: jax.Array,
-                    recurrent_mask: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
+                    recurrent_mask: jax.Array | None = None, *,
+                    decoupled: bool = False) -> tuple[LSTMState, jax.Array]:
     dtype, peephole = cfg.dtype, cfg.peephole
     h, c = state.h, state.c
     h_in = h if recurrent_mask is None else h * recurrent_mask
-    z = xp + matmul(h_in, params.w_h, dtype)
+    z = xp + recurrent_matmul(h_in, params.w_h, dtype, blocks=4, decoupled=decoupled)
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     cf = c.astype(z.dtype)
     w_c, w_p = params.w_c, params.w_p  # present exactly when the config says so (checked)
     if peephole == "full" and w_c is not None:
-        pi, pf, po = jnp.split(matmul(cf, w_c, dtype), 3, axis=-1)
+        pi, pf, po = jnp.split(recurrent_matmul(cf, w_c, dtype, blocks=3, decoupled=decoupled), 3, axis=-1)
         zi, zf, zo = zi + pi, zf + pf, zo + po
     elif peephole == "diagonal" and w_c is not None:
         w_c = w_c.astype(z.dtype)

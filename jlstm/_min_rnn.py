@@ -32,7 +32,7 @@ that are exact in float32 at pre-activations of ±50 and beyond, so neither over
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,9 @@ from jax import lax
 
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._math import carry_dtype, matmul, output
+from jlstm._options import MinCellOptions, Unpack, resolve
+from jlstm._types import Cell, CellConfig, batch_tuple
 
 PARALLEL_FROM_T = 32
 """On GPU and TPU, ``method="auto"`` takes the parallel form from this many steps on."""
@@ -203,14 +204,13 @@ def _auto(T: int) -> str:
 
 
 def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state_type: type,
-              coeffs: Callable, kernel_init, bias_init, dtype, param_dtype) -> Cell:
+              coeffs: Callable, options: Mapping[str, Any]) -> Cell:
     _checks.check_size("hidden_size", hidden_size)
-    dtype = canonical_dtype(dtype, "dtype")
-    param_dtype = canonical_dtype(param_dtype, "param_dtype")
+    opts = resolve(kind, options, MinCellOptions)
+    kernel_init, bias_init, dtype, param_dtype = opts.kernel_init, opts.bias_init, opts.dtype, opts.param_dtype
     H = int(hidden_size)
     where = f"{kind}({H})"
-    config = CellConfig(kind, hidden_size=H, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
-                        param_dtype=param_dtype)
+    config = CellConfig(kind, hidden_size=H, **opts.config())
 
     def init(key: jax.Array, input_size: int):
         _checks.check_size("input_size", input_size)
@@ -245,17 +245,11 @@ def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state
     parallel = _parallel_form(project, coeffs, state_type, dtype)
     return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
                      output_size=H, name=where, config=config, check=check,
-                     methods=(("parallel", parallel),), auto_method=_auto)
+                     methods=(("parallel", parallel),), auto_method=_auto,
+                     step_decoupled=step_projected)   # already elementwise in h
 
 
-def min_gru(
-    hidden_size: int,
-    *,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
-    bias_init: _initializers.Initializer = _initializers.zeros,
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
-) -> Cell:
+def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
     """Build a minGRU cell (see the module docstring for the equations).
 
     ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"`` (a loop over the step),
@@ -267,9 +261,8 @@ def min_gru(
 
     Args:
       hidden_size: number of units H.
-      kernel_init, bias_init: initialisers of ``w_x`` (per block) and ``b``.
-      dtype: dtype of the input matmul and the outputs; ``None`` follows the inputs.
-      param_dtype: dtype of the parameters.
+      **options: ``kernel_init`` (of ``w_x``, per block), ``bias_init``, ``dtype`` (of the
+        input matmul and the outputs) and ``param_dtype``: see :class:`jlstm.MinCellOptions`.
 
     Returns:
       A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(MinGRUState, h_t)``.
@@ -283,18 +276,10 @@ def min_gru(
       >>> bool(jnp.allclose(ys, ys_loop, atol=1e-5))
       True
     """
-    return _min_cell("min_gru", hidden_size, 2, MinGRUParams, MinGRUState, _gru_coeffs,
-                     kernel_init, bias_init, dtype, param_dtype)
+    return _min_cell("min_gru", hidden_size, 2, MinGRUParams, MinGRUState, _gru_coeffs, options)
 
 
-def min_lstm(
-    hidden_size: int,
-    *,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
-    bias_init: _initializers.Initializer = _initializers.zeros,
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
-) -> Cell:
+def min_lstm(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
     """Build a minLSTM cell (see the module docstring for the equations).
 
     The forms and arguments are those of :func:`jlstm.min_gru`; ``w_x`` has three blocks
@@ -310,5 +295,4 @@ def min_lstm(
       >>> ys.shape, state.h.shape
       ((64, 8), (8,))
     """
-    return _min_cell("min_lstm", hidden_size, 3, MinLSTMParams, MinLSTMState, _lstm_coeffs,
-                     kernel_init, bias_init, dtype, param_dtype)
+    return _min_cell("min_lstm", hidden_size, 3, MinLSTMParams, MinLSTMState, _lstm_coeffs, options)

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 
 from jlstm import _checks, _initializers
 from jlstm._make_cell import make_cell
-from jlstm._math import canonical_dtype, carry_dtype, matmul, output
-from jlstm._types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm._math import carry_dtype, matmul, output
+from jlstm._options import CellOptions, Unpack, resolve
+from jlstm._types import BatchShape, Cell, CellConfig, batch_tuple
 
 ForgetGate = Literal["sigmoid", "exponential"]
 GATES = ("i", "f", "z", "o")
@@ -91,11 +92,7 @@ def slstm(
     num_heads: int = 1,
     forget_gate: ForgetGate = "sigmoid",
     headwise_input: bool = False,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
-    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
-    bias_init: _initializers.Initializer = _initializers.zeros,
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
+    **options: Unpack[CellOptions],
 ) -> Cell:
     """Build an sLSTM cell (stabilised exponential gating; see the module docstring).
 
@@ -108,11 +105,10 @@ def slstm(
       headwise_input: make the input weights block-diagonal per head too, as in the
         ``xlstm`` package's ``sLSTMLayer`` (the input size must then be a multiple of
         ``num_heads``).
-      kernel_init, recurrent_init, bias_init: initialisers; ``kernel_init`` per head
-        block, ``recurrent_init`` per head and gate block.
-      dtype: dtype of the matmuls and outputs; ``None`` follows the inputs. The gating
-        and the state are computed in at least float32.
-      param_dtype: dtype of the parameters.
+      **options: ``kernel_init`` (per gate block, and per head with ``headwise_input``),
+        ``recurrent_init`` (per head and gate block), ``bias_init``, ``dtype`` and
+        ``param_dtype``: see :class:`jlstm.CellOptions`. The gating and the state are
+        computed in at least float32, whatever ``dtype``.
 
     Returns:
       A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(SLSTMState, h_t)``.
@@ -137,13 +133,10 @@ def slstm(
     if H % heads:
         raise ValueError(f"slstm: hidden_size={H} is not a multiple of num_heads={heads}; each head holds "
                          f"hidden_size / num_heads units, so pick e.g. hidden_size={heads * max(1, H // heads)}.")
-    dtype = canonical_dtype(dtype, "dtype")
-    pdtype = canonical_dtype(param_dtype, "param_dtype")
     where = f"slstm({H}, num_heads={heads})"
     config = CellConfig(
         "slstm", hidden_size=H, num_heads=heads, forget_gate=forget_gate, headwise_input=headwise_input,
-        kernel_init=kernel_init, recurrent_init=recurrent_init, bias_init=bias_init, dtype=dtype,
-        param_dtype=pdtype)
+        **resolve("slstm", options).config())
 
     check = functools.partial(_check, config, default_where=where)
     return make_cell(init=functools.partial(_init, config),

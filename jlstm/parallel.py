@@ -55,14 +55,18 @@ optimizer memory (``1/model`` of the LSTM weights per device, see
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypedDict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jlstm import _checks
+from jlstm._options import Unpack
+
 __all__ = [
+    "BatchLayout",
     "batch_shardings",
     "data_mesh",
     "data_model_mesh",
@@ -155,6 +159,31 @@ def _check_mesh(mesh: Any, axis: str, where: str) -> None:
                          f"axis= one of them, or build the mesh with data_mesh(axis={axis!r}).")
 
 
+class BatchLayout(TypedDict, total=False):
+    """Where the leaves of a batch hold their batch axis: the keyword options, all optional, of
+    :func:`batch_shardings`, :func:`shard_batch`, :func:`data_parallel_step` and
+    :func:`model_parallel_step` (see "Batch axes" in the module docstring).
+
+    Example:
+      >>> layout: jlstm.parallel.BatchLayout = {"time_major": False}
+      >>> xs = jnp.ones((2 * len(jax.devices()), 5, 3))                  # [B, T, I]
+      >>> tuple(jlstm.parallel.batch_shardings(xs, jlstm.parallel.data_mesh(), **layout).spec)
+      ('data',)
+    """
+
+    batch_axis: Any
+    """``None`` (the default: inferred from ``time_major``), one int for every leaf, or a pytree
+    with the structure of the batch holding an int or ``None`` (replicate) per leaf."""
+    time_major: bool
+    """The layout assumed when inferring: ``[T, B, ...]`` (``True``, the default) or ``[B, ...]``."""
+
+
+def _layout(layout: Mapping[str, Any], where: str) -> tuple[Any, bool]:
+    """``(batch_axis, time_major)`` of a :class:`BatchLayout`, the defaults filled in."""
+    _checks.check_keywords(where, layout, tuple(BatchLayout.__annotations__))
+    return layout.get("batch_axis"), layout.get("time_major", True)
+
+
 def _default_axis(leaf: Any, time_major: bool) -> int | None:
     ndim = np.ndim(leaf)
     if ndim == 0:
@@ -207,23 +236,15 @@ def _check_sizes(shapes: list, axes: list, n_dev: int, axis: str, where: str) ->
             f"{axis!r}; use a global batch size that is a multiple of {n_dev}.")
 
 
-def batch_shardings(
-    batch: Any,
-    mesh: Mesh,
-    axis: str = "data",
-    *,
-    batch_axis: Any = None,
-    time_major: bool = True,
-) -> Any:
+def batch_shardings(batch: Any, mesh: Mesh, axis: str = "data", **layout: Unpack[BatchLayout]) -> Any:
     """The ``NamedSharding`` of every leaf of ``batch``: split along its batch axis.
 
     Args:
       batch: a pytree of arrays (or ``jax.ShapeDtypeStruct`` s): the global batch.
       mesh: the device mesh.
       axis: the mesh axis that the batch is split over.
-      batch_axis: ``None`` (infer, see the module docstring), one int for every leaf, or a
-        pytree with the structure of ``batch`` holding an int or ``None`` (replicate) per leaf.
-      time_major: the layout assumed when inferring: ``[T, B, ...]`` (True) or ``[B, ...]``.
+      **layout: ``batch_axis`` and ``time_major``, where each leaf holds its batch axis:
+        see :class:`BatchLayout`.
 
     Returns:
       A pytree of ``NamedSharding`` with the structure of ``batch``.
@@ -234,7 +255,7 @@ def batch_shardings(
     """
     where = "jlstm.parallel.batch_shardings"
     _check_mesh(mesh, axis, where)
-    axes, treedef = _leaf_axes(batch, batch_axis, time_major, where)
+    axes, treedef = _leaf_axes(batch, *_layout(layout, where), where)
     shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(batch)]
     _check_sizes(shapes, axes, mesh.shape[axis], axis, where)
     return treedef.unflatten([NamedSharding(mesh, _spec(len(s), ax, axis)) for s, ax in zip(shapes, axes)])
@@ -245,9 +266,8 @@ def shard_batch(
     mesh: Mesh,
     axis: str = "data",
     *,
-    batch_axis: Any = None,
-    time_major: bool = True,
     process_local: bool | None = None,
+    **layout: Unpack[BatchLayout],
 ) -> Any:
     """Place ``batch`` on the mesh, each leaf split along its batch axis.
 
@@ -255,7 +275,7 @@ def shard_batch(
       batch: a pytree of arrays: the global batch or, with ``process_local``, this
         process's share of it: the sequences :func:`local_batch_slice` names
         (``global_batch / jax.process_count()`` of them on a :func:`data_mesh`).
-      mesh, axis, batch_axis, time_major: as in :func:`batch_shardings`.
+      mesh, axis, **layout: as in :func:`batch_shardings`.
       process_local: build each global array from the per-process pieces with
         ``jax.make_array_from_process_local_data``; ``None`` means "when
         ``jax.process_count() > 1``".
@@ -273,6 +293,7 @@ def shard_batch(
     """
     where = "jlstm.parallel.shard_batch"
     _check_mesh(mesh, axis, where)
+    batch_axis, time_major = _layout(layout, where)
     if process_local is None:
         process_local = jax.process_count() > 1
     if not process_local:
@@ -481,9 +502,11 @@ def _check_batch_global(batch: Any, axes: list, where: str) -> None:
 
 
 def _sharded_step(train_step: Callable, mesh: Mesh, data_axis: str, param_shardings: Callable[[Any], Any],
-                  batch_axis: Any, time_major: bool, donate: bool, where: str) -> Callable:
+                  layout: tuple[Any, bool], donate: bool, where: str) -> Callable:
     """Jit ``train_step`` with ``param_shardings(tree)`` for params and optimizer state, the batch
-    split over ``data_axis``, the key and metrics replicated; compiled once per structure and shape."""
+    split over ``data_axis`` as ``layout = (batch_axis, time_major)`` says, the key and metrics
+    replicated; compiled once per structure and shape."""
+    batch_axis, time_major = layout
     if not callable(train_step):
         raise TypeError(f"{where}: train_step must be callable, got {type(train_step).__name__}.")
     _check_mesh(mesh, data_axis, where)
@@ -512,9 +535,8 @@ def data_parallel_step(
     mesh: Mesh,
     axis: str = "data",
     *,
-    batch_axis: Any = None,
-    time_major: bool = True,
     donate: bool = False,
+    **layout: Unpack[BatchLayout],
 ) -> Callable[[Any, Any, Any, jax.Array], tuple[Any, Any, Any]]:
     """Jit ``train_step`` for data parallelism over ``mesh``: params replicated, batch split.
 
@@ -523,9 +545,10 @@ def data_parallel_step(
         written as for one device (the loss a mean over the batch).
       mesh: a mesh from :func:`data_mesh`.
       axis: the mesh axis that the batch is split over.
-      batch_axis, time_major: how to split each leaf of the batch; see :func:`batch_shardings`.
       donate: donate the incoming params and optimizer state buffers (saves memory; the
         arrays passed in may not be used afterwards).
+      **layout: ``batch_axis`` and ``time_major``, how to split each leaf of the batch: see
+        :class:`BatchLayout`.
 
     Returns:
       ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``, compiled once
@@ -552,7 +575,7 @@ def data_parallel_step(
     _check_mesh(mesh, axis, where)
     repl = NamedSharding(mesh, PartitionSpec())
     return _sharded_step(train_step, mesh, axis, lambda tree: jax.tree.map(lambda _: repl, tree),
-                         batch_axis, time_major, donate, where)
+                         _layout(layout, where), donate, where)
 
 
 def model_parallel_step(
@@ -561,9 +584,8 @@ def model_parallel_step(
     data_axis: str = "data",
     model_axis: str = "model",
     *,
-    batch_axis: Any = None,
-    time_major: bool = True,
     donate: bool = False,
+    **layout: Unpack[BatchLayout],
 ) -> Callable[[Any, Any, Any, jax.Array], tuple[Any, Any, Any]]:
     """Jit ``train_step`` on a 2-D mesh: the batch split over ``data``, LSTM 4H axes over ``model``.
 
@@ -578,7 +600,7 @@ def model_parallel_step(
       train_step: ``train_step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
       mesh: a mesh with both axes, e.g. ``data_model_mesh(2, 4)``.
       data_axis, model_axis: the axis names.
-      batch_axis, time_major, donate: as in :func:`data_parallel_step`.
+      donate, **layout: as in :func:`data_parallel_step`.
 
     Returns:
       ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
@@ -603,4 +625,4 @@ def model_parallel_step(
     _check_mesh(mesh, data_axis, where)
     _check_mesh(mesh, model_axis, where)
     return _sharded_step(train_step, mesh, data_axis, lambda tree: model_shardings(tree, mesh, model_axis),
-                         batch_axis, time_major, donate, where)
+                         _layout(layout, where), donate, where)
