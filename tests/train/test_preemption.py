@@ -120,11 +120,12 @@ def test_killed_three_times_at_random_steps_then_resumed_equals_uninterrupted(tm
     reference = tmp_path / "reference.result"
     script.main(str(tmp_path / "reference.ckpt"), str(reference))  # uninterrupted, same code
     ckpt, result = tmp_path / "run.ckpt", tmp_path / "run.result"
-    rng = random.Random()
+    # Three distinct random steps, in order: each kill lands at or after the step the previous
+    # run resumed from (a target drawn from [done, STEPS - 3) could find that range empty).
+    targets = sorted(random.Random().sample(range(script.STEPS - 3), 3))
     done, log, procs = 0, [], []
     try:
-        for _ in range(3):
-            target = rng.randrange(done, script.STEPS - 3)
+        for target in targets:
             proc, lines, err = start(ckpt, result, paced=True)
             procs.append(proc)
             seen = run_and_kill(proc, lines, target)
