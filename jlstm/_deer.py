@@ -32,7 +32,7 @@ from jax import lax
 from jlstm import _deer_grad
 from jlstm._deer_linear import Algebra, affine_scan, damped_solve
 from jlstm._deer_shard import sharded_forward
-from jlstm._deer_step import FlatState, evaluate, flat_step
+from jlstm._deer_step import FlatState, evaluate, flat_step, residual
 
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 ON_FAILURE = ("fallback", "raise", "ignore")
@@ -227,10 +227,6 @@ def _shift(s0: jax.Array, traj: jax.Array) -> jax.Array:
     return jnp.concatenate([s0[None], traj[:-1]], 0)
 
 
-def _residual(S: jax.Array, Fs: jax.Array) -> jax.Array:
-    return jnp.max(jnp.abs(S - Fs) / (1.0 + jnp.abs(Fs)))
-
-
 def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
     """Newton iterations from ``guess`` until the residual is below ``tol``: ``(S, iterations, residual)``.
 
@@ -242,7 +238,7 @@ def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
 
     def assess(S):
         Fs, _, J = evaluate(f, params, _shift(s0, S), xs, valid, opts.jacobian)
-        return Fs, J, _residual(S, Fs), jnp.sum((S - Fs) ** 2)
+        return Fs, J, residual(S, Fs), jnp.sum((S - Fs) ** 2)
 
     def body(carry):
         k, S, Fs, J, r, merit, lam = carry

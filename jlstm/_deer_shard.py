@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jlstm._deer_linear import Algebra
-from jlstm._deer_step import evaluate
+from jlstm._deer_step import evaluate, residual
 
 
 def sharded_forward(f: Callable, opts: Any, tol: float, clip: float) -> Callable:
@@ -44,7 +44,9 @@ def sharded_forward(f: Callable, opts: Any, tol: float, clip: float) -> Callable
 
         def assess(S):
             Fs, _, J = evaluate(f, params, shift(S), xs, valid, opts.jacobian)
-            return Fs, J, lax.pmax(jnp.max(jnp.abs(S - Fs) / (1.0 + jnp.abs(Fs))), axis)
+            r = residual(S, Fs)                       # NaN where this segment is not finite
+            r = lax.pmax(jnp.where(jnp.isnan(r), jnp.inf, r), axis)   # a NaN on any device wins
+            return Fs, J, jnp.where(jnp.isinf(r), jnp.nan, r)
 
         def body(carry):
             k, S, Fs, J, _ = carry

@@ -113,6 +113,16 @@ def _ravel_one(spec: FlatState, state: Any) -> jax.Array:
     return jnp.concatenate([a.reshape(-1).astype(spec.dtype) for a in jax.tree.leaves(state)])
 
 
+def residual(S: jax.Array, Fs: jax.Array) -> jax.Array:
+    """``max_t,i |s_t − f(s_{t−1})|_i / (1 + |f(s_{t−1})|_i)``, and NaN if any term is not finite.
+
+    The NaN is explicit: XLA:CPU's max-reduction skips NaNs, and returns −inf for an all-NaN
+    array, which would pass any ``residual <= tol`` test.
+    """
+    err = jnp.abs(S - Fs) / (1.0 + jnp.abs(Fs))
+    return jnp.where(jnp.all(jnp.isfinite(err)), jnp.max(err, initial=0.0), jnp.nan).astype(err.dtype)
+
+
 def both_with(fn: Callable) -> Callable:
     """``fn`` over the time and batch axes of ``(s [T,B,D], x [T,B,I], valid [T,B])``."""
     return jax.vmap(jax.vmap(fn, (None, 0, 0, 0)), (None, 0, 0, 0))

@@ -176,6 +176,19 @@ def test_nan_iterates_count_as_not_converged():
     assert not bool(info.converged) and int(info.iterations) <= 1
 
 
+@pytest.mark.parametrize("mesh", [False, True], ids=["one_device", "mesh"])
+def test_an_all_nan_trajectory_is_not_converged(mesh):
+    """In float32, XLA:CPU's max over 4096 or more NaNs is -inf: it once passed ``residual <= tol``."""
+    cell = jlstm.simple_rnn(16)
+    params = cell.init(jax.random.key(0), 2)
+    params = params._replace(w_h=jnp.full_like(params.w_h, jnp.nan))
+    xs = jax.random.normal(jax.random.key(1), (300, 1, 2), jnp.float32)       # 300·16 = 4800 residual terms
+    kw = {"mesh": jax.make_mesh((1,), ("time",)), "axis": "time"} if mesh else {}
+    _, ys, info = jlstm.scan(cell, params, xs, method=jlstm.Newton("deer", on_failure="ignore", **kw),
+                             return_info=True)
+    assert bool(jnp.all(jnp.isnan(ys))) and np.isnan(float(info.residual)) and not bool(info.converged)
+
+
 def test_warm_start_from_a_previous_trajectory():
     cell, params, xs, state, lengths, mask = _setup("gru", key=6)
     _, y0, info0 = jlstm.scan(cell, params, xs, state, lengths=lengths, method="quasi_deer", return_info=True)
