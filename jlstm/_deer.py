@@ -62,9 +62,11 @@ class Newton:
         a warm start).
       on_failure: ``"fallback"`` (return the sequential scan's result), ``"raise"`` (raise
         :class:`NewtonConvergenceError` at run time, also under ``jit``) or ``"ignore"``.
-      adapt, shrink, grow: ELK only. With ``adapt`` (the default) λ is multiplied by ``shrink``
-        after a step that lowers the squared residual and by ``grow`` after a refused step
-        (Levenberg–Marquardt); without it λ stays fixed.
+      adapt, shrink, grow: ELK only. With ``adapt`` (the default) a step is taken only if it
+        lowers the squared residual, and λ is multiplied by ``shrink`` after a taken step and by
+        ``grow`` after a refused one (Levenberg–Marquardt). Without it λ stays fixed and every
+        step is taken, as in the ELK paper: where the adaptive rule stalls (measured: a trained
+        LSTM, whose first steps raise the residual), a fixed small λ can still converge.
       mesh, axis: a ``jax.sharding.Mesh`` and the name of its axis to split time over: each
         device solves ``T/n`` steps and the segments are joined by the associative scan's
         carry (:mod:`jlstm._deer_shard`; ``deer`` and ``quasi_deer`` only).
@@ -245,8 +247,9 @@ def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
         b = (Fs - alg.mv(J, _shift(s0, S))).at[0].set(Fs[0])     # s_0 folded into step 1
         A = J.at[0].set(0)
         S_new = damped_solve(alg, A, b, S, lam) if damped else affine_scan(alg, A, b)
-        new = (jnp.clip(S_new, -CLIP, CLIP),) + assess(S_new)
-        if not damped:
+        S_new = jnp.clip(S_new, -CLIP, CLIP)
+        new = (S_new,) + assess(S_new)
+        if not damped or not opts.adapt:
             return (k + 1,) + new + (lam,)
         take = new[4] < merit                         # False for NaN
         kept = tuple(jnp.where(take, n, o) for n, o in zip(new, (S, Fs, J, r, merit)))

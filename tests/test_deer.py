@@ -189,6 +189,35 @@ def test_an_all_nan_trajectory_is_not_converged(mesh):
     assert bool(jnp.all(jnp.isnan(ys))) and np.isnan(float(info.residual)) and not bool(info.converged)
 
 
+def test_fixed_damping_takes_every_step():
+    """``adapt=False`` is ELK with a fixed λ: each iteration is one damped step from the last iterate,
+    taken whatever it does to the residual (a step once refused was refused forever, since λ stayed)."""
+    from jlstm._deer_linear import Algebra, damped_solve
+    from jlstm._deer_step import FlatState, evaluate, flat_step
+
+    cell, params, xs = _chaotic()
+    state = cell.initial_state(params, (2,))
+    newton = jlstm.Newton("quasi_elk", damping=0.5, adapt=False, max_iters=4, tol=1e-300, on_failure="ignore")
+    _, ys, info = jlstm.scan(cell, params, xs, state, method=newton, return_info=True)
+    assert int(info.iterations) == 4
+
+    spec = FlatState.of(state, (2,))
+    f, alg, s0 = flat_step(cell, spec), Algebra(dense=False), spec.ravel(state)
+    valid = jnp.ones(xs.shape[:2], bool)
+
+    @jax.jit
+    def written_out(S):                               # four damped steps, every one taken
+        for _ in range(4):
+            prev = jnp.concatenate([s0[None], S[:-1]])
+            Fs, _, J = evaluate(f, params, prev, xs, valid, "diag")
+            b = (Fs - alg.mv(J, prev)).at[0].set(Fs[0])
+            S = jnp.clip(damped_solve(alg, J.at[0].set(0), b, S, 0.5), -1e8, 1e8)
+        return evaluate(f, params, jnp.concatenate([s0[None], S[:-1]]), xs, valid)[1]
+
+    want = written_out(jnp.broadcast_to(s0, (xs.shape[0], 2, spec.size)))
+    np.testing.assert_allclose(ys, want, rtol=1e-9, atol=1e-9)
+
+
 def test_warm_start_from_a_previous_trajectory():
     cell, params, xs, state, lengths, mask = _setup("gru", key=6)
     _, y0, info0 = jlstm.scan(cell, params, xs, state, lengths=lengths, method="quasi_deer", return_info=True)
