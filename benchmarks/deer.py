@@ -3,8 +3,9 @@
 For each cell (``gru``, ``lstm``), each state (``untrained``: the initialisers' params;
 ``trained``: 150 Adam steps on the adding problem at T=64, B=32), each hidden size H and each
 length T, one forward pass ``jlstm.scan(cell, params, xs, method=m)`` at batch B is timed for
-``m`` in ``sequential``, ``quasi_deer``, ``deer`` (skipped where its O(T·D²) Jacobians exceed
-``--deer-max-elements``) and ``elk``. Every method runs in the same process and the same case,
+``m`` in ``sequential``, ``quasi_deer``, ``deer``, ``quasi_elk`` and ``elk``; a method is skipped
+where its per-iteration data (T·B·D² dense, T·B·D diagonal) exceed its limit in
+``--max-elements`` (:data:`LIMITS`). Every method runs in the same process and the same case,
 so the ratios ``speedup = t_sequential / t_method`` are measured side by side. Newton runs use
 ``on_failure="ignore"`` so the time is the method's own (a fallback would add a sequential
 scan); the JSON records ``iterations``, ``residual``, ``converged`` and the maximum difference
@@ -83,7 +84,14 @@ def _time(fn, *args, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, deer_max: int) -> dict:
+# Default size limits per method, in numbers of its per-iteration Jacobian data: T·B·D² for the dense
+# methods, T·B·D for the diagonal ones. ELK's Kalman smoother solves a D×D system per step and scan
+# level, and on the CPU it is far slower than DEER: measured at ~0.65 s an iteration for quasi-ELK on an
+# LSTM(64) at T = 65,536 (quasi-DEER: 0.13 s), and minutes for dense ELK on a GRU(4) at T = 16,384.
+LIMITS = {"deer": 3e7, "elk": 1e5, "quasi_elk": 2e6, "quasi_deer": float("inf")}
+
+
+def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, limits: dict) -> dict:
     import jax
 
     import jlstm
@@ -94,8 +102,10 @@ def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, deer_m
     t_seq, (_, y_seq) = _time(jax.jit(lambda p, x: jlstm.scan(cell, p, x)), params, xs, repeats=repeats)
     out["sequential"] = {"seconds": t_seq}
     for m in methods:
-        if m in ("deer", "elk") and T * B * D * D > deer_max:
-            out[m] = {"skipped": f"T·B·D² = {T * B * D * D:.3g} > --deer-max-elements"}
+        size = T * B * D * (1 if m.startswith("quasi") else D)
+        if size > limits.get(m, float("inf")):
+            out[m] = {"skipped": f"{'T·B·D' if m.startswith('quasi') else 'T·B·D²'} = {size:.3g} > the limit "
+                                 f"{limits[m]:.3g} (--max-elements)"}
             continue
         newton = jlstm.Newton(m, on_failure="ignore", max_iters=200)
         run = jax.jit(lambda p, x, n=newton: jlstm.scan(cell, p, x, method=n, return_info=True))
@@ -183,7 +193,8 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="quasi_deer,deer,elk,quasi_elk")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--deer-max-elements", type=float, default=3e7)
+    ap.add_argument("--max-elements", default=",".join(f"{m}={v:g}" for m, v in LIMITS.items()),
+                    help="per-method size limits, method=number,... (T·B·D² dense, T·B·D diagonal)")
     ap.add_argument("--memory", action="store_true",
                     help="also compile and run quasi-DEER at --memory-T (1M), H=64, B=1")
     ap.add_argument("--memory-T", type=int, default=1_000_000)
@@ -191,6 +202,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    limits = {**LIMITS, **{m: float(v) for m, v in (kv.split("=") for kv in args.max_elements.split(",") if kv)}}
     import jax
 
     I = 2  # the adding problem's (value, marker) inputs
@@ -211,8 +223,7 @@ def main(argv=None) -> None:
             for H in map(int, args.Hs.split(",")):
                 cell, params = make_params(cell_name, H, I, state == "trained")
                 for T in map(int, args.Ts.split(",")):
-                    r = run_case(cell, params, T, args.batch, I, args.methods.split(","), args.repeats,
-                                 int(args.deer_max_elements))
+                    r = run_case(cell, params, T, args.batch, I, args.methods.split(","), args.repeats, limits)
                     results["cases"].append({"cell": cell_name, "state": state, "H": H, "T": T, "results": r})
                     print(cell_name, state, H, T, {m: {k: (round(v, 4) if isinstance(v, float) else v)
                                                        for k, v in d.items()} for m, d in r.items()}, flush=True)
