@@ -1,4 +1,4 @@
-"""Shared test set-up: keep tests on the CPU, compile fast, make the test helpers importable."""
+"""Shared test set-up: keep tests on the CPU, compile fast (and once per program), make the helpers importable."""
 
 import os
 import sys
@@ -7,6 +7,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import xla_flags  # noqa: E402  (a sibling helper, importable once the path above is set)
+import compile_cache  # noqa: E402  (sibling helpers, importable once the path above is set)
+import xla_flags  # noqa: E402
 
 xla_flags.install()
+compile_cache.install()

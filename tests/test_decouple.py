@@ -8,13 +8,16 @@ quasi-DEER then converges to the sequential trajectory through either diagonal.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jlstm
-from jlstm._deer_step import FlatState, evaluate, flat_step
+from jlstm._deer_step import FlatState, flat_step
+from jlstm._deer_step import evaluate as _evaluate
 
 CELLS = {
     "lstm": lambda: jlstm.lstm(5),
@@ -26,6 +29,11 @@ CELLS = {
     "min_gru": lambda: jlstm.min_gru(5),
     "min_lstm": lambda: jlstm.min_lstm(5),
 }
+
+
+def evaluate(f, params, s, xs, valid, jac=None):
+    """``jlstm._deer_step.evaluate``, compiled as one program."""
+    return jax.jit(functools.partial(_evaluate, f, jac=jac))(params, s, xs, valid)
 
 
 @pytest.fixture(autouse=True, scope="module")

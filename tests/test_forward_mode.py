@@ -7,6 +7,8 @@ with the same transforms of ``fast=False`` (a plain ``lax.scan`` of ``cell.step`
 differentiated by JAX itself), in float64, with lengths, a mask, reverse and peepholes.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,8 +71,8 @@ def test_jvp_and_linearize_equal_reference(peephole, name):
     assert "custom_jvp_call" in str(jax.make_jaxpr(run(True))(params, xs, state))
     primals = (params, xs, state)
     tangents = (_tangent(params, 1), _tangent(xs, 2), _tangent(state, 3))
-    got = jax.jvp(run(True), primals, tangents)
-    ref = jax.jvp(run(False), primals, tangents)
+    got = jax.jit(functools.partial(jax.jvp, run(True)))(primals, tangents)
+    ref = jax.jit(functools.partial(jax.jvp, run(False)))(primals, tangents)
     _close(got, ref)
     assert float(jnp.max(jnp.abs(got[1][1]))) > 0  # the output tangent is really there
     out, lin = jax.linearize(run(True), *primals)
@@ -87,10 +89,10 @@ def test_jacfwd_equals_jacrev_and_reference():
     def f(fast):
         return lambda x: jlstm.scan(cell, params, x, state, lengths=lengths, fast=fast)[1]
 
-    fwd = jax.jacfwd(f(True))(xs)
+    fwd = jax.jit(jax.jacfwd(f(True)))(xs)
     assert fwd.shape == (T, B, H, T, B, I)
-    _close(fwd, jax.jacfwd(f(False))(xs))
-    _close(fwd, jax.jacrev(f(True))(xs))
+    _close(fwd, jax.jit(jax.jacfwd(f(False)))(xs))
+    _close(fwd, jax.jit(jax.jacrev(f(True)))(xs))
     # Causality: an output never depends on a later input.
     assert float(jnp.max(jnp.abs(fwd[0, :, :, 1:]))) == 0.0
 
@@ -106,9 +108,9 @@ def test_hessian_equals_reference():
             return jnp.sum(jnp.sin(ys)) + jnp.sum(final.c ** 2)
         return f
 
-    got = jax.hessian(loss(True))(params.b)
+    got = jax.jit(jax.hessian(loss(True)))(params.b)
     assert got.shape == (4 * H, 4 * H)
-    _close(got, jax.hessian(loss(False))(params.b), 1e-9)
+    _close(got, jax.jit(jax.hessian(loss(False)))(params.b), 1e-9)
 
 
 def test_recurrent_layer_jvp_equals_reference():

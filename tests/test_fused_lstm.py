@@ -40,7 +40,9 @@ def _value_and_grads(cell, params, xs, state, ct, fast, **kw):
         return (jnp.sum(ys.astype(jnp.float32) * ct) + jnp.sum(1.3 * final.h)
                 + jnp.sum(0.7 * final.c)), (final, ys)
 
-    (val, (final, ys)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
+    # One compiled program (eager differentiation would compile each of its operations on its own).
+    (val, (final, ys)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        params, xs, state)
     return val, final, ys, grads
 
 

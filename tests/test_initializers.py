@@ -106,10 +106,15 @@ def test_a_new_shape_compiles_nothing():
         if name == "/jax/core/compile/backend_compile_duration":
             compiles.append(name)
 
+    def listen_hits(name, **kw):        # a program read from the suite's compilation cache
+        if name == "/jax/compilation_cache/cache_hits":
+            compiles.append(name)
+
     for kind in ("normal", "uniform"):  # the two block programs, compiled once per process
         init._draw(KEY, 1, kind)
     init.per_gate(init.orthogonal, KEY, 2, 2, 3, jnp.float32)  # split(key, 3)
     jax.monitoring.register_event_duration_secs_listener(listen)
+    jax.monitoring.register_event_listener(listen_hits)
     try:
         init.orthogonal(KEY, (13, 11))
         init.per_gate(init.orthogonal, KEY, 17, 7, 3, jnp.float32)
@@ -119,4 +124,5 @@ def test_a_new_shape_compiles_nothing():
         init.add_to_slice(init.zeros(KEY, (37,)), 3, 9, 1.0)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
+        jax.monitoring.unregister_event_listener(listen_hits)
     assert compiles == []

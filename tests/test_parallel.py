@@ -1,17 +1,14 @@
-"""jlstm.parallel: the data-parallel step on 8 (forced host) devices equals a single-device step, and the
-module's docstring examples run (on however many devices this process has)."""
+"""jlstm.parallel: the data-parallel step on 8 (forced host) devices equals a single-device step.
+(The module's docstring examples run in test_doctests.py, with every other module's.)"""
 
-import doctest
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from host_devices import run_on_host_devices
 
-import jlstm
 from jlstm import parallel
 
 # Run in a subprocess: the device count is fixed when JAX starts.
@@ -147,13 +144,3 @@ def test_single_process_helpers():
         parallel.shard_batch(tree, jax.devices())
     with pytest.raises(ValueError, match="structure of the batch"):
         parallel.batch_shardings({"xs": jnp.ones((5, 4, 2))}, mesh, batch_axis=[1, 0])
-
-
-def test_docstring_examples_run():
-    globs = {"jax": jax, "jnp": jnp, "np": np, "optax": optax, "jlstm": jlstm}
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    report: list[str] = []
-    for test in doctest.DocTestFinder().find(parallel, "jlstm.parallel", globs=globs):
-        runner.run(test, out=report.append)
-    assert runner.failures == 0, "".join(report)
-    assert runner.tries >= 30                     # every public function's example was found and run

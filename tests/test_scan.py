@@ -1,5 +1,7 @@
 """jlstm.scan: a Python loop over step, lengths, masks, reverse and the JAX transforms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,11 +21,18 @@ def _setup(name, seed=0):
     return cell, params, xs
 
 
+@functools.cache
+def _jit_step(cell):
+    """``cell.step`` compiled once per cell and shape (eagerly, each of its operations compiles alone)."""
+    return jax.jit(cell.step)
+
+
 def _loop(cell, params, xs, state=None):
     state = cell.initial_state(params, xs.shape[1:-1]) if state is None else state
+    step = _jit_step(cell)
     ys = []
     for t in range(xs.shape[0]):
-        state, y = cell.step(params, state, xs[t])
+        state, y = step(params, state, xs[t])
         ys.append(y)
     if not ys:
         return state, jnp.zeros((0,) + xs.shape[1:-1] + (cell.output_size,))
@@ -55,19 +64,19 @@ def test_padded_batch_equals_each_sequence_alone_with_gradients(name):
         final, ys = jlstm.scan(cell, p, x, lengths=lengths)
         return jnp.sum(ys ** 2) + sum(jnp.sum(a) for a in jax.tree.leaves(final)), (final, ys)
 
-    (_, (final, ys)), (g_p, g_x) = jax.value_and_grad(loss_padded, argnums=(0, 1), has_aux=True)(
+    (_, (final, ys)), (g_p, g_x) = jax.jit(jax.value_and_grad(loss_padded, argnums=(0, 1), has_aux=True))(
         params, garbage)
     assert np.isfinite(np.asarray(g_x)).all()
     g_total = jax.tree.map(jnp.zeros_like, params)
+
+    def loss_alone(p, x):
+        f, y = jlstm.scan(cell, p, x)
+        return jnp.sum(y ** 2) + sum(jnp.sum(a) for a in jax.tree.leaves(f)), (f, y)
+
+    grad_alone = jax.jit(jax.value_and_grad(loss_alone, argnums=(0, 1), has_aux=True))  # one program per length
     for b in range(B):
         L = int(lengths[b])
-
-        def loss_alone(p, x):
-            f, y = jlstm.scan(cell, p, x)
-            return jnp.sum(y ** 2) + sum(jnp.sum(a) for a in jax.tree.leaves(f)), (f, y)
-
-        (_, (f_b, y_b)), (gp_b, gx_b) = jax.value_and_grad(loss_alone, argnums=(0, 1), has_aux=True)(
-            params, xs[:L, b])
+        (_, (f_b, y_b)), (gp_b, gx_b) = grad_alone(params, xs[:L, b])
         _close(jax.tree.map(lambda a: a[b], final), f_b)
         _close(ys[:L, b], y_b)
         np.testing.assert_array_equal(ys[L:, b], 0.0)
@@ -132,8 +141,8 @@ def test_jit_vmap_and_unroll_are_invariant(name):
     _close(ref, per_seq)
     for unroll in (2, 4, True):
         _close(ref, jlstm.scan(cell, params, xs, lengths=lengths, unroll=unroll))
-    g = jax.grad(lambda p: jnp.sum(jlstm.scan(cell, p, xs, lengths=lengths, unroll=3)[1]))(params)
-    g1 = jax.grad(lambda p: jnp.sum(jlstm.scan(cell, p, xs, lengths=lengths, unroll=1)[1]))(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(jlstm.scan(cell, p, xs, lengths=lengths, unroll=3)[1])))(params)
+    g1 = jax.jit(jax.grad(lambda p: jnp.sum(jlstm.scan(cell, p, xs, lengths=lengths, unroll=1)[1])))(params)
     _close(g, g1)
 
 
