@@ -31,7 +31,6 @@ that are exact in float32 at pre-activations of ±50 and beyond, so neither over
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jlstm import _checks, _initializers
+from jlstm._deer_linear import Algebra, blocked_affine_scan
 from jlstm._make_cell import make_cell
 from jlstm._math import carry_dtype, matmul, output
 from jlstm._options import MinCellOptions, Unpack, resolve
@@ -113,11 +113,6 @@ def _combine(earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.A
     return a1 * a2, b1 * a2 + b2
 
 
-def _block_length(T: int) -> int:
-    """Steps per block of the blocked form: about √T, so all of its loops are short."""
-    return max(1, min(T, math.isqrt(max(T - 1, 0)) + 1))
-
-
 def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
                       associative: bool | None = None) -> jax.Array:
     """All ``h_t = a_t h_{t-1} + b_t`` along axis 0, from ``h0`` (any sign): ``[T, ...]``.
@@ -139,34 +134,7 @@ def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
     if associative or T == 0:
         A, B = lax.associative_scan(_combine, (a, b), axis=0)
         return A * h0 + B
-    L = _block_length(T)
-    n = -(-T // L)
-    pad = n * L - T
-    if pad:  # identity steps (a = 1, b = 0) fill the last block
-        a = jnp.concatenate([a, jnp.ones((pad,) + a.shape[1:], a.dtype)])
-        b = jnp.concatenate([b, jnp.zeros((pad,) + b.shape[1:], b.dtype)])
-
-    def blocks(x):  # [n*L, ...] -> [L, n, ...]: the step within the block leads
-        return jnp.swapaxes(x.reshape((n, L) + x.shape[1:]), 0, 1)
-
-    a, b = blocks(a), blocks(b)
-
-    def compose(carry, ab):
-        return _combine(carry, ab), None
-
-    (A, B), _ = lax.scan(compose, (jnp.ones_like(a[0]), jnp.zeros_like(b[0])), (a, b))
-
-    def apply(h, ab):
-        return ab[0] * h + ab[1], h
-
-    _, h_start = lax.scan(apply, h0, (A, B))
-
-    def fill(h, ab):
-        h = ab[0] * h + ab[1]
-        return h, h
-
-    _, hs = lax.scan(fill, h_start, (a, b))
-    return jnp.swapaxes(hs, 0, 1).reshape((n * L,) + hs.shape[2:])[:T]
+    return blocked_affine_scan(Algebra(dense=False), a, b, h0)
 
 
 def _parallel_form(project: Callable, coeffs: Callable, state_type: type, dtype) -> Callable:

@@ -1,0 +1,65 @@
+"""The affine recurrences inside a Newton step (jlstm._deer_linear) against a NumPy loop.
+
+``s_t = A_t s_{t-1} + b_t`` in both Jacobian layouts (dense ``[T, B, D, D]`` and diagonal
+``[T, B, D]``), by ``lax.associative_scan`` and by the blocked form the CPU uses, at lengths
+that fill whole blocks and lengths that leave a padded last block.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jlstm._deer_linear import Algebra, affine_scan, block_length, blocked_affine_scan, reverse_affine_scan
+
+B, D = 2, 3
+
+
+def _loop(A: np.ndarray, b: np.ndarray, s0: np.ndarray, dense: bool, reverse: bool = False) -> np.ndarray:
+    out = np.zeros_like(b)
+    s = s0
+    for t in (reversed(range(len(b))) if reverse else range(len(b))):
+        s = (np.einsum("bij,bj->bi", A[t], s) if dense else A[t] * s) + b[t]
+        out[t] = s
+    return out
+
+
+def _problem(T: int, dense: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (T, B, D, D) if dense else (T, B, D)
+    A = rng.normal(size=shape) * (0.5 if dense else 1.0)      # signs of both kinds on the diagonal
+    return A, rng.normal(size=(T, B, D))
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["diag", "dense"])
+@pytest.mark.parametrize("T", [1, 9, 50])               # 9 = 3 blocks of 3; 50 = 7 blocks of 8, padded
+def test_affine_scan_both_evaluations_match_a_loop(T, dense):
+    alg = Algebra(dense=dense)
+    A, b = _problem(T, dense)
+    A[0] = 0                                            # s_0 folded into b_1, as the Newton step does
+    want = _loop(A, b, np.zeros((B, D)), dense)
+    for associative in (True, False):
+        got = jax.jit(lambda A, b, a=associative: affine_scan(alg, A, b, associative=a))(
+            A.astype(np.float32), b.astype(np.float32))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4, err_msg=f"{associative=}")
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["diag", "dense"])
+def test_blocked_from_a_nonzero_start_and_reversed(dense):
+    alg = Algebra(dense=dense)
+    A, b = _problem(23, dense, seed=1)
+    s0 = np.random.default_rng(2).normal(size=(B, D))
+    got = jax.jit(lambda A, b, s0: blocked_affine_scan(alg, A, b, s0))(A, b, s0)
+    np.testing.assert_allclose(np.asarray(got), _loop(A, b, s0, dense), rtol=1e-5, atol=1e-5)
+    A[-1] = 0                                           # the backward recurrence's convention
+    got = jax.jit(lambda A, b: reverse_affine_scan(alg, A, b))(A, b)
+    np.testing.assert_allclose(np.asarray(got), _loop(A, b, np.zeros((B, D)), dense, reverse=True),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_block_length_is_about_the_square_root():
+    assert [block_length(T) for T in (0, 1, 2, 9, 10, 50, 16384)] == [1, 1, 2, 3, 4, 8, 128]
+    for T in range(1, 300):
+        L = block_length(T)
+        assert 1 <= L <= T and L * L >= T
