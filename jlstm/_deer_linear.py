@@ -115,8 +115,12 @@ def blocked_affine_scan(alg: Algebra, A: jax.Array, b: jax.Array, s0: jax.Array)
     def advance(s, step):
         return alg.mv(step[0], s) + step[1], s
 
+    def fill(s, step):
+        s = alg.mv(step[0], s) + step[1]
+        return s, s
+
     _, s_start = lax.scan(advance, s0, (A_block, b_block))
-    _, s = lax.scan(lambda s, step: (advance(s, step)[0],) * 2, s_start, (A, b))
+    _, s = lax.scan(fill, s_start, (A, b))
     return jnp.swapaxes(s, 0, 1).reshape((n * L,) + s.shape[2:])[:T]
 
 
