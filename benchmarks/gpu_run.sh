@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call on an H100/H200, under 8 minutes: the perf suite (peers included, 220 s), DeepBench (40 s),
-# the modern cells' forms (120 s) and parallel-in-time (90 s); each section is cut by its own timeout.
+# One device call on an H100/H200, under 9 minutes: correctness of the GPU-only paths (70 s), parallel in
+# time (160 s), the perf suite (peers included, 170 s), the modern cells' forms (60 s) and DeepBench (30 s);
+# each section is cut by its own timeout, and each writes its JSON as it goes.
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
 # Writes $OUT/gpu_perf.json, $OUT/gpu_deepbench.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
@@ -24,20 +25,24 @@ try:
 except Exception as e:
     print("torch:", e)
 PY
+echo "== correctness of the GPU-only paths (Pallas kernel, fused scan, Newton methods' associative scans)"
+timeout 70 python -m benchmarks.gpu_check --out "$OUT/check_gpu.json" 2>&1 | tee "$OUT/check_gpu.log"
+echo "== parallel in time: DEER / quasi-DEER against sequential, B=1, T from 1k to 131k, then T=1M"
+timeout 120 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072 --Hs 4,16 --cells gru,lstm \
+  --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
+timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
+  --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
 echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
 # jlstm = the automatic choice (the Pallas kernel where B <= 64), jlstm_pallas / jlstm_fused / jlstm_ref =
 # the Pallas kernel, the fused scan and the reference scan forced; cuDNN from JAX and from PyTorch; Flax;
 # gemm_floor = the same GEMMs alone. float32, plus bf16 for 64,256,512,512.
-timeout 220 python -m benchmarks.scan --suite perf --repeats 10 \
+timeout 170 python -m benchmarks.scan --suite perf --repeats 10 \
   --peers jlstm_pallas,jlstm_fused,jlstm_ref,jax_cudnn,torch,flax --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
 echo "== deepbench (training + inference, float32), if time remains"
-timeout 40 python -m benchmarks.scan --suite deepbench --repeats 3 \
+timeout 30 python -m benchmarks.scan --suite deepbench --repeats 3 \
   --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
 echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
-timeout 120 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
+timeout 60 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
   --lengths 1024,16384,65536 --repeats 3 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
-echo "== parallel in time: DEER / quasi-DEER / ELK against sequential, T from 1k to 1M"
-timeout 90 python -m benchmarks.deer --device gpu --batch 16 --Ts 1024,16384,262144,1048576 --Hs 4,16,64 \
-  --states untrained --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
 python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
 echo "== done"

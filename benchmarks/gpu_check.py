@@ -1,0 +1,137 @@
+"""Correctness on a GPU: the paths that only a GPU takes, against jlstm's reference scan.
+
+The CPU test suite runs the Pallas kernel in interpret mode and the Newton methods with the CPU's
+blocked affine recurrence. On a GPU the kernel is compiled by Triton, and the Newton methods use
+``lax.associative_scan``; this script compares both with the reference (``fast=False``, or the
+sequential scan) in float32 at full matmul precision, values and gradients, and writes JSON.
+
+    python -m benchmarks.gpu_check --out benchmarks/results/check_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import traceback
+
+
+def _max_diff(a, b) -> float:
+    import jax
+    import numpy as np
+
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _loss_grads(run, params, xs, state, ct):
+    import jax
+    import jax.numpy as jnp
+
+    def loss(p, x, s):
+        final, ys = run(p, x, s)
+        return jnp.sum(ys * ct) + jnp.sum(jnp.stack([jnp.sum(leaf) for leaf in jax.tree.leaves(final)])), ys
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+
+
+def lstm_paths(T: int, B: int, I: int, H: int) -> dict:
+    """``jlstm.lstm`` on its default GPU path (Pallas where it fits), the Pallas kernel called directly,
+    and the fused scan, against ``fast=False``, with a mask."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jlstm
+    from jlstm import _pallas_lstm
+
+    cell = jlstm.lstm(H)
+    k = jax.random.split(jax.random.key(H), 5)
+    params = cell.init(k[0], I)
+    xs = jax.random.normal(k[1], (T, B, I))
+    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[2], (B, H)), c=0.5 * jax.random.normal(k[3], (B, H)))
+    ct = jax.random.normal(k[4], (T, B, H))
+    mask = jnp.asarray(np.random.default_rng(0).random((T, B)) < 0.8)
+    ref = _loss_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, fast=False), params, xs, state, ct)
+    out = {"shape": [T, B, I, H], "pallas_fits": _pallas_lstm.fits(B, H, jnp.float32, None)}
+
+    def kernel(p, x, s):
+        hT, cT, ys = _pallas_lstm.lstm_pallas(p.w_x, p.w_h, p.b, x, s.h, s.c, mask, False)
+        return jlstm.LSTMState(hT, cT), ys
+
+    runs = {"default": lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask), "pallas": kernel}
+    for name, run in runs.items():
+        try:
+            got = _loss_grads(run, params, xs, state, ct)
+            out[name] = {"max_abs_diff_values": _max_diff(got[0], ref[0]),
+                         "max_abs_diff_grads": _max_diff(got[1], ref[1])}
+        except Exception as e:                       # recorded, so the other checks still run
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    os.environ["JLSTM_PALLAS"] = "0"
+    try:
+        got = _loss_grads(runs["default"], params, xs, state, ct)
+        out["fused"] = {"max_abs_diff_values": _max_diff(got[0], ref[0]),
+                        "max_abs_diff_grads": _max_diff(got[1], ref[1])}
+    except Exception as e:
+        out["fused"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    finally:
+        del os.environ["JLSTM_PALLAS"]
+    return out
+
+
+def newton(cell_name: str, method: str, T: int, B: int, H: int) -> dict:
+    """A Newton method on the GPU (associative scans) against the sequential scan: values, grads."""
+    import jax
+    import jax.numpy as jnp
+
+    import jlstm
+
+    cell = jlstm.gru(H) if cell_name == "gru" else jlstm.lstm(H)
+    k = jax.random.split(jax.random.key(0), 3)
+    params = cell.init(k[0], 2)
+    xs = jax.random.uniform(k[1], (T, B, 2))
+    ct = jax.random.normal(k[2], (T, B, cell.output_size))
+    lengths = jnp.arange(B) * 7 + T - 7 * B
+    state = cell.initial_state(params, B)
+
+    def run(m):
+        def f(p, x, s):
+            return jlstm.scan(cell, p, x, s, lengths=lengths, method=jlstm.Newton(m, on_failure="ignore"))
+        return f
+
+    ref = _loss_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, lengths=lengths), params, xs, state, ct)
+    got = _loss_grads(run(method), params, xs, state, ct)
+    newton_method = jlstm.Newton(method, on_failure="ignore")
+    info = jax.jit(lambda p, x: jlstm.scan(cell, p, x, lengths=lengths, method=newton_method,
+                                           return_info=True)[2])(params, xs)
+    return {"cell": cell_name, "method": method, "T": T, "B": B, "H": H,
+            "iterations": int(info.iterations), "converged": bool(info.converged),
+            "max_abs_diff_values": _max_diff(got[0], ref[0]), "max_abs_diff_grads": _max_diff(got[1], ref[1])}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "check_gpu.json"))
+    args = ap.parse_args(argv)
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")   # compare the maths, not TF32 rounding
+    results = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+               "jax": jax.__version__, "lstm": [], "newton": []}
+    checks = [("lstm", lambda s=s: lstm_paths(*s)) for s in ((64, 8, 16, 64), (50, 3, 8, 128), (40, 96, 8, 32))]
+    checks += [("newton", lambda c=c, m=m: newton(c, m, 2048, 4, 8))
+               for m in ("deer", "quasi_deer", "quasi_elk") for c in ("gru", "lstm")]
+    checks += [("newton", lambda c=c: newton(c, "elk", 256, 4, 8)) for c in ("gru", "lstm")]   # dense ELK last
+    for key, check in checks:
+        try:
+            r = check()
+        except Exception:
+            r = {"error": traceback.format_exc()[-2000:]}
+        results[key].append(r)
+        print(key, json.dumps(r), flush=True)
+        from benchmarks.deer import write
+        write(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
