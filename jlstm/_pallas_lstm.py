@@ -34,11 +34,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 MAX_BATCH = 64
-# The kernel is one program that holds each gate's (H, H) block of W_h as one Triton
-# block: 64 KiB at H = 128 fits one SM's shared memory, H = 256 does not. Wider layers
-# need the kernel tiled over H and spread over the SMs (not written yet), so jlstm.lstm
-# routes only up to here; benchmarks.peers' jlstm_pallas tries the kernel up to 1024.
-MAX_HIDDEN = 128
+# The kernel is one program that holds W_h and its working blocks in one SM's shared memory.
+# Measured on an H200 (jax 0.11.2, 2026-12-04, benchmarks/results/check_gpu.json): H = 64 runs and
+# matches the reference; H = 128 asks Triton for 532,480 bytes of the 232,448 an SM has and fails
+# with RESOURCE_EXHAUSTED. Wider layers need the kernel tiled over H and spread over the SMs (not
+# written yet), so jlstm.lstm routes only up to 64; benchmarks.peers' jlstm_pallas tries it wider.
+MAX_HIDDEN = 64
 KERNEL_MAX_HIDDEN = 1024
 
 
