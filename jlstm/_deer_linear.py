@@ -92,7 +92,7 @@ def blocked_affine_scan(alg: Algebra, A: jax.Array, b: jax.Array, s0: jax.Array)
     A loop of √T steps composes every block's maps at once (vectorised over the blocks), a loop
     over the blocks carries ``s`` from block to block, and a last loop of √T steps fills each
     block in from its starting state, again all blocks at once. The work is that of the
-    sequential recurrence (plus one composition per step); the loops are 3√T long.
+    sequential recurrence (plus one composition per step), in three loops of about √T steps.
     """
     T = b.shape[0]
     if T == 0:

@@ -86,8 +86,8 @@ def _full_precision(fn: Callable) -> Callable:
     A GPU multiplies float32 matrices in TF32 by default (about 3 decimal digits). Newton's method
     then solves a step whose Jacobian and values carry that rounding, and it stalls above float32's
     tolerance: measured on an H200, DEER ran 200 iterations unconverged where it needs 4, and
-    quasi-DEER 42 where it needs 15. The products inside a Newton solve are small (T·B rows of a
-    step's width), so full precision costs little.
+    quasi-DEER 42 where it needs 15. The GPU timings in ``benchmarks/results/deer_gpu.json`` were
+    measured with full precision on.
     """
 
     @functools.wraps(fn)
