@@ -18,11 +18,12 @@ import traceback
 
 
 def _max_diff(a, b) -> float:
+    """The largest difference over two pytrees' leaves (benchmarks.deer's, leaf by leaf)."""
     import jax
-    import numpy as np
 
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    from benchmarks.deer import _max_diff as leaf_diff
+
+    return max(leaf_diff(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _loss_grads(run, params, xs, state, ct):
@@ -116,6 +117,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     import jax
 
+    from benchmarks.deer import write
+
     results = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                "jax": jax.__version__, "lstm": [], "newton": []}
     def exact(fn):  # the LSTM paths compared at full matmul precision: the maths, not TF32 rounding
@@ -138,7 +141,6 @@ def main(argv=None) -> None:
             r = {"error": traceback.format_exc()[-2000:]}
         results[key].append(r)
         print(key, json.dumps(r), flush=True)
-        from benchmarks.deer import write
         write(args.out, results)
 
 

@@ -35,10 +35,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jlstm import _checks, _initializers
-from jlstm._deer_linear import Algebra, blocked_affine_scan
+from jlstm._deer_linear import Algebra, affine_scan, blocked_affine_scan
 from jlstm._make_cell import make_cell
 from jlstm._math import carry_dtype, matmul, output
 from jlstm._options import MinCellOptions, Unpack, resolve
@@ -106,13 +105,6 @@ def _lstm_coeffs(xp: jax.Array) -> tuple[jax.Array, jax.Array]:
     return f_norm, i_norm * g(k_h)
 
 
-def _combine(earlier: tuple[jax.Array, jax.Array], later: tuple[jax.Array, jax.Array]):
-    """Compose two stretches of ``h -> a h + b``: first ``earlier``, then ``later``."""
-    a1, b1 = earlier
-    a2, b2 = later
-    return a1 * a2, b1 * a2 + b2
-
-
 def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
                       associative: bool | None = None) -> jax.Array:
     """All ``h_t = a_t h_{t-1} + b_t`` along axis 0, from ``h0`` (any sign): ``[T, ...]``.
@@ -131,9 +123,10 @@ def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
         associative = jax.default_backend() != "cpu"
     T = a.shape[0]
     h0 = jnp.broadcast_to(h0, a.shape[1:]).astype(b.dtype)
-    if associative or T == 0:
-        A, B = lax.associative_scan(_combine, (a, b), axis=0)
-        return A * h0 + B
+    if T == 0:
+        return b
+    if associative:  # h0 folded into the first step, as affine_scan expects
+        return affine_scan(Algebra(dense=False), a, b.at[0].add(a[0] * h0), associative=True)
     return blocked_affine_scan(Algebra(dense=False), a, b, h0)
 
 
