@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jlstm.cells import initializers as _initializers
 from jlstm.cells.lstm import LSTMState
-from jlstm.cells.make_cell import make_cell
+from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, cell_sizes, masked, matmul, output
 from jlstm.core.types import Cell, CellConfig, DTypeLike, batch_tuple
@@ -113,4 +113,4 @@ def layer_norm_lstm(
 
     return make_cell(init=init, initial_state=initial_state, project=project,
                      step_projected=step_projected, output_size=H, name=where, config=config,
-                     check=check)
+                     check=check, output_of_state=h_output)

@@ -144,7 +144,7 @@ def slstm(
                      initial_state=functools.partial(_initial_state, config),
                      project=functools.partial(_project, config),
                      step_projected=functools.partial(_step_projected, config),
-                     output_size=H, name=where, config=config, check=check)
+                     output_size=H, name=where, config=config, check=check, mixable_state=False)
 
 
 def _where(cfg: CellConfig) -> str:

@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._scan import scan, valid_steps
+from jlstm._scan import scan
 from jlstm.cells.slstm import SLSTMParams, slstm
 from jlstm.core.deprecation import renamed_keyword
+from jlstm.core.time import valid_steps
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
 from jlstm.layers.dropout import check_key, dropout

@@ -6,13 +6,12 @@ from typing import Any, Union
 
 import jax
 
-from jlstm._scan import ScanOptions, StepRegularisers, _check_remat, _check_unroll, run_scan
+from jlstm._scan import ScanOptions, run_scan
 from jlstm.core import checks as _checks
 from jlstm.core.types import Cell, CellConfig, Method, RematPolicy, SequenceModel
 from jlstm.layers.dropout import check_key, dropout, variational_mask
-
-# Cells whose state carries a log-space stabiliser (xLSTM): zoneout's unit-wise mix is meaningless.
-_LOG_STABILISED = ("slstm", "mlstm")
+from jlstm.strategies.base import StepRegularisers
+from jlstm.strategies.sequential import check_remat, check_unroll
 
 
 def recurrent(
@@ -92,15 +91,15 @@ def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zo
     _checks.check_rate("input_dropout", input_dropout)
     _checks.check_rate("recurrent_dropout", recurrent_dropout)
     _checks.check_rate("zoneout", zoneout)
-    _check_unroll(unroll)
-    _check_remat(remat)
+    check_unroll(unroll)
+    check_remat(remat)
     if recurrent_dropout and (cell.fast is None or cell.fast.step_projected is None):
         raise ValueError(
             f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
             f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
             f"only a step. Use input_dropout or zoneout instead.")
-    if zoneout and cell.config is not None and cell.config.kind in _LOG_STABILISED:
+    if zoneout and cell.fast is not None and not cell.fast.mixable_state:
         raise ValueError(
-            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
-            f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
+            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} declares "
+            f"that a mix of two of its states is no state (its state carries a log-space stabiliser). "
             f"Use input_dropout (or a stack's inter_layer_dropout) instead.")
