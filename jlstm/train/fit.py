@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jlstm import checkpoint as _ckpt
+import jlstm.checkpoint as _ckpt
 from jlstm.train.fit_state import (
     FitState,
     Stopping,

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+import jlstm.train.losses as losses
 from jlstm.core import checks as _checks
 from jlstm.core.types import SequenceModel
-from jlstm.train import losses
 from jlstm.train.heads import DenseParams, dense_apply, dense_init
 
 __all__ = ["LMChunk", "LMParams", "LanguageModel", "lm_chunks"]
