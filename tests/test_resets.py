@@ -162,3 +162,27 @@ def test_bad_resets_are_refused_at_trace_time():
         jlstm.scan(cell, params, xs, resets=jnp.zeros((T, B)))
     with pytest.raises(ValueError, match=r"resets has shape \(3, 11\), expected \(11, 3\)"):
         jlstm.scan(cell, params, xs, resets=jnp.zeros((B, T), bool))
+
+
+def test_streaming_and_language_model_carry_resets():
+    cell = jlstm.lstm(H)
+    params, xs = _setup(cell, seed=7)
+    r = jnp.asarray(RESETS)
+    _, whole = jlstm.scan(cell, params, xs, resets=r)
+    step = jax.jit(jlstm.streaming.make_stream_step(cell))
+    parts = [ys for _, ys in jlstm.streaming.stream(step, params, [xs[:4], xs[4:]], resets=r)]
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(parts)), np.asarray(whole), atol=1e-6)
+
+    lm = jlstm.train.LanguageModel(jlstm.recurrent(jlstm.gru(H)), vocab_size=7, embed_size=3)
+    lp = lm.init(jax.random.key(8))
+    tokens = np.random.default_rng(0).integers(0, 7, 41)
+    starts = np.zeros(41, bool)
+    starts[[9, 25]] = True                                 # documents begin at tokens 9 and 25
+    (chunk,) = jlstm.train.lm_chunks(tokens, batch_size=1, chunk_len=40, starts=starts)
+    _, packed = lm.apply(lp, chunk.xs, resets=chunk.resets)
+    for a, z in ((0, 9), (9, 25), (25, 40)):
+        _, alone = lm.apply(lp, chunk.xs[a:z])
+        np.testing.assert_allclose(np.asarray(packed[a:z]), np.asarray(alone), atol=2e-5)
+    toks, _ = jlstm.train.generate(lm, lp, chunk.xs, 3, greedy=True, resets=chunk.resets)
+    toks_alone, _ = jlstm.train.generate(lm, lp, chunk.xs[25:], 3, greedy=True)
+    np.testing.assert_array_equal(np.asarray(toks), np.asarray(toks_alone))
