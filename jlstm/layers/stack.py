@@ -87,6 +87,7 @@ def _apply(config: CellConfig, name: str, params: Any, xs: jax.Array, state: Any
         final, ys = layer.apply(params[k], ys, None if state is None else state[k], lengths=lengths, mask=mask,
                                 key=keys[2 * k], time_major=time_major, **extra)
         finals.append(final)
-        if k < n - 1 and keys[2 * k + 1] is not None and rate:
-            ys = dropout(keys[2 * k + 1], rate, ys)
+        drop_key = keys[2 * k + 1]
+        if k < n - 1 and drop_key is not None and rate:
+            ys = dropout(drop_key, rate, ys)
     return tuple(finals), ys
