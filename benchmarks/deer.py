@@ -38,9 +38,9 @@ def make_params(cell_name: str, H: int, I: int, trained: bool):
     import jax
     import jax.numpy as jnp
     import optax
+    from jlstm.tasks import adding_problem
 
     import jlstm
-    from jlstm.tasks import adding_problem
 
     cell = jlstm.gru(H) if cell_name == "gru" else jlstm.lstm(H)
     params = {"cell": cell.init(jax.random.key(0), I), "w": jnp.zeros((H,))}

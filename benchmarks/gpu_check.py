@@ -45,7 +45,7 @@ def lstm_paths(T: int, B: int, I: int, H: int) -> dict:
     import numpy as np
 
     import jlstm
-    from jlstm import _pallas_lstm
+    from jlstm.kernels import pallas_lstm as _pallas_lstm
 
     cell = jlstm.lstm(H)
     k = jax.random.split(jax.random.key(H), 5)

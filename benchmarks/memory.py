@@ -66,9 +66,9 @@ def build(T: int, B: int, I: int, H: int, remat: str, impl: str, dtype: str = "f
     import jax
     import jax.numpy as jnp
     import optax
+    from jlstm.tasks import adding_problem
 
     import jlstm
-    from jlstm.tasks import adding_problem
 
     dt = jnp.dtype(dtype)
     cell = jlstm.lstm(H, dtype=None if dt == jnp.float32 else dt)

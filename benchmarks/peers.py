@@ -162,7 +162,7 @@ def build_jlstm_pallas(case: Case, data: Data) -> Runner:
     import jax
     import jax.numpy as jnp
 
-    from jlstm import _pallas_lstm
+    from jlstm.kernels import pallas_lstm as _pallas_lstm
 
     widest = _pallas_lstm.KERNEL_MAX_HIDDEN
     if not _pallas_lstm.fits(case.B, case.H, None, None, widest) or case.dtype != "float32":

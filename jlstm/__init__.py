@@ -1,33 +1,45 @@
-"""jlstm: LSTM, GRU and plain RNN cells as pure JAX functions.
+"""jlstm: recurrent networks as pure JAX functions.
 
-A cell is a named tuple of pure functions (``init``, ``initial_state``, ``step``);
-:func:`scan` runs one over a sequence with lengths, masks and reverse; the layers
-(:func:`recurrent`, :func:`stack`, :func:`bidirectional`) compose cells into sequence
-models with ``init`` and ``apply``.
+The classic cells (the founding article's peephole LSTM, the peephole-free LSTM of PyTorch, Keras and
+Flax, GRU, plain RNN), the modern ones (sLSTM, mLSTM, minGRU, minLSTM) and parallel-in-time evaluation
+of any of them by Newton's method (DEER, quasi-DEER, ELK).
+
+Where things live (``docs/architecture.md`` draws the flow of a call):
+
+* :mod:`jlstm.core`: the cell contract (:class:`Cell`, :class:`CellConfig`, :class:`CellFast`) and the
+  time utilities shared by everything else;
+* :mod:`jlstm.cells`: one file per cell family;
+* :mod:`jlstm.kernels`: the fused XLA LSTM scan and its Pallas GPU kernel;
+* :mod:`jlstm.strategies` and :mod:`jlstm.newton`: the evaluation strategies (``Sequential``,
+  ``Parallel``, ``Chunkwise``, ``Auto``, ``Newton``) that :func:`scan` hands a sequence to;
+* :mod:`jlstm.layers`: ``recurrent``, ``stack``, ``bidirectional``;
+* the namespaces ``jlstm.train``, ``jlstm.interop``, ``jlstm.checkpoint``, ``jlstm.streaming``,
+  ``jlstm.nnx``, ``jlstm.launch``, ``jlstm.parallel``, ``jlstm.population`` (imported on first use).
 """
 
 from importlib import metadata as _metadata
 
-from jlstm._bidirectional import (
+from jlstm._scan import default_unroll, reverse_index, scan, time_loop
+from jlstm.cells.gru import GRUParams, GRUState, gru
+from jlstm.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
+from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
+from jlstm.cells.make_cell import make_cell
+from jlstm.cells.min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
+from jlstm.cells.mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
+from jlstm.cells.options import CellOptions, MinCellOptions
+from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
+from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
+from jlstm.core import aliases as _aliases
+from jlstm.core.types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
+from jlstm.kernels.fused_lstm import lstm_sequence
+from jlstm.layers.bidirectional import (
     BidirectionalParams,
     BidirectionalState,
     bidirectional,
 )
-from jlstm._deer import Newton, NewtonConvergenceError, NewtonInfo
-from jlstm._fused_lstm import lstm_sequence
-from jlstm._gru import GRUParams, GRUState, gru
-from jlstm._layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
-from jlstm._lstm import LSTMParams, LSTMState, lstm
-from jlstm._make_cell import make_cell
-from jlstm._min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
-from jlstm._mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
-from jlstm._options import CellOptions, MinCellOptions
-from jlstm._recurrent import recurrent
-from jlstm._scan import default_unroll, reverse_index, scan, time_loop
-from jlstm._simple_rnn import RNNParams, RNNState, simple_rnn
-from jlstm._slstm import SLSTMParams, SLSTMState, slstm
-from jlstm._stack import stack
-from jlstm._types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
+from jlstm.layers.recurrent import recurrent
+from jlstm.layers.stack import stack
+from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo
 
 try:  # the version is written once, in pyproject.toml, and read from the installed package's metadata
     __version__ = _metadata.version("jlstm")
@@ -38,6 +50,9 @@ _SUBMODULES = (
     "checkpoint", "demo", "examples", "interop", "launch", "nnx", "parallel", "population", "streaming", "tasks",
     "train",
 )
+
+
+_aliases.install()  # jlstm.tasks, jlstm.demo, jlstm.parallel, jlstm.population (see jlstm.core.aliases)
 
 
 def __getattr__(name: str):

@@ -11,8 +11,8 @@ import numpy as np
 from jax import lax
 from jax.core import Tracer
 
-from jlstm import _checks
-from jlstm._types import Cell, CellFast, Method, Params, RematPolicy, SequenceFn, State
+from jlstm.core import checks as _checks
+from jlstm.core.types import Cell, CellFast, Method, Params, RematPolicy, SequenceFn, State
 
 REMAT_POLICIES = (None, "step", "segment")
 
@@ -379,7 +379,7 @@ def run_scan(
 
     info = None
     if kind == "newton":
-        from jlstm import _deer
+        from jlstm.newton import method as _deer
 
         final, ys, info = _deer.newton_scan(cell, params, xs, state, valid, form, unroll=unroll, remat=remat)
     elif kind == "form":

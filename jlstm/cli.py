@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from jlstm.demo import run_demo
+        from jlstm.examples.demo import run_demo
 
         results = run_demo(length=args.length, steps=args.steps, hidden=args.hidden,
                            seed=args.seed, progress=not args.no_progress)

@@ -26,9 +26,9 @@ from typing import Any
 import jax
 from flax import nnx
 
-from jlstm import _checks
-from jlstm._recurrent import recurrent
-from jlstm._types import Cell, SequenceModel
+from jlstm.core import checks as _checks
+from jlstm.core.types import Cell, SequenceModel
+from jlstm.layers.recurrent import recurrent
 
 __all__ = ["Recurrent"]
 

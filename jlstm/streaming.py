@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jlstm._scan import scan
-from jlstm._types import Cell, SequenceModel
+from jlstm.core.types import Cell, SequenceModel
 
 __all__ = ["chunk_lengths", "make_stream_step", "stream"]
 

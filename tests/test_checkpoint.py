@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jlstm.tasks import adding_problem
 
 import jlstm
 from jlstm import checkpoint as ckpt
-from jlstm.tasks import adding_problem
 from jlstm.train import make_train_step
 
 CELL = jlstm.lstm(5, peephole="diagonal")

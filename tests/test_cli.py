@@ -19,8 +19,9 @@ def test_demo_trains_both_models_and_reports(capsys):
 
 
 def test_demo_lstm_learns_what_the_mean_cannot(capsys):
-    import jlstm
     from jlstm.demo import BASELINE_MSE, train_adding
+
+    import jlstm
 
     r = train_adding(jlstm.lstm(16), length=10, steps=400, progress=True)
     assert r.test_mse < 0.5 * BASELINE_MSE

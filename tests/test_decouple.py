@@ -1,4 +1,4 @@
-"""The decoupled steps (jlstm._decouple): their Jacobian diagonal is the cell's own.
+"""The decoupled steps (jlstm.cells.decouple): their Jacobian diagonal is the cell's own.
 
 Each cell's ``FlatStep.diag`` (one JVP per state leaf through ``CellFast.step_decoupled``) must equal
 ``jnp.diagonal(jax.jacfwd(step))`` of the real step, in float64, at random params, states and
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import jlstm
-from jlstm._deer_step import FlatState, flat_step
-from jlstm._deer_step import evaluate as _evaluate
+from jlstm.newton.step import FlatState, flat_step
+from jlstm.newton.step import evaluate as _evaluate
 
 CELLS = {
     "lstm": lambda: jlstm.lstm(5),
@@ -32,7 +32,7 @@ CELLS = {
 
 
 def evaluate(f, params, s, xs, valid, jac=None):
-    """``jlstm._deer_step.evaluate``, compiled as one program."""
+    """``jlstm.newton.step.evaluate``, compiled as one program."""
     return jax.jit(functools.partial(_evaluate, f, jac=jac))(params, s, xs, valid)
 
 

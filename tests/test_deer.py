@@ -192,8 +192,9 @@ def test_an_all_nan_trajectory_is_not_converged(mesh):
 def test_fixed_damping_takes_every_step():
     """``adapt=False`` is ELK with a fixed λ: each iteration is one damped step from the last iterate,
     taken whatever it does to the residual (a step once refused was refused forever, since λ stayed)."""
-    from jlstm._deer_linear import Algebra, damped_solve
-    from jlstm._deer_step import FlatState, evaluate, flat_step
+    from jlstm.core.linear import Algebra
+    from jlstm.newton.linear import damped_solve
+    from jlstm.newton.step import FlatState, evaluate, flat_step
 
     cell, params, xs = _chaotic()
     state = cell.initial_state(params, (2,))

@@ -1,4 +1,4 @@
-"""The affine recurrences inside a Newton step (jlstm._deer_linear) against a NumPy loop.
+"""The affine recurrences inside a Newton step (jlstm.newton.linear) against a NumPy loop.
 
 ``s_t = A_t s_{t-1} + b_t`` in both Jacobian layouts (dense ``[T, B, D, D]`` and diagonal
 ``[T, B, D]``), by ``lax.associative_scan`` and by the blocked form the CPU uses, at lengths
@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jlstm._deer_linear import Algebra, affine_scan, block_length, blocked_affine_scan, reverse_affine_scan
+from jlstm.core.linear import Algebra, affine_scan, blocked_affine_scan, reverse_affine_scan
+from jlstm.core.time import sqrt_length as block_length
 
 B, D = 2, 3
 

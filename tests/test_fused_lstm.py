@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jlstm
-import jlstm._fused_lstm as fused_mod
+import jlstm.kernels.fused_lstm as fused_mod
 
 T, I, H = 7, 3, 5
 

@@ -1,4 +1,4 @@
-"""jlstm._initializers: the defaults are pure functions of the key, cheap, and have the right distributions.
+"""jlstm.cells.initializers: the defaults are pure functions of the key, cheap, and have the right distributions.
 
 References: NumPy (orthonormality, the Glorot limit), the same call under jit and vmap (bit-equal),
 and JAX's own compile events (no program is compiled for a new shape).
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jlstm
-from jlstm import _initializers as init
+from jlstm.cells import initializers as init
 
 KEY = jax.random.key(0)
 

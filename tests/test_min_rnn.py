@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 from np_reference import run, sigmoid
 
 import jlstm
-from jlstm._min_rnn import linear_recurrence
+from jlstm.core.linear import linear_recurrence
 
 # one compiled program per call signature (eager scans dispatch, and compile, op by op)
 scan = jax.jit(jlstm.scan, static_argnums=0,

@@ -8,10 +8,11 @@ import pytest
 
 nnx = pytest.importorskip("flax.nnx")
 
+from jlstm.tasks import copy_first  # noqa: E402
+
 import jlstm  # noqa: E402
 import jlstm.nnx as jnnx  # noqa: E402
 from jlstm import checkpoint  # noqa: E402
-from jlstm.tasks import copy_first  # noqa: E402
 
 
 def test_output_equals_functional_apply_and_a_step_loop():

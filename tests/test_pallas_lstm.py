@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jlstm
-from jlstm import _pallas_lstm
+from jlstm.kernels import pallas_lstm as _pallas_lstm
 
 
 def _setup(T, B, I, H, seed=0):

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jlstm.tasks import adding_problem
 
 import jlstm
 from jlstm import population as pop
-from jlstm.tasks import adding_problem
 
 H, T, B, N = 8, 10, 4, 4
 EPS = 1e-2

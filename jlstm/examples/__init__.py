@@ -1,1 +1,6 @@
-"""Runnable examples: ``python -m jlstm.examples.article`` reproduces the founding article's Keras model."""
+"""Runnable examples and toy data, kept apart from the library's core.
+
+``demo`` (the ``jlstm demo`` command: an LSTM and a plain RNN on the adding problem), ``tasks`` (toy
+sequence tasks: adding, copy-first) and ``article`` (``python -m jlstm.examples.article`` reproduces
+the founding article's Keras model). ``jlstm.demo`` and ``jlstm.tasks`` name the same modules.
+"""

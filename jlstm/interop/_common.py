@@ -7,8 +7,8 @@ from typing import Any, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._bidirectional import BidirectionalParams
-from jlstm._types import Cell, CellConfig, SequenceModel
+from jlstm.core.types import Cell, CellConfig, SequenceModel
+from jlstm.layers.bidirectional import BidirectionalParams
 
 
 def to_numpy(value: Any, name: str, where: str) -> np.ndarray:

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._gru import GRUParams, GRUState, gru
-from jlstm._lstm import LSTMParams, LSTMState, lstm
-from jlstm._types import Cell
+from jlstm.cells.gru import GRUParams, GRUState, gru
+from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
+from jlstm.core.types import Cell
 from jlstm.interop._common import param_dtype, to_numpy
 
 _LSTM_GATES = ("i", "f", "g", "o")

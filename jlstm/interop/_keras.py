@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from jlstm._bidirectional import BidirectionalParams, bidirectional
-from jlstm._gru import GRUParams, gru
-from jlstm._lstm import LSTMParams, lstm
-from jlstm._recurrent import recurrent
-from jlstm._types import Merge, SequenceModel
+from jlstm.cells.gru import GRUParams, gru
+from jlstm.cells.lstm import LSTMParams, lstm
+from jlstm.core.types import Merge, SequenceModel
 from jlstm.interop._common import (
     check_model_name,
     layer_is_reversed,
@@ -32,6 +30,8 @@ from jlstm.interop._common import (
     reorder_blocks,
     to_numpy,
 )
+from jlstm.layers.bidirectional import BidirectionalParams, bidirectional
+from jlstm.layers.recurrent import recurrent
 
 _GRU_ORDER = (1, 0, 2)  # z, r, h <-> r, z, n (its own inverse)
 _MERGES: dict[str, Merge] = {"concat": "concat", "sum": "sum", "ave": "mean"}

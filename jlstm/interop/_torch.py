@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from jlstm._bidirectional import BidirectionalParams, BidirectionalState, bidirectional
-from jlstm._checks import check_rate
-from jlstm._gru import GRUParams, GRUState, gru
-from jlstm._lstm import LSTMParams, LSTMState, lstm
-from jlstm._recurrent import recurrent
-from jlstm._stack import stack
-from jlstm._types import SequenceModel
+from jlstm.cells.gru import GRUParams, GRUState, gru
+from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
+from jlstm.core.checks import check_rate
+from jlstm.core.types import SequenceModel
 from jlstm.interop._common import check_model_name, layers_of, param_dtype, to_numpy
+from jlstm.layers.bidirectional import BidirectionalParams, BidirectionalState, bidirectional
+from jlstm.layers.recurrent import recurrent
+from jlstm.layers.stack import stack
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _GATES = {"lstm": 4, "gru": 3}

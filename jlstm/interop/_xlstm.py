@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._deprecation import renamed_keyword
-from jlstm._dropout import check_key, dropout
 from jlstm._scan import scan, valid_steps
-from jlstm._slstm import SLSTMParams, slstm
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.cells.slstm import SLSTMParams, slstm
+from jlstm.core.deprecation import renamed_keyword
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
+from jlstm.layers.dropout import check_key, dropout
 
 __all__ = ["XLSTMSLSTMLayerParams", "from_xlstm_slstm"]
 

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from jlstm import _checks
+from jlstm.core import checks as _checks
 
 __all__ = ["DenseParams", "dense_apply", "dense_init", "last_output", "mlp_apply", "mlp_init"]
 

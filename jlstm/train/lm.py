@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jlstm import _checks
-from jlstm._types import SequenceModel
+from jlstm.core import checks as _checks
+from jlstm.core.types import SequenceModel
 from jlstm.train import losses
 from jlstm.train.heads import DenseParams, dense_apply, dense_init
 

@@ -69,7 +69,7 @@ def test_final_state_equals_recurrent_steps_and_chunkwise_from_a_state():
     # the reference's recurrent step from jlstm's zero state (m = -1e30, a finite -inf)
     C = torch.zeros(B, NH, DH, DH)
     n = torch.zeros(B, NH, DH, 1)
-    m = torch.full((B, NH, 1, 1), jlstm._mlstm.NO_MEMORY)
+    m = torch.full((B, NH, 1, 1), jlstm.cells.mlstm.NO_MEMORY)
     hs = []
     for t in range(S):
         sl = [torch.tensor(a[:, :, t:t + 1]) for a in (q, k, v, i_pre, f_pre)]

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jlstm.tasks import adding_problem, copy_first
 
 import jlstm
-from jlstm.tasks import adding_problem, copy_first
 from jlstm.train import dense_apply, dense_init, fit, losses
 
 ENC = jlstm.recurrent(jlstm.lstm(8))

@@ -1,0 +1,75 @@
+"""The GRU cell in PyTorch's form (gates r, z, n; ``b_hn`` inside the reset product).
+
+Row-vector convention; blocks in the order r, z, n::
+
+    r_t = σ(x_t W_xr + b_xr + h_{t-1} W_hr + b_hr)
+    z_t = σ(x_t W_xz + b_xz + h_{t-1} W_hz + b_hz)
+    n_t = tanh(x_t W_xn + b_xn + r_t ⊙ (h_{t-1} W_hn + b_hn))
+    h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jlstm.cells.decouple import recurrent_matmul
+from jlstm.cells.options import CellOptions, Unpack
+from jlstm.cells.simple_cell import SimpleCell
+from jlstm.core.math import masked, output
+from jlstm.core.types import Cell
+
+
+class GRUParams(NamedTuple):
+    """GRU parameters (public layout): w_x (input, 3H), w_h (H, 3H), b_x (3H), b_h (3H); r, z, n."""
+
+    w_x: jax.Array
+    w_h: jax.Array
+    b_x: jax.Array
+    b_h: jax.Array
+
+
+class GRUState(NamedTuple):
+    """GRU state: ``h`` of shape [*batch, H]."""
+
+    h: jax.Array
+
+
+def gru(hidden_size: int, **options: Unpack[CellOptions]) -> Cell:
+    """Build a GRU cell (PyTorch's ``nn.GRU`` equations, see the module docstring).
+
+    Args:
+      hidden_size: number of units H.
+      **options: ``kernel_init`` (of the whole ``w_x``), ``recurrent_init`` (per gate block),
+        ``bias_init`` (of ``b_x`` and ``b_h``), ``dtype`` and ``param_dtype``: see
+        :class:`jlstm.CellOptions`.
+
+    Returns:
+      A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(GRUState, h_t)``.
+
+    Example:
+      >>> cell = jlstm.gru(16)
+      >>> params = cell.init(jax.random.key(0), 4)
+      >>> state, y = cell.step(params, cell.initial_state(params), jnp.ones(4))
+    """
+    parts = SimpleCell.build("gru", hidden_size, options, GRUParams, GRUState, blocks=3)
+    dtype = parts.dtype
+
+    def step_projected(params: GRUParams, state: GRUState, xp: jax.Array,
+                       recurrent_mask: jax.Array | None = None, *, decoupled: bool = False):
+        h = state.h
+        h_in = masked(h, recurrent_mask)
+        hp = recurrent_matmul(h_in, params.w_h, dtype, blocks=3, decoupled=decoupled)
+        hp = hp + params.b_h.astype(xp.dtype)
+        xr, xz, xn = jnp.split(xp, 3, axis=-1)
+        hr, hz, hn = jnp.split(hp, 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        h_new = (1.0 - z) * n + z * h.astype(n.dtype)
+        return GRUState(h=h_new.astype(h.dtype)), output(h_new, dtype)
+
+    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True))

@@ -1,0 +1,473 @@
+"""The mLSTM of xLSTM (Beck et al. 2024): a matrix memory per head, in three forms.
+
+Per head (head size d), with ``k̂ = k/√d``, a log-sigmoid forget gate and an exponential
+input gate, the recurrence is stabilised by a log-space scalar ``m``::
+
+    m_t = max(log σ(f̃_t) + m_{t-1}, ĩ_t)
+    f_t = exp(log σ(f̃_t) + m_{t-1} − m_t),   i_t = exp(ĩ_t − m_t)
+    C_t = f_t C_{t-1} + i_t k̂_t v_tᵀ          (C[i, j]: key index i, value index j)
+    n_t = f_t n_{t-1} + i_t k̂_t
+    h̃_t = C_tᵀ q_t / (max(|q_tᵀ n_t|, exp(−m_t)) + eps)
+
+The same function has a fully parallel form (an O(T²) decay-masked matrix, each row
+stabilised by its max ``m_t``) and a chunkwise form (that parallel form inside chunks of L
+steps, with C, n and m carried between chunks: O(T·L)). All three use the same ``m_t``, so
+they agree to rounding, eps term included. This is what the ``xlstm`` package's
+``parallel_stabilized_simple`` computes.
+
+The zero state holds ``m = -1e30`` ("no memory yet", a finite stand-in for −∞): with it the
+recurrent form's ``m_t`` equals the parallel form's row max exactly, and no ``inf − inf``
+appears in the values or the gradients.
+
+The cell (:func:`mlstm`) adds the paper's projections and output gate:
+``q, k, v = x W_q, x W_k, x W_v``, ``ĩ, f̃ = x w_i, x w_f`` (one scalar per head),
+``o = σ(x W_o)`` and ``y_t = o_t ⊙ h̃_t`` (heads concatenated). Its gates read only ``x``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlstm._scan import time_loop
+from jlstm.cells import initializers as _initializers
+from jlstm.cells.make_cell import make_cell
+from jlstm.core import checks as _checks
+from jlstm.core.math import carry_dtype, cell_sizes, matmul, output
+from jlstm.core.types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
+
+NO_MEMORY = -1e30
+"""The stabiliser ``m`` of the zero state: a finite stand-in for −∞."""
+
+CORE_METHODS = ("parallel", "chunkwise", "sequential")
+
+
+class MLSTMState(NamedTuple):
+    """mLSTM state per head: ``C`` [*batch, heads, d, d] (key index, value index), ``n``
+    [*batch, heads, d] and the log-space stabiliser ``m`` [*batch, heads].
+
+    ``C`` and ``n`` are stored divided by ``exp(m)``; the zero state has ``m = -1e30``.
+    """
+
+    C: jax.Array
+    n: jax.Array
+    m: jax.Array
+
+
+class MLSTMParams(NamedTuple):
+    """mLSTM parameters (public layout): ``w_x`` (input, 4H + 2·heads) and ``b_x`` (4H + 2·heads).
+
+    Column blocks in the order q (H), k (H), v (H), o (H), ĩ (heads), f̃ (heads). Within each
+    H block, head ``h`` owns columns ``h·d : (h+1)·d``.
+    """
+
+    w_x: jax.Array
+    b_x: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# The three forms of the core, on masked inputs: log_f = log σ(f̃) (0 at invalid steps), ig = ĩ
+# (−inf at invalid steps); q, k, v [T, *batch, heads, d], gates [T, *batch, heads].
+
+
+def _finite(m: jax.Array) -> jax.Array:
+    """``m`` where it is finite, else 0: the shift used inside ``exp`` (no inf − inf)."""
+    return jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
+
+
+def _step(state: MLSTMState, q, k, v, log_f, ig, eps: float) -> tuple[MLSTMState, jax.Array]:
+    """One stabilised recurrent step; ``k`` already scaled by 1/√d."""
+    m_new = jnp.maximum(log_f + state.m, ig)
+    shift = _finite(m_new)
+    f = jnp.exp(log_f + state.m - shift)
+    i = jnp.exp(ig - shift)
+    C = f[..., None, None] * state.C + i[..., None, None] * (k[..., :, None] * v[..., None, :])
+    n = f[..., None] * state.n + i[..., None] * k
+    num = jnp.einsum("...i,...ij->...j", q, C)
+    qn = jnp.einsum("...i,...i->...", q, n)
+    h = num / (jnp.maximum(jnp.abs(qn), jnp.exp(-shift)) + eps)[..., None]
+    return MLSTMState(C, n, m_new), h
+
+
+def _block_outputs(q, k, v, log_f, ig, state: MLSTMState, eps: float) -> jax.Array:
+    """The parallel form over one block of L steps, starting from ``state``: h [L, ..., heads, d]."""
+    L = q.shape[0]
+    # time moves next to the feature axis, so the products below are batched matmuls
+    q, k, v = (jnp.moveaxis(a, 0, -2) for a in (q, k, v))  # [..., heads, L, d]
+    F = jnp.cumsum(jnp.moveaxis(log_f, 0, -1), axis=-1)  # F_t = Σ_{r<=t} log f_r, [..., heads, L]
+    ig = jnp.moveaxis(ig, 0, -1)
+    log_d = F[..., :, None] - F[..., None, :] + ig[..., None, :]  # [..., t, s]: Σ_{s<r<=t} log f_r + ĩ_s
+    log_d = jnp.where(jnp.tril(jnp.ones((L, L), bool)), log_d, -jnp.inf)
+    log_g = F + state.m[..., None]  # decay of the carried state up to t
+    m_row = jnp.maximum(jnp.max(log_d, axis=-1), log_g)
+    shift = _finite(m_row)
+    scores = (q @ jnp.swapaxes(k, -1, -2)) * jnp.exp(log_d - shift[..., None])
+    g = jnp.exp(log_g - shift)
+    num = scores @ v + g[..., None] * (q @ state.C)
+    qn = jnp.sum(scores, axis=-1) + g * jnp.einsum("...ti,...i->...t", q, state.n)
+    h = num / (jnp.maximum(jnp.abs(qn), jnp.exp(-shift)) + eps)[..., None]
+    return jnp.moveaxis(h, -2, 0)
+
+
+def _block_state(k, v, log_f, ig, state: MLSTMState) -> MLSTMState:
+    """The state after one block of steps, from ``state`` at its start."""
+    F = jnp.cumsum(log_f, axis=0)
+    log_w = F[-1] - F + ig  # weight of step s in the final state
+    log_g = F[-1] + state.m
+    m_end = jnp.maximum(jnp.max(log_w, axis=0), log_g)
+    shift = _finite(m_end)
+    w = jnp.exp(log_w - shift)
+    g = jnp.exp(log_g - shift)
+    C = g[..., None, None] * state.C + jnp.einsum("s...,s...i,s...j->...ij", w, k, v)
+    n = g[..., None] * state.n + jnp.einsum("s...,s...i->...i", w, k)
+    return MLSTMState(C, n, m_end)
+
+
+def _parallel(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
+    h = _block_outputs(q, k, v, log_f, ig, state, eps)
+    return h, _block_state(k, v, log_f, ig, state)
+
+
+def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
+    T, L = q.shape[0], chunk_size
+    n_chunks = -(-T // L)
+    pad = n_chunks * L - T
+    if pad:
+        def widen(a, fill):
+            return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)])
+
+        q, k, v, log_f = (widen(a, 0.0) for a in (q, k, v, log_f))
+        ig = widen(ig, -jnp.inf)
+    q, k, v, log_f, ig = (a.reshape((n_chunks, L) + a.shape[1:]) for a in (q, k, v, log_f, ig))
+    zero = _zero_state_like(state)
+    # 1. each chunk's own contribution to the state at its end (from the zero state)
+    local = jax.vmap(lambda k_, v_, f_, i_: _block_state(k_, v_, f_, i_, zero))(k, v, log_f, ig)
+    decay = jnp.sum(log_f, axis=1)
+
+    # 2. the state at each chunk's start: a short loop over chunks
+    def carry(s: MLSTMState, inp):
+        dec, loc = inp
+        m_new = jnp.maximum(dec + s.m, loc.m)
+        shift = _finite(m_new)
+        a, b = jnp.exp(dec + s.m - shift), jnp.exp(loc.m - shift)
+        new = MLSTMState(a[..., None, None] * s.C + b[..., None, None] * loc.C,
+                         a[..., None] * s.n + b[..., None] * loc.n, m_new)
+        return new, s
+
+    final, starts = jax.lax.scan(carry, state, (decay, local), unroll=unroll)
+    # 3. every chunk's outputs from its start state, all chunks at once
+    h = jax.vmap(lambda q_, k_, v_, f_, i_, s_: _block_outputs(q_, k_, v_, f_, i_, s_, eps))(
+        q, k, v, log_f, ig, starts)
+    return h.reshape((n_chunks * L,) + h.shape[2:])[:T], final
+
+
+def _sequential(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
+    def step(s, inp):
+        q_, k_, v_, f_, i_ = inp
+        return _step(s, q_, k_, v_, f_, i_, eps)
+
+    # invalid steps already carry log f = 0 and ĩ = −inf, which keep the state
+    final, h = time_loop(step, state, (q, k, v, log_f, ig), None, unroll=unroll)
+    return h, final
+
+
+_FORMS = {"parallel": _parallel, "chunkwise": _chunkwise, "sequential": _sequential}
+
+
+def _zero_state_like(state: MLSTMState) -> MLSTMState:
+    return MLSTMState(jnp.zeros_like(state.C), jnp.zeros_like(state.n), jnp.full_like(state.m, NO_MEMORY))
+
+
+def zero_state(batch_shape: tuple[int, ...], heads: int, d: int, dtype: Any) -> MLSTMState:
+    """The zero mLSTM state: ``C = 0``, ``n = 0``, ``m = -1e30``."""
+    return MLSTMState(C=jnp.zeros(batch_shape + (heads, d, d), dtype),
+                      n=jnp.zeros(batch_shape + (heads, d), dtype),
+                      m=jnp.full(batch_shape + (heads,), NO_MEMORY, dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# The public core function
+
+
+def _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, where) -> None:
+    for name, a in (("q", q), ("k", k), ("v", v), ("i_pre", i_pre), ("f_pre", f_pre)):
+        _checks.check_array(name, a, where)
+    if q.ndim < 3:
+        raise ValueError(f"{where}: q must have shape [T, *batch, heads, d], got {tuple(q.shape)}; add a heads "
+                         f"axis (q[..., None, :] for one head) and a leading time axis.")
+    for name, a in (("k", k), ("v", v)):
+        if a.shape != q.shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(a.shape)} but q has {tuple(q.shape)}; q, k and v "
+                             f"must share the shape [T, *batch, heads, d].")
+    for name, a in (("i_pre", i_pre), ("f_pre", f_pre)):
+        if a.shape != q.shape[:-1]:
+            raise ValueError(f"{where}: {name} has shape {tuple(a.shape)}, expected {tuple(q.shape[:-1])} "
+                             f"([T, *batch, heads], one pre-activation per head and step); drop the trailing "
+                             f"size-1 axis of the xlstm layout with {name}[..., 0].")
+    if method not in CORE_METHODS:
+        raise ValueError(f"{where}: method={method!r} is not one of {', '.join(map(repr, CORE_METHODS))}.")
+    _checks.check_size("chunk_size", chunk_size)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"{where}: eps must be a float >= 0, got {eps!r}; the reference uses eps=1e-6.")
+    if valid is not None:
+        if getattr(valid, "shape", None) != q.shape[:-2] or not jnp.issubdtype(valid.dtype, jnp.bool_):
+            raise ValueError(f"{where}: valid must be a bool array of shape {tuple(q.shape[:-2])} ([T, *batch]), "
+                             f"got {getattr(valid, 'dtype', type(valid).__name__)} "
+                             f"{tuple(getattr(valid, 'shape', ()))}.")
+    if state is not None:
+        check_state(state, q.shape[1:-2], q.shape[-2], q.shape[-1], where)
+
+
+def check_state(state: Any, batch: tuple[int, ...], heads: int, d: int, where: str) -> None:
+    """Check an :class:`MLSTMState` against a batch shape, a head count and a head size."""
+    _checks.check_type("state", state, MLSTMState, where,
+                       "build the state with cell.initial_state(params, batch_shape) or pass None.")
+    want = {"C": batch + (heads, d, d), "n": batch + (heads, d), "m": batch + (heads,)}
+    for field, shape in want.items():
+        got = _checks.shape_of(getattr(state, field))
+        if got != shape:
+            raise ValueError(f"{where}: state.{field} has shape {got}, expected {shape} (batch {batch}, "
+                             f"{heads} heads of size {d}); build the state with "
+                             f"initial_state(params, batch_shape={batch}).")
+
+
+def mlstm_core(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    i_pre: jax.Array,
+    f_pre: jax.Array,
+    *,
+    method: str = "parallel",
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+    valid: jax.Array | None = None,
+    state: MLSTMState | None = None,
+    return_state: bool = False,
+    unroll: Union[int, bool] = 1,
+) -> Union[jax.Array, tuple[jax.Array, MLSTMState]]:
+    """The mLSTM's matrix-memory recurrence over a whole sequence, time-major.
+
+    Computes what ``xlstm.blocks.mlstm.backends.parallel_stabilized_simple`` computes: keys
+    scaled by 1/√d, a log-sigmoid forget gate, an exponential input gate and the normaliser
+    ``max(|q·n|, exp(−m)) + eps`` (equations in the module docstring).
+
+    Args:
+      q, k, v: ``[T, *batch, heads, d]``.
+      i_pre, f_pre: input and forget gate pre-activations, ``[T, *batch, heads]``.
+      method: ``"parallel"`` (O(T²) matrix), ``"chunkwise"`` (parallel inside chunks of
+        ``chunk_size`` steps, state carried between them) or ``"sequential"`` (a loop over
+        the recurrent step). All three give the same values.
+      chunk_size: the chunk length L of ``"chunkwise"``; T need not be a multiple of it.
+      eps: added to the normaliser.
+      valid: optional bool ``[T, *batch]``. At invalid steps the state is kept (log f = 0,
+        input gate −∞) and h is 0; values there, NaN included, do not matter.
+      state: the initial :class:`MLSTMState` (``None``: the zero state), for streaming.
+        Every form folds it in exactly.
+      return_state: also return the final state.
+      unroll: loop unrolling of the sequential form and of the chunkwise form's loop over chunks.
+
+    Returns:
+      ``h`` of shape ``[T, *batch, heads, d]``, or ``(h, final_state)``.
+
+    Example:
+      >>> key = jax.random.key(0)
+      >>> q, k, v = jax.random.normal(key, (3, 20, 2, 4, 8))   # T=20, batch 2, 4 heads, d=8
+      >>> i_pre, f_pre = jax.random.normal(key, (2, 20, 2, 4))
+      >>> h = jlstm.mlstm_core(q, k, v, i_pre, f_pre, method="parallel")
+      >>> h2 = jlstm.mlstm_core(q, k, v, i_pre, f_pre, method="chunkwise", chunk_size=8)
+      >>> h.shape, bool(jnp.allclose(h, h2, atol=1e-5))
+      ((20, 2, 4, 8), True)
+    """
+    where = "jlstm.mlstm_core"
+    _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, where)
+    dtype = jnp.result_type(q, k, v, i_pre, f_pre, *(jax.tree.leaves(state) if state is not None else ()))
+    q, k, v, i_pre, f_pre = (a.astype(dtype) for a in (q, k, v, i_pre, f_pre))
+    T, batch, heads, d = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    start: MLSTMState = zero_state(batch, heads, d, dtype) if state is None else MLSTMState(
+        *(jnp.asarray(a).astype(dtype) for a in state))
+    k = k / jnp.asarray(math.sqrt(d), dtype)
+    log_f = jax.nn.log_sigmoid(f_pre)
+    ig = i_pre
+    if valid is not None:
+        def keep(a, fill):
+            vm = valid.reshape(valid.shape + (1,) * (a.ndim - valid.ndim))
+            return jnp.where(vm, a, jnp.asarray(fill, a.dtype))
+
+        q, k, v, log_f = (keep(a, 0.0) for a in (q, k, v, log_f))
+        ig = keep(ig, -jnp.inf)
+    if T == 0:
+        h, final = jnp.zeros(q.shape, dtype), start
+    else:
+        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll)
+    if valid is not None:
+        h = jnp.where(valid[..., None, None], h, jnp.zeros((), h.dtype))
+    return (h, final) if return_state else h
+
+
+# --------------------------------------------------------------------------------------------
+# The cell
+
+
+def mlstm(
+    hidden_size: int,
+    *,
+    num_heads: int = 1,
+    chunk_size: int = 64,
+    parallel_max_length: int = 64,
+    eps: float = 1e-6,
+    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
+    forget_bias: tuple[float, float] = (3.0, 6.0),
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
+) -> Cell:
+    """Build an mLSTM cell (xLSTM's matrix-memory LSTM; equations in the module docstring).
+
+    ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"`` (a loop over
+    ``step``), ``"parallel"`` (O(T²) in time and memory, no loop), ``"chunkwise"`` (O(T·L))
+    or ``"auto"`` (parallel up to ``parallel_max_length`` steps, chunkwise beyond: on CPU the
+    O(T²) form was already slower than the loop at T = 256). All give
+    the same values and final state, with lengths, masks and reverse.
+
+    Args:
+      hidden_size: H, the size of ``y``; ``num_heads`` heads of size ``d = H / num_heads``.
+      num_heads: number of heads; must divide ``hidden_size``.
+      chunk_size: chunk length L of the chunkwise form.
+      parallel_max_length: the longest T for which ``method="auto"`` picks the parallel form.
+      eps: added to the normaliser, as in the reference.
+      kernel_init: initialiser of ``w_x``.
+      forget_bias: the forget-gate biases, spread linearly over the heads from the first
+        value to the second (as xLSTM does), so memory starts long. Other biases are 0.
+      dtype: dtype of the input projection and of ``y``; ``None`` follows the inputs. The
+        recurrence runs in the state's dtype (float32 or wider).
+      param_dtype: dtype of the parameters.
+
+    Returns:
+      A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(MLSTMState, y_t)``,
+      ``y_t`` of shape ``[*batch, H]``. Params: :class:`MLSTMParams`.
+
+    Example:
+      >>> cell = jlstm.mlstm(16, num_heads=2)
+      >>> params = cell.init(jax.random.key(0), 4)
+      >>> xs = jnp.ones((100, 3, 4))
+      >>> state, ys = jlstm.scan(cell, params, xs, method="chunkwise")
+      >>> state2, ys2 = jlstm.scan(cell, params, xs, method="sequential")
+      >>> ys.shape, state.C.shape, bool(jnp.allclose(ys, ys2, atol=1e-5))
+      ((100, 3, 16), (3, 2, 8, 8), True)
+    """
+    H, dt, pdt = cell_sizes(hidden_size, dtype, param_dtype)
+    _checks.check_size("num_heads", num_heads)
+    _checks.check_size("chunk_size", chunk_size)
+    _checks.check_size("parallel_max_length", parallel_max_length, minimum=0)
+    if hidden_size % num_heads:
+        raise ValueError(f"mlstm: hidden_size={hidden_size} is not divisible by num_heads={num_heads}; pick a "
+                         f"head count that divides it, e.g. num_heads={math.gcd(hidden_size, num_heads)}.")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"mlstm: eps must be a float >= 0, got {eps!r}.")
+    try:
+        forget_bias = (float(forget_bias[0]), float(forget_bias[1]))
+    except (TypeError, IndexError, ValueError):
+        raise TypeError(f"mlstm: forget_bias must be a pair of floats (first head, last head), got "
+                        f"{forget_bias!r}; e.g. forget_bias=(3.0, 6.0).") from None
+    where = f"mlstm({H}, num_heads={int(num_heads)})"
+    cfg = CellConfig(
+        "mlstm", hidden_size=H, num_heads=int(num_heads), chunk_size=int(chunk_size),
+        parallel_max_length=int(parallel_max_length), eps=float(eps), kernel_init=kernel_init,
+        forget_bias=forget_bias, dtype=dt, param_dtype=pdt)
+    check = functools.partial(_check, cfg, default_where=where)
+    return make_cell(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
+                     project=functools.partial(_project, cfg),
+                     step_projected=functools.partial(_step_projected, cfg),
+                     output_size=H, name=where, config=cfg, check=check,
+                     methods=(("parallel", _form(cfg, "parallel")), ("chunkwise", _form(cfg, "chunkwise"))),
+                     auto_method=functools.partial(_auto_method, cfg))
+
+
+def _sizes(cfg: CellConfig) -> tuple[int, int, int, int]:
+    """``(H, heads, d, width)``: units, heads, head size and the projection's width."""
+    H, NH = cfg.hidden_size, cfg.num_heads
+    return H, NH, H // NH, 4 * H + 2 * NH
+
+
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> MLSTMParams:
+    _checks.check_size("input_size", input_size)
+    H, NH, _, width = _sizes(cfg)
+    b = np.zeros(width)
+    b[4 * H + NH:] = np.linspace(cfg.forget_bias[0], cfg.forget_bias[1], NH)
+    return MLSTMParams(w_x=cfg.kernel_init(key, (input_size, width), cfg.param_dtype),
+                       b_x=jnp.asarray(b, cfg.param_dtype))
+
+
+def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None, *,
+           default_where: str = "mlstm") -> None:
+    where = where or default_where
+    _, NH, d, width = _sizes(cfg)
+    _checks.check_type("params", params, MLSTMParams, where,
+                       "build the params with this cell's init(key, input_size).")
+    n_in = _checks.shape_of(params.w_x)[0] if len(_checks.shape_of(params.w_x)) == 2 else -1
+    _checks.check_param_shapes(params, {"w_x": (n_in, width), "b_x": (width,)}, where)
+    if x is not None:
+        _checks.check_features(x, n_in, where)
+    if state is not None:
+        batch = tuple(x.shape[:-1]) if x is not None else tuple(_checks.shape_of(state.m)[:-1])
+        check_state(state, batch, NH, d, where)
+
+
+def _initial_state(cfg: CellConfig, params: MLSTMParams, batch_shape: BatchShape = ()) -> MLSTMState:
+    _, NH, d, _ = _sizes(cfg)
+    _check(cfg, params, where=f"mlstm({cfg.hidden_size}, num_heads={NH}).initial_state")
+    return zero_state(batch_tuple(batch_shape), NH, d, carry_dtype(params.w_x.dtype, cfg.dtype))
+
+
+def _project(cfg: CellConfig, params: MLSTMParams, x: jax.Array) -> jax.Array:
+    return matmul(x, params.w_x, cfg.dtype) + params.b_x.astype(cfg.dtype or params.b_x.dtype)
+
+
+def _split(cfg: CellConfig, xp: jax.Array, wide: jnp.dtype):
+    H, NH, d, _ = _sizes(cfg)
+    xp = xp.astype(wide)
+    lead = xp.shape[:-1]
+    q, k, v, o = (xp[..., j * H:(j + 1) * H].reshape(lead + (NH, d)) for j in range(4))
+    return q, k, v, o, xp[..., 4 * H:4 * H + NH], xp[..., 4 * H + NH:]
+
+
+def _step_projected(cfg: CellConfig, params: MLSTMParams, state: MLSTMState, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[MLSTMState, jax.Array]:
+    H, NH, d, _ = _sizes(cfg)
+    if recurrent_mask is not None:
+        raise ValueError(f"mlstm({H}, num_heads={NH}): recurrent dropout masks h_(t-1) in a recurrent matmul, "
+                         f"and the mLSTM has none (its gates read only x); use input dropout instead "
+                         f"(jlstm.recurrent(cell, dropout=...)).")
+    q, k, v, o, i_pre, f_pre = _split(cfg, xp, state.C.dtype)
+    k = k / jnp.asarray(math.sqrt(d), k.dtype)
+    state, h = _step(state, q, k, v, jax.nn.log_sigmoid(f_pre), i_pre, float(cfg.eps))
+    y = jax.nn.sigmoid(o) * h
+    return state, output(y.reshape(y.shape[:-2] + (H,)), cfg.dtype)
+
+
+def _form(cfg: CellConfig, method: str):
+    """The cell's whole-sequence form ``method`` ("parallel" or "chunkwise") for :func:`jlstm.scan`."""
+
+    def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
+            unroll: Union[int, bool] = 1, remat: Any = None) -> tuple[MLSTMState, jax.Array]:
+        def core(params, xs, state):
+            q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.C.dtype)
+            h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=cfg.chunk_size, eps=cfg.eps,
+                                  valid=valid, state=state, return_state=True, unroll=unroll)
+            y = jax.nn.sigmoid(o) * h
+            return final, output(y.reshape(y.shape[:-2] + (cfg.hidden_size,)), cfg.dtype)
+
+        # remat: the form's intermediates (the decay matrices) are recomputed in the backward pass
+        return (jax.checkpoint(core) if remat else core)(params, xs, state)
+
+    run.__name__ = f"mlstm_{method}"
+    return run
+
+
+def _auto_method(cfg: CellConfig, T: int) -> str:
+    return "parallel" if T <= cfg.parallel_max_length else "chunkwise"

@@ -1,0 +1,386 @@
+"""The fast path for ``jlstm.lstm`` (no, diagonal or full peepholes): the cuDNN design in plain JAX.
+
+Forward: one GEMM projects the inputs of all T steps, then a scan does one fused
+(H, 4H) recurrent GEMM and one elementwise block per step (on CPU at batch ≥ 8, one
+GEMM per step on ``[x_t, h_{t-1}]`` instead, see :func:`_inloop_default`). The article's full peephole
+matrices add a ``c_{t-1} W_c`` GEMM to the forward step (one GEMM on ``[h, c]`` was
+slower at batch 1); the backward step multiplies ``dz`` by ``[W_h; W_c]ᵀ`` (W_c with a
+zero g block), so its one GEMM also yields the peephole part of ``dL/dc``. Diagonal
+peepholes are element-wise terms in the gates and in the backward coefficients.
+
+The four gate activations come from a single ``tanh`` over the whole ``4H``
+pre-activation, since ``σ(z) = ½·tanh(z/2) + ½``::
+
+    a = s·tanh(s·z) + (1 - s),   s = ½ on the i, f, o blocks and 1 on the g block
+
+so ``a = [i, f, g, o]`` is written once per step, without a concatenate, and is the
+only gate residual the backward pass needs (``σ' = a(1-a)``, ``tanh' = 1-g²``).
+
+Derivatives (``custom_jvp``): everything that does not depend on the tangent or the
+incoming gradient (the gate derivatives, ``tanh(c_t)``, the mask) is computed first for
+all T at once as large vectorised element-wise ops (:func:`_coefficients`). The tangent
+is a linear recurrence (:func:`_tangent_loop`) driven by the terms of the input and
+weight tangents, which are GEMMs over all T·B rows (:func:`_tangent_drive`); per step it
+does the one GEMM ``dh W_h`` and a few multiply-adds. That gives ``jax.jvp``/``jacfwd``.
+Reverse mode is its transpose, which JAX derives: a reverse scan that carries (dh, dc),
+does the one recurrent GEMM ``dz_t W_hᵀ`` per step and emits the pre-activation
+gradients ``dz_t`` (4H), then single GEMMs over all T·B rows::
+
+    dW_h = H_prevᵀ dZ      dW_x = Xᵀ dZ      db = Σ dZ      dX = dZ W_xᵀ
+
+(the same compiled loops and GEMMs as the hand-written ``custom_vjp`` it replaced, within
+the noise of this 2-core machine in training time).
+
+The residuals are the gates, the cell states and (only when a mask makes them differ
+from the outputs) the hidden states. Masked steps (padding or a False mask) keep the
+state, output zeros and pass the incoming gradient through.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jlstm.core.math import matmul
+from jlstm.kernels import pallas_lstm as _pallas_lstm
+
+Unroll = Union[int, bool, tuple]
+
+
+def _split_unroll(unroll: Unroll) -> tuple[int | bool, int | bool]:
+    """``unroll`` is one value for both scans, or a ``(forward, backward)`` pair."""
+    if isinstance(unroll, tuple):
+        return unroll[0], unroll[1]
+    return unroll, unroll
+
+
+def _gate_scale(H: int, dtype) -> jax.Array:
+    """``s`` of the module docstring, shaped ``(4, H)``: ½ for i, f, o and 1 for g."""
+    return jnp.asarray([[0.5], [0.5], [1.0], [0.5]], dtype) * jnp.ones((1, H), dtype)
+
+
+def _inloop_default(B: int) -> bool:
+    """Whether to multiply the inputs inside the loop: on CPU for batches of 8 or more.
+
+    XLA:CPU runs one (T·B, I)×(I, 4H) GEMM slower than T small ones of the loop (measured
+    on 2 cores: 16-23 ms against 10-11 ms for T=128, B=32, I=128, H=256), and the
+    hoisted product [T, B, 4H] is a round trip through memory. At batch 1 the step is a
+    matrix-vector product bound by reading the weights, so hoisting wins again, as it
+    does on GPU (cuDNN's design).
+    """
+    return jax.default_backend() == "cpu" and B >= 8
+
+
+def _operand_dtype(xs, h0, w, dtype):
+    return dtype or jnp.result_type(xs.dtype, h0.dtype, w.dtype)
+
+
+def _full_peephole_block(w_c: jax.Array) -> jax.Array:
+    """(H, 3H) peephole matrices [W_ci | W_cf | W_co] as (H, 4H) with a zero g block."""
+    H = w_c.shape[0]
+    return jnp.concatenate([w_c[:, :2 * H], jnp.zeros((H, H), w_c.dtype), w_c[:, 2 * H:]], axis=1)
+
+
+def _recurrent_weight(w_h, w_c, peephole):
+    """The weight of the backward step's GEMM: W_h, or [W_h; W_c] (giving [dh, dc]) for full peepholes."""
+    if peephole == "full":
+        return jnp.concatenate([w_h, _full_peephole_block(w_c).astype(w_h.dtype)], axis=0)
+    return w_h
+
+
+class Options(NamedTuple):
+    """The static options of one fused run (hashable: a ``nondiff_argnums`` entry)."""
+
+    dtype: Any = None          # matmul dtype; None follows the inputs
+    unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
+    inloop: bool = False       # multiply the inputs inside the loop (inference layout)
+    peephole: str | None = None
+
+
+def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, *, opts: Options, save: bool, inloop: bool):
+    """The primal loop; with ``save`` it also stacks ``(h_t, c_t, a_t)`` for the derivatives."""
+    dtype, peephole = opts.dtype, opts.peephole
+    bias = b.astype(dtype or b.dtype)
+    if inloop:
+        # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h]; the residuals are the same as
+        # in the hoisted layout (training at B=32 on 2 CPU cores: 3-4% less CPU time).
+        op = _operand_dtype(xs, h0, w_x, dtype)
+        w = jnp.concatenate([w_x, w_h], axis=0).astype(op)
+        seq = xs.astype(op)
+    else:
+        seq = matmul(xs, w_x, dtype) + bias
+        w = w_h if dtype is None else w_h.astype(dtype)
+    wc = w_c.astype(w.dtype) if peephole == "full" else w_c
+
+    def body(carry, inp):
+        h, c = carry
+        s_t, m_t = inp
+        if inloop:
+            z = matmul(jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1), w, dtype) + bias
+        else:
+            z = s_t + matmul(h, w, dtype)
+        h_new, c_new, a = _cell(z, c, h.dtype, wc, dtype, peephole, save)
+        if m_t is None:
+            h_next, c_next, y = h_new, c_new, h_new
+        else:
+            mm = m_t[:, None]
+            h_next, c_next, y = jnp.where(mm, h_new, h), jnp.where(mm, c_new, c), jnp.where(mm, h_new, 0.0)
+        h_next, c_next = h_next.astype(h.dtype), c_next.astype(c.dtype)
+        res = (h_next, c_next, a) if save else None
+        # ys leave the loop in the state's dtype and are cast once after it: a per-step
+        # cast to bf16 let XLA:CPU re-convert the whole stacked buffer at every step.
+        return (h_next, c_next), (y.astype(h.dtype), res)
+
+    (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=opts.unroll[0])
+    return hT, cT, ys, res
+
+
+def _cell(z, c, h_dtype, w_c, dtype, peephole, save):
+    """One step's element-wise block from the pre-activation ``z`` [B, 4H]: ``(h_t, c_t, a_t)``."""
+    H = c.shape[-1]
+    s = _gate_scale(H, z.dtype)
+    z4 = z.reshape(z.shape[:-1] + s.shape)
+    if peephole == "full":  # c_{t-1} W_c for the i, f and o blocks
+        pc = matmul(c.astype(h_dtype), w_c, dtype).astype(z.dtype)
+        zero = jnp.zeros_like(pc[:, :H])
+        z4 = z4 + jnp.stack([pc[:, :H], pc[:, H:2 * H], zero, pc[:, 2 * H:]], axis=1)
+    if peephole == "diagonal":
+        # i and f see c_{t-1} (w_c rows 0, 1); o sees c_t (row 2), so it is redone below.
+        wd = w_c.astype(z.dtype)
+        zero = jnp.zeros_like(wd[0])
+        z4 = z4 + jnp.stack([wd[0], wd[1], zero, zero]) * c.astype(z.dtype)[:, None]
+    a = s * jnp.tanh(s * z4) + (1.0 - s)
+    i, f, g, o = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+    c_new = f * c + i * g
+    if peephole == "diagonal":
+        o = 0.5 * jnp.tanh(0.5 * (z4[:, 3] + wd[2] * c_new)) + 0.5
+        if save:
+            a = jnp.concatenate([a[:, :3], o[:, None]], axis=1)
+    return o * jnp.tanh(c_new), c_new, a
+
+
+def lstm_sequence(
+    w_x: jax.Array,
+    w_h: jax.Array,
+    b: jax.Array,
+    xs: jax.Array,
+    h0: jax.Array,
+    c0: jax.Array,
+    m: jax.Array | None = None,
+    w_c: jax.Array | None = None,
+    *,
+    peephole: str | None = None,
+    dtype: Any = None,
+    unroll: Unroll = 1,
+    inloop: bool | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Run the LSTM over ``xs`` [T, B, I] from (h0, c0) [B, H]; returns ``(h_T, c_T, ys)``.
+
+    ``m`` is None or a bool [T, B] of valid steps. ``peephole`` is None, ``"diagonal"``
+    (``w_c`` (3, H): i and f see c_{t-1}, o sees c_t) or ``"full"`` (``w_c`` (H, 3H)
+    applied to c_{t-1}, the founding article's form), as in :func:`jlstm.lstm`.
+    ``dtype`` is the matmul dtype (None: the inputs'); ``unroll`` an int (or True) for
+    both scans, or a ``(forward, tangent)`` pair; ``inloop`` multiplies the inputs inside
+    the loop (None: on CPU when B >= 8) instead of in one GEMM before it.
+
+    Differentiable in both modes (``jax.custom_jvp``): the tangent is a linear
+    recurrence with its GEMMs hoisted, and reverse mode is its transpose, so the weight
+    gradients are single GEMMs over all steps.
+    """
+    if (peephole is None) != (w_c is None):
+        raise ValueError(f"lstm_sequence: pass w_c exactly when peephole is set; got peephole="
+                         f"{peephole!r} and w_c {'None' if w_c is None else 'given'}.")
+    if peephole not in (None, "diagonal", "full"):
+        raise ValueError(f"lstm_sequence: peephole must be None, 'diagonal' or 'full', got {peephole!r}.")
+    if inloop is None:
+        inloop = _inloop_default(xs.shape[1])
+    opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=bool(inloop), peephole=peephole)
+    return _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
+def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts: Options):
+    """:func:`lstm_sequence` with its options as one record, in the same argument order."""
+    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=False, inloop=opts.inloop)
+    return hT, cT, ys.astype(_out_dtype(xs, w_x, opts.dtype))
+
+
+def _out_dtype(xs, w_x, dtype):
+    return dtype or jnp.result_type(xs.dtype, w_x.dtype)
+
+
+def _jvp(opts: Options, primals, tangents):
+    """The primal loop with residuals, then the tangent recurrence (:func:`_tangent_loop`).
+
+    Reverse mode transposes the tangent recurrence: a reverse loop with one GEMM per step
+    by ``W_hᵀ``, and the hoisted GEMMs become the weight and input gradients.
+    """
+    w_x, w_h, b, xs, h0, c0, m, w_c = primals
+    t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c = tangents
+    hT, cT, ys, saved = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=True, inloop=opts.inloop)
+    assert saved is not None  # save=True stacks the residuals
+    hs, cs, acts = saved
+    if m is None:
+        hs = ys  # every step is valid, so h_t is ys[t]
+    P, Q, F, c_prev = _coefficients(c0, m, cs, acts, w_c, opts.peephole)
+    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
+    drive = _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c)
+    f32 = cs.dtype
+    dh0 = jnp.zeros(h0.shape, f32) if _is_zero(t_h0) else t_h0.astype(f32)
+    dc0 = jnp.zeros(c0.shape, f32) if _is_zero(t_c0) else t_c0.astype(f32)
+    w_rec = _recurrent_weight(w_h, w_c, opts.peephole)
+    dhT, dcT, dys = _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0)
+    out = _out_dtype(xs, w_x, opts.dtype)
+    return ((hT, cT, ys.astype(out)),
+            (dhT.astype(hT.dtype), dcT.astype(cT.dtype), dys.astype(out)))
+
+
+_lstm_sequence.defjvp(_jvp, symbolic_zeros=True)
+
+
+def _is_zero(t) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c):
+    """The tangent terms that do not depend on the recurrence, for all T at once: [T, B, 4H].
+
+    ``dx W_x + x dW_x + db + h_{t-1} dW_h`` (plus the peephole weights' terms): a few
+    large GEMMs on ``[T·B, ·]`` matrices instead of per-step products (2-D, so that their
+    transposes are the plain ``Xᵀ dZ`` GEMMs of reverse mode, without a relayout of dZ);
+    zero tangents (``symbolic_zeros``) are skipped.
+    """
+    dtype, peephole = opts.dtype, opts.peephole
+    T, B, H = cs.shape
+    f32 = cs.dtype
+
+    def flat(a):
+        return a.reshape(T * B, a.shape[-1])
+
+    drive = jnp.zeros((T * B, 4 * H), f32)
+    if not _is_zero(t_xs):
+        drive = drive + matmul(flat(t_xs), w_x, dtype).astype(f32)
+    if not _is_zero(t_w_x):
+        drive = drive + matmul(flat(xs), t_w_x, dtype).astype(f32)
+    if not _is_zero(t_b):
+        drive = drive + t_b.astype(f32)
+    if not _is_zero(t_w_h):
+        drive = drive + matmul(flat(h_prev), t_w_h, dtype).astype(f32)
+    if not _is_zero(t_w_c) and peephole == "full":
+        drive = drive + matmul(flat(c_prev).astype(h_prev.dtype), _full_peephole_block(t_w_c), dtype).astype(f32)
+    elif not _is_zero(t_w_c):
+        t = t_w_c.astype(f32)
+        zero = jnp.zeros_like(c_prev)
+        drive = drive + flat(jnp.concatenate([t[0] * c_prev, t[1] * c_prev, zero, t[2] * cs], axis=-1))
+    return drive.reshape(T, B, 4 * H)
+
+
+def _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0):
+    """The tangent recurrence: per step one GEMM ``[dh (, dc)] W`` and a few multiply-adds.
+
+    With ``r = drive_t + dh_{t-1} W_h`` and the coefficients of :func:`_coefficients`,
+    ``e = r·Q`` (per gate block), ``dc_t = F·dc_{t-1} + e_i + e_f + e_g`` and
+    ``dh_t = e_o + P·dc_t``. A masked step has ``P = Q = 0`` and ``F = 1``: it keeps
+    ``dc`` and, by the select, ``dh``, and outputs zero.
+    """
+    dtype, full = opts.dtype, opts.peephole == "full"
+    B, H = dc0.shape
+    w = w_rec if dtype is None else w_rec.astype(dtype)
+    o_only = jnp.asarray([0.0, 0.0, 0.0, 1.0], dc0.dtype)[:, None]
+    not_o = 1.0 - o_only
+
+    def body(carry, inp):
+        dh, dc = carry
+        r_t, p, q, f, m_t = inp
+        rec = jnp.concatenate([dh, dc], axis=-1) if full else dh
+        e = (r_t + matmul(rec, w, dtype).astype(r_t.dtype)).reshape(B, 4, H) * q
+        # Block sums as masked reductions: their transpose is one broadcast select, where
+        # slicing e[:, k] would transpose to four padded copies per step.
+        dc_new = f * dc + jnp.sum(e * not_o, axis=1)
+        dh_new = jnp.sum(e * o_only, axis=1) + p * dc_new
+        dh_next = dh_new if m_t is None else jnp.where(m_t[:, None], dh_new, dh)
+        return (dh_next, dc_new), dh_new
+
+    (dhT, dcT), dys = lax.scan(body, (dh0, dc0), (drive, P, Q, F, m), unroll=opts.unroll[1])
+    return dhT, dcT, dys
+
+
+def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
+    """Everything of the backward step that does not depend on the incoming gradient.
+
+    With ``u = dL/dh_t`` (from later steps and from ``y_t``) and ``v = dL/dc_t``, one step
+    back is ``d = v + u·P``, ``dz = [d, d, d, u]·Q`` over the four gate blocks, and
+    ``dL/dc_{t-1} = d·F`` (plus ``dz W_cᵀ`` with full peepholes, which the recurrent GEMM
+    computes), where ``P = o(1 - tanh²c_t)``,
+    ``Q = [g·i(1-i), c_{t-1}·f(1-f), i(1-g²), tanh(c_t)·o(1-o)]`` and ``F = f``. Diagonal
+    peepholes add ``w_co·Q_o`` to P and ``w_ci·Q_i + w_cf·Q_f`` to F. They are computed
+    here for all T at once, as large vectorised element-wise ops, which leaves the loop a
+    few multiply-adds and the one recurrent GEMM. A masked step gets ``P = Q = 0`` and
+    ``F = 1``: the gradient passes through it unchanged. Also returns ``c_{t-1}``.
+    """
+    c_prev = jnp.concatenate([c0[None].astype(cs.dtype), cs[:-1]], axis=0)
+    i, f, g, o = acts[:, :, 0], acts[:, :, 1], acts[:, :, 2], acts[:, :, 3]
+    tc = jnp.tanh(cs)  # cs holds c_t on valid steps; masked steps are zeroed below
+    qi, qf, qg, qo = g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)
+    P = o * (1.0 - tc * tc)
+    F = f
+    if peephole == "diagonal":
+        assert w_c is not None  # diagonal peepholes come with w_c
+        wd = w_c.astype(P.dtype)
+        P = P + wd[2] * qo
+        F = f + wd[0] * qi + wd[1] * qf
+    Q = jnp.stack([qi, qf, qg, qo], axis=2)
+    if m is not None:
+        mm = m[:, :, None]
+        P = jnp.where(mm, P, 0.0)
+        Q = jnp.where(mm[..., None], Q, 0.0)
+        F = jnp.where(mm, F, 1.0)
+    return P, Q, F, c_prev
+
+
+def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array,
+            m: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+    """Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
+
+    The kernel's derivative is a ``custom_vjp``, which JAX refuses under forward mode
+    (``jax.jvp``, ``jacfwd``) as soon as it is traced; that case returns None and the
+    caller takes the fused scan, whose ``custom_jvp`` serves both modes.
+    """
+    try:
+        return _pallas_lstm.lstm_pallas(params.w_x, params.w_h, params.b, xs, h0, c0, m,
+                                        _pallas_lstm.interpret_mode())
+    except TypeError as e:
+        if "forward-mode" not in str(e):
+            raise
+        return None
+
+
+def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
+    """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping."""
+
+    def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll):
+        T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
+        B = math.prod(batch)
+        H = state.c.shape[-1]
+        x2 = xs.reshape(T, B, I)
+        m = None if valid is None else valid.reshape(T, B)
+        out = None
+        if _pallas_lstm.fits(B, H, dtype, peephole) and xs.dtype == params.w_h.dtype == jnp.float32:
+            out = _pallas(params, x2, state.h.reshape(B, H), state.c.reshape(B, H), m)
+        if out is not None:
+            hT, cT, ys = out
+        else:
+            hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
+                                       state.c.reshape(B, H), m, params.w_c if peephole else None,
+                                       peephole=peephole, dtype=dtype, unroll=unroll)
+        final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),
+                            c=cT.reshape(batch + (H,)).astype(state.c.dtype))
+        return final, ys.reshape((T,) + batch + (H,))
+
+    return fused

@@ -1,0 +1,106 @@
+"""A recurrent sequence layer built from any cell, with dropout and zoneout."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import jax
+
+from jlstm._scan import ScanOptions, StepRegularisers, _check_remat, _check_unroll, run_scan
+from jlstm.core import checks as _checks
+from jlstm.core.types import Cell, CellConfig, Method, RematPolicy, SequenceModel
+from jlstm.layers.dropout import check_key, dropout, variational_mask
+
+# Cells whose state carries a log-space stabiliser (xLSTM): zoneout's unit-wise mix is meaningless.
+_LOG_STABILISED = ("slstm", "mlstm")
+
+
+def recurrent(
+    cell: Cell,
+    *,
+    reverse: bool = False,
+    unroll: Union[int, bool] | None = None,
+    remat: RematPolicy = None,
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout: float = 0.0,
+    fast: bool = True,
+    method: Method = "auto",
+) -> SequenceModel:
+    """Turn a cell into a sequence layer: ``apply`` runs :func:`jlstm.scan`.
+
+    Args:
+      cell: any :class:`jlstm.Cell`.
+      reverse: process each sequence (each valid prefix, given lengths) backwards.
+      unroll, remat, fast, method: passed to :func:`jlstm.scan`.
+      input_dropout: rate of inverted dropout on the inputs, per element and step.
+      recurrent_dropout: rate of variational dropout on ``h_{t-1}`` inside the recurrent
+        matmul; one mask per sequence (Gal & Ghahramani 2016).
+      zoneout: probability that a state unit keeps its previous value (Krueger et al.
+        2017). At inference (no key) the update is its expectation.
+
+    The regularisers act only when ``apply`` gets a ``key``; ``apply(params, xs)``
+    without one is deterministic.
+
+    Returns:
+      A :class:`jlstm.SequenceModel` whose params are the cell's params and whose
+      state is the cell's state. ``apply(params, xs, state=None, *, lengths=None,
+      mask=None, key=None, time_major=True) -> (final_state, ys)``.
+
+    Example:
+      >>> layer = jlstm.recurrent(jlstm.lstm(32), recurrent_dropout=0.25)
+      >>> params = layer.init(jax.random.key(0), 8)
+      >>> state, ys = layer.apply(params, jnp.ones((20, 4, 8)), key=jax.random.key(1))
+    """
+    _check_options(cell, input_dropout, recurrent_dropout, zoneout, unroll, remat)
+    name = f"recurrent({cell.name}" + (", reverse=True" if reverse else "") + ")"
+    options = ScanOptions(reverse=reverse, unroll=unroll, remat=remat, fast=fast, method=method)
+    config = CellConfig("recurrent", cell=cell, reverse=reverse, unroll=unroll, remat=remat,
+                        input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                        fast=fast, method=method)
+
+    def apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True):
+        where = name + ".apply"
+        check_key(key, where)
+        rec_mask = None
+        zo_key = None
+        if key is not None:
+            k_in, k_rec, k_zo = jax.random.split(key, 3)
+            if input_dropout:
+                _checks.check_array("xs", xs, where)
+                xs = dropout(k_in, input_dropout, xs)
+            if recurrent_dropout:
+                batch = xs.shape[:-2] if not time_major else xs.shape[1:-1]
+                rec_mask = variational_mask(k_rec, recurrent_dropout,
+                                            tuple(batch) + (cell.output_size,), xs.dtype)
+            zo_key = k_zo
+        regs = StepRegularisers(recurrent_mask=rec_mask, zoneout=zoneout, zoneout_key=zo_key)
+        final, ys, _ = run_scan(cell, params, xs, state, lengths, mask,
+                                options._replace(time_major=time_major), regs, where)
+        return final, ys
+
+    return SequenceModel(init=cell.init, apply=apply, initial_state=cell.initial_state,
+                         output_size=cell.output_size, name=name, config=config)
+
+
+def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zoneout: float,
+                   unroll: Any, remat: Any) -> None:
+    """The layer's trace-free checks: the cell, the rates, and what the cell can support."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"recurrent: cell must be a jlstm.Cell such as jlstm.lstm(32), got "
+                        f"{type(cell).__name__}.")
+    _checks.check_rate("input_dropout", input_dropout)
+    _checks.check_rate("recurrent_dropout", recurrent_dropout)
+    _checks.check_rate("zoneout", zoneout)
+    _check_unroll(unroll)
+    _check_remat(remat)
+    if recurrent_dropout and (cell.fast is None or cell.fast.step_projected is None):
+        raise ValueError(
+            f"recurrent: recurrent_dropout acts on h_(t-1) inside the recurrent matmul, which needs a cell "
+            f"with fast.project and fast.step_projected (build it with jlstm.make_cell); {cell.name} has "
+            f"only a step. Use input_dropout or zoneout instead.")
+    if zoneout and cell.config is not None and cell.config.kind in _LOG_STABILISED:
+        raise ValueError(
+            f"recurrent: zoneout mixes the previous and the new state unit by unit, but {cell.name} keeps "
+            f"its state scaled by a log-space stabiliser m, so a mix of two states is no state of the cell. "
+            f"Use input_dropout (or a stack's inter_layer_dropout) instead.")
