@@ -30,6 +30,7 @@ from jlstm.cells.options import CellOptions, MinCellOptions
 from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
+from jlstm.core.params import count_params
 from jlstm.core.types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 from jlstm.kernels.fused_lstm import lstm_sequence
 from jlstm.layers.bidirectional import (
@@ -93,6 +94,7 @@ __all__ = [
     "SequenceModel",
     "batch_tuple",
     "bidirectional",
+    "count_params",
     "default_unroll",
     "gru",
     "layer_norm_lstm",
