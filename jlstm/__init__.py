@@ -19,7 +19,7 @@ Where things live (``docs/architecture.md`` draws the flow of a call):
 
 from importlib import metadata as _metadata
 
-from jlstm._scan import default_unroll, reverse_index, scan, time_loop
+from jlstm._scan import default_unroll, scan
 from jlstm.cells.gru import GRUParams, GRUState, gru
 from jlstm.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
@@ -30,7 +30,9 @@ from jlstm.cells.options import CellOptions, MinCellOptions
 from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
+from jlstm.core.loop import time_loop
 from jlstm.core.params import count_params
+from jlstm.core.time import reverse_index
 from jlstm.core.types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 from jlstm.kernels.fused_lstm import lstm_sequence
 from jlstm.layers.bidirectional import (
@@ -41,6 +43,10 @@ from jlstm.layers.bidirectional import (
 from jlstm.layers.recurrent import recurrent
 from jlstm.layers.stack import stack
 from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo
+from jlstm.strategies.auto import Auto
+from jlstm.strategies.base import Strategy
+from jlstm.strategies.forms import Chunkwise, Parallel
+from jlstm.strategies.sequential import Sequential
 
 try:  # the version is written once, in pyproject.toml, and read from the installed package's metadata
     __version__ = _metadata.version("jlstm")
@@ -66,6 +72,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Auto",
+    "Chunkwise",
+    "Parallel",
+    "Sequential",
+    "Strategy",
     "BidirectionalParams",
     "BidirectionalState",
     "Cell",

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jlstm.cells import initializers as _initializers
 from jlstm.cells.decouple import recurrent_matmul
-from jlstm.cells.make_cell import make_cell
+from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import CellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, matmul, output
@@ -127,7 +127,8 @@ def lstm(
         init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
         project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
         output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused,
-        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None)
+        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None,
+        output_of_state=h_output)
 
 
 def _check_clip(cell_clip: Any) -> None:

@@ -31,6 +31,7 @@ def make_cell(
     methods: tuple[tuple[str, Callable[..., Any]], ...] = (),
     auto_method: Callable[[int], str] | None = None,
     step_decoupled: Callable[..., Any] | None = None,
+    **fast_fields: Any,
 ) -> Cell:
     """A cell whose ``step`` is derived: ``step(p, s, x) = step_projected(p, s, project(p, x))``.
 
@@ -45,9 +46,8 @@ def make_cell(
       output_size, name, config: as in :class:`jlstm.Cell`.
       check: optional ``check(params, state=None, x=None, where=...)``, run by ``step``
         and by :func:`jlstm.scan` at trace time.
-      sequence, methods, auto_method: optional whole-sequence forms (:class:`jlstm.CellFast`).
-      step_decoupled: optional step with a diagonal state Jacobian, for quasi-DEER
-        (:class:`jlstm.CellFast`).
+      sequence, methods, auto_method, step_decoupled, **fast_fields: the optional
+        :class:`jlstm.CellFast` fields (whole-sequence forms, a decoupled step for quasi-DEER, ...).
 
     Example:
       >>> import jax.numpy as jnp
@@ -73,6 +73,12 @@ def make_cell(
 
     fast = CellFast(project=project, step_projected=step_projected, sequence=sequence, check=check,
                     methods=tuple(methods), auto_method=auto_method,
-                    step_decoupled=step_decoupled)
+                    step_decoupled=step_decoupled, **fast_fields)
     return Cell(init=init, initial_state=initial_state, step=step, output_size=output_size, name=name,
                 config=config, fast=fast)
+
+
+def h_output(state: Any, y: Any) -> Any:
+    """``CellFast.output_of_state`` of a cell whose output is its state's ``h``: the (zoned) ``h``."""
+    h = state.h
+    return h.astype(y.dtype) if h.shape == y.shape else y

@@ -37,14 +37,14 @@ import jax
 import jax.numpy as jnp
 
 from jlstm.cells import initializers as _initializers
-from jlstm.cells.make_cell import make_cell
+from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import MinCellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.linear import linear_recurrence
 from jlstm.core.math import carry_dtype, matmul, output
+from jlstm.core.plan import current_plan
 from jlstm.core.types import Cell, CellConfig, batch_tuple
 
-PARALLEL_FROM_T = 32
 """On GPU and TPU, ``method="auto"`` takes the parallel form from this many steps on."""
 
 
@@ -134,10 +134,10 @@ def _parallel_form(project: Callable, coeffs: Callable, state_type: type, dtype)
 
 
 def _auto(T: int) -> str:
-    """Sequential on CPU (the parallel form measured 0.8-1.25x its speed there); parallel on accelerators."""
-    if jax.default_backend() == "cpu":
-        return "sequential"
-    return "parallel" if T >= PARALLEL_FROM_T else "sequential"
+    """The plan's choice: sequential on CPU (the parallel form measured 0.8-1.25x its speed there),
+    parallel on accelerators from ``plan.parallel_from_T`` steps."""
+    start = current_plan().parallel_from_T
+    return "parallel" if start is not None and T >= start else "sequential"
 
 
 def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state_type: type,
@@ -183,7 +183,8 @@ def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state
     return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
                      output_size=H, name=where, config=config, check=check,
                      methods=(("parallel", parallel),), auto_method=_auto,
-                     step_decoupled=step_projected)   # already elementwise in h
+                     step_decoupled=step_projected,   # already elementwise in h
+                     output_of_state=h_output)
 
 
 def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:

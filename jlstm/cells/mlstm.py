@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._scan import time_loop
 from jlstm.cells import initializers as _initializers
 from jlstm.cells.make_cell import make_cell
 from jlstm.core import checks as _checks
+from jlstm.core.loop import time_loop
 from jlstm.core.math import carry_dtype, cell_sizes, matmul, output
 from jlstm.core.types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
 
@@ -385,7 +385,7 @@ def mlstm(
                      step_projected=functools.partial(_step_projected, cfg),
                      output_size=H, name=where, config=cfg, check=check,
                      methods=(("parallel", _form(cfg, "parallel")), ("chunkwise", _form(cfg, "chunkwise"))),
-                     auto_method=functools.partial(_auto_method, cfg))
+                     auto_method=functools.partial(_auto_method, cfg), mixable_state=False)
 
 
 def _sizes(cfg: CellConfig) -> tuple[int, int, int, int]:
@@ -454,10 +454,13 @@ def _form(cfg: CellConfig, method: str):
     """The cell's whole-sequence form ``method`` ("parallel" or "chunkwise") for :func:`jlstm.scan`."""
 
     def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
-            unroll: Union[int, bool] = 1, remat: Any = None) -> tuple[MLSTMState, jax.Array]:
+            unroll: Union[int, bool] = 1, remat: Any = None,
+            chunk_size: int | None = None) -> tuple[MLSTMState, jax.Array]:
+        size = cfg.chunk_size if chunk_size is None else chunk_size
+
         def core(params, xs, state):
             q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.C.dtype)
-            h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=cfg.chunk_size, eps=cfg.eps,
+            h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=size, eps=cfg.eps,
                                   valid=valid, state=state, return_state=True, unroll=unroll)
             y = jax.nn.sigmoid(o) * h
             return final, output(y.reshape(y.shape[:-2] + (cfg.hidden_size,)), cfg.dtype)

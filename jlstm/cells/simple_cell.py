@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from jlstm.cells import initializers as _initializers
-from jlstm.cells.make_cell import make_cell
+from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import Options, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.math import affine, cell_sizes, zeros_state
@@ -91,4 +91,5 @@ class SimpleCell:
         cfg = CellConfig(self.kind, hidden_size=self.hidden_size, **config, **self.options.config())
         return make_cell(init=self.init, initial_state=self.initial_state, project=self.project,
                          step_projected=step_projected, output_size=self.hidden_size, name=self.where,
-                         config=cfg, check=self.check, step_decoupled=step_decoupled)
+                         config=cfg, check=self.check, step_decoupled=step_decoupled,
+                         output_of_state=h_output)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jlstm.core.plan import current_plan
 from jlstm.core.time import block_count, join_blocks, split_blocks, sqrt_length
 
 
@@ -60,7 +61,7 @@ def affine_scan(alg: Algebra, A: jax.Array, b: jax.Array, *, associative: bool |
     CPU (faster there, and much faster to compile), ``lax.associative_scan`` elsewhere.
     """
     if associative is None:
-        associative = jax.default_backend() != "cpu"
+        associative = current_plan().associative
     if not associative:
         return blocked_affine_scan(alg, A, b, jnp.zeros_like(b[0]))
 
@@ -130,7 +131,7 @@ def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
       compile ``associative_scan`` for any T and runs it slower than this.
     """
     if associative is None:
-        associative = jax.default_backend() != "cpu"
+        associative = current_plan().associative
     T = a.shape[0]
     h0 = jnp.broadcast_to(h0, a.shape[1:]).astype(b.dtype)
     if T == 0:

@@ -58,7 +58,8 @@ class StepProjectedFn(Protocol):
 
 class SequenceFn(Protocol):
     def __call__(self, params: Params, xs: Array, state: State, valid: Array | None,
-                 unroll: int | bool, /) -> tuple[State, Array]: ...
+                 unroll: int | bool, /, *, plan: Any = None,
+                 resets: Array | None = None) -> tuple[State, Array]: ...
 
 
 class CheckFn(Protocol):
@@ -150,17 +151,27 @@ class CellFast(NamedTuple):
         the rest of the step. ``recurrent_mask`` multiplies ``h_{t-1}`` inside the recurrent
         matmul (variational recurrent dropout). Cells built with :func:`jlstm.make_cell`
         satisfy ``step == step_projected ∘ project`` by construction.
-      sequence: a fused whole-sequence kernel ``sequence(params, xs, state, valid, unroll)
-        -> (state, ys)``, taken by ``method="sequential"`` when ``fast=True``.
+      sequence: a fused whole-sequence kernel ``sequence(params, xs, state, valid, unroll, *,
+        plan, resets=None) -> (state, ys)``, taken by :class:`jlstm.Sequential` when ``fast=True``.
+        ``plan`` is the backend's routing table (:class:`jlstm.core.plan.Plan`); ``resets`` (bool
+        ``[T, *batch]``) restarts the state from the cell's initial state before the steps where
+        it is True.
       check: ``check(params, state=None, x=None, where=...)``: trace-time validation.
       methods: extra whole-sequence forms, ``((name, fn), ...)`` with
-        ``fn(params, xs, state, valid, *, unroll, remat) -> (state, ys)``.
+        ``fn(params, xs, state, valid, *, unroll, remat, resets=None) -> (state, ys)``; the
+        ``"chunkwise"`` form also takes ``chunk_size``. :class:`jlstm.Parallel` and
+        :class:`jlstm.Chunkwise` run them.
       auto_method: ``auto_method(T) -> name``, the form ``method="auto"`` picks.
       step_decoupled: ``step_decoupled(params, state, xp) -> (state, y)``, equal in value to
         ``step_projected``, whose Jacobian with respect to the state has the same diagonal and
         no other entry within a state leaf (:mod:`jlstm.cells.decouple`): ``method="quasi_deer"``
         and ``"quasi_elk"`` then read the diagonal with one JVP per state leaf instead of a
         full ``jax.jacfwd``.
+      output_of_state: ``output_of_state(state, y) -> y``, the step's output recomputed from a
+        state the loop changed after the step (zoneout keeps some units of the previous state:
+        a cell whose output is its ``h`` returns the zoned ``h``). ``None``: the output stays.
+      mixable_state: whether a convex mix of two states is a state. False for states that carry
+        a log-space stabiliser (sLSTM, mLSTM): zoneout, which mixes them, then refuses the cell.
     """
 
     project: ProjectFn | None = None
@@ -170,6 +181,8 @@ class CellFast(NamedTuple):
     methods: tuple[tuple[str, Callable[..., tuple[State, Array]]], ...] = ()
     auto_method: Callable[[int], str] | None = None
     step_decoupled: Callable[[Params, State, Any], tuple[State, Array]] | None = None
+    output_of_state: Callable[[State, Array], Array] | None = None
+    mixable_state: bool = True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm._scan import scan, valid_steps
+from jlstm._scan import scan
 from jlstm.cells.slstm import SLSTMParams, slstm
 from jlstm.core.deprecation import renamed_keyword
+from jlstm.core.time import valid_steps
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
 from jlstm.layers.dropout import check_key, dropout
@@ -176,7 +177,7 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
                         output_dropout=float(cfg.dropout), param_dtype=dt)
     cell_params = SLSTMParams(
         w_x=jnp.asarray(np.concatenate(gates, axis=-1), dt),
-        r=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
+        w_h=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
         b=jnp.asarray(np.transpose(b_ext, (1, 0, 2)).reshape(4 * E), dt),
     )
     params = XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=jnp.asarray(scale, dt),

@@ -364,7 +364,10 @@ def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array,
 def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
     """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping."""
 
-    def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll):
+    def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll, *,
+              plan: Any = None, resets: jax.Array | None = None):
+        if resets is not None:
+            raise NotImplementedError("resets in the fused LSTM kernel")
         T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
         B = math.prod(batch)
         H = state.c.shape[-1]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +30,14 @@ import numpy as np
 from jax import lax
 
 from jlstm.core.linear import Algebra, affine_scan
+from jlstm.core.plan import current_plan
 from jlstm.newton import grad as _deer_grad
 from jlstm.newton.linear import damped_solve
+from jlstm.newton.resets import append_resets, with_reset_input
 from jlstm.newton.shard import sharded_forward
 from jlstm.newton.step import FlatState, evaluate, flat_step, residual
+from jlstm.strategies.base import NO_REGULARISERS, Request, Strategy
+from jlstm.strategies.sequential import Sequential
 
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 ON_FAILURE = ("fallback", "raise", "ignore")
@@ -46,7 +50,7 @@ class NewtonConvergenceError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Newton:
+class Newton(Strategy):
     """Options of a parallel-in-time Newton method: pass as ``jlstm.scan(..., method=Newton(...))``.
 
     Args:
@@ -112,8 +116,34 @@ class Newton:
                              f"got method={self.method!r}.")
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]
         return self.method
+
+    def _key(self) -> tuple:
+        fields = dataclasses.astuple(self) if self.init is None else None
+        return fields if fields is not None else (id(self),)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal by value (a Newton with a warm-start trajectory equals only itself)."""
+        return isinstance(other, Newton) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def evaluate(self, cell: Any, params: Any, xs: jax.Array, state: Any,
+                 request: Request) -> tuple[Any, jax.Array, NewtonInfo]:
+        """Newton's method over the whole trajectory; on failure (``on_failure="fallback"``) the
+        caller's :class:`jlstm.Sequential` loop, with the caller's options, gives the answer."""
+        loop = request.loop
+
+        def fallback():
+            return loop.evaluate(cell, params, xs, state, request)[:2]
+
+        unroll = request.plan.unroll if loop.unroll is None else loop.unroll
+        if request.resets is not None:
+            cell, xs = with_reset_input(cell), append_resets(xs, request.resets)
+        return newton_scan(cell, params, xs, state, request.valid, self, unroll=unroll, remat=loop.remat,
+                           fallback=fallback)
 
     @property
     def damped(self) -> bool:
@@ -162,12 +192,16 @@ def as_newton(method: Any) -> Newton:
 
 
 def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, method: Any, *,
-                unroll: int | bool = 1, remat: Any = None) -> tuple[Any, jax.Array, NewtonInfo]:
+                unroll: int | bool = 1, remat: Any = None,
+                fallback: Callable[[], tuple[Any, jax.Array]] | None = None) -> tuple[Any, jax.Array, NewtonInfo]:
     """Evaluate ``cell`` over time-major ``xs [T, *batch, I]`` by a parallel Newton method.
 
     ``xs`` is already zeroed at invalid steps and in processing order (see :func:`jlstm.scan`).
     Invalid steps keep the state and output zeros. ``remat`` (``"segment"`` or an int)
     bounds the memory of the gradient's dense Jacobians to one segment at a time.
+
+    ``fallback()`` gives ``(final_state, ys)`` where the method fails and ``on_failure="fallback"``;
+    ``None`` means a plain sequential loop with ``unroll`` and ``remat``.
 
     Returns ``(final_state, ys [T, *batch, O], NewtonInfo)``.
     """
@@ -202,12 +236,8 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
         raise_unless = functools.partial(_raise_unless, method=opts.method, tol=tol)
         jax.debug.callback(raise_unless, converged, iters, residual)
     elif opts.on_failure == "fallback":
-        from jlstm._scan import scan
-
-        def sequential():
-            return scan(cell, params, xs, state, mask=valid, unroll=unroll, remat=remat, method="sequential")
-
-        final, ys = lax.cond(converged, lambda: (final, ys), sequential)
+        final, ys = lax.cond(converged, lambda: (final, ys), fallback or functools.partial(
+            _sequential, cell, params, xs, state, valid, unroll, remat))
     info = NewtonInfo(iters, residual, converged, spec.unravel(lax.stop_gradient(S), (T,)))
     return final, ys, info
 
@@ -264,6 +294,13 @@ def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
     lam0 = jnp.asarray(opts.lam(), guess.dtype)
     k, S, _, _, r, _, _ = lax.while_loop(cond, body, (jnp.int32(0), guess) + assess(guess) + (lam0,))
     return S, k, r
+
+
+def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Any,
+                remat: Any) -> tuple[Any, jax.Array]:
+    """The plain sequential loop (the fallback of a direct :func:`newton_scan` call)."""
+    request = Request(valid, None, None, NO_REGULARISERS, Sequential(unroll, remat), current_plan())
+    return request.loop.evaluate(cell, params, xs, state, request)[:2]
 
 
 def _raise_unless(converged, iterations, residual, *, method: str, tol: float) -> None:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import optax
 
-from jlstm import checkpoint as _ckpt
+import jlstm.checkpoint as _ckpt
 from jlstm.train.fit_state import (
     FitState,
     Stopping,

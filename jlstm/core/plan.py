@@ -1,0 +1,64 @@
+"""The measured routing table: which path a sequence takes on each backend, as data.
+
+One :class:`Plan` per backend holds every backend-dependent choice jlstm makes: the loop's unroll,
+where the fused LSTM projects its inputs, whether the Pallas kernel may run and for which shapes,
+from which T the min cells take their parallel form, and which evaluation of an affine recurrence
+runs. :class:`jlstm.Auto` reads it (``Auto(plan=...)`` overrides it); the kernels and forms receive a
+plan instead of asking JAX which backend they are on. :func:`current_plan` is the one place that asks.
+
+The numbers come from the benchmarks (``benchmarks/results/``): on 2 CPU cores the hoisted input
+GEMM of the fused LSTM loses to T small in-loop ones from batch 8 (10-11 ms against 16-23 ms at
+T=128, B=32, I=128, H=256); the min cells' parallel form ran at 0.8-1.25x the loop there, so the
+loop stays; the blocked affine scan ran as fast as ``associative_scan`` and compiled 5-6x faster. On an
+H200 a while-loop iteration costs several microseconds (unroll 8 amortises it), and the Pallas kernel
+fits one SM's shared memory up to H=64 (H=128 asked for 532,480 of 232,448 bytes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+
+class Plan(NamedTuple):
+    """Every backend-dependent routing choice, for one backend.
+
+    Attributes:
+      backend: the platform name (``"cpu"``, ``"gpu"``, ``"tpu"``).
+      unroll: steps per loop iteration when the caller passes ``unroll=None``.
+      lstm_inloop_from_batch: the fused LSTM multiplies the inputs inside the loop from this batch
+        size on (``None``: never; it hoists one GEMM over all steps).
+      pallas: whether the Pallas LSTM kernel may run at all.
+      pallas_max_hidden, pallas_max_batch: the largest shapes it serves.
+      parallel_from_T: the min cells take their parallel form from this T on (``None``: never).
+      associative: affine recurrences use ``lax.associative_scan`` (else √T blocks).
+    """
+
+    backend: str
+    unroll: int = 1
+    lstm_inloop_from_batch: int | None = None
+    pallas: bool = False
+    pallas_max_hidden: int = 64
+    pallas_max_batch: int = 64
+    parallel_from_T: int | None = None
+    associative: bool = False
+
+
+PLANS: dict[str, Plan] = {
+    "cpu": Plan("cpu", unroll=1, lstm_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False),
+    "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, pallas=True, parallel_from_T=32, associative=True),
+    "tpu": Plan("tpu", unroll=8, lstm_inloop_from_batch=None, pallas=False, parallel_from_T=32, associative=True),
+}
+_ALIASES = {"cuda": "gpu", "rocm": "gpu", "METAL": "gpu"}
+
+
+def plan_for(backend: str) -> Plan:
+    """The plan of ``backend`` (``"cuda"`` and ``"rocm"`` are ``"gpu"``; an unknown one gets the GPU's)."""
+    backend = _ALIASES.get(backend, backend)
+    return PLANS.get(backend, PLANS["gpu"]._replace(backend=backend))
+
+
+def current_plan() -> Plan:
+    """The plan of the default backend: the one place jlstm asks JAX which backend it runs on."""
+    return plan_for(jax.default_backend())

@@ -1,0 +1,59 @@
+"""``Auto``: every backend and shape decision of an evaluation, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from jlstm.core.plan import Plan, current_plan
+from jlstm.core.types import Cell
+from jlstm.strategies.base import Request, Strategy
+from jlstm.strategies.forms import Chunkwise, Parallel
+from jlstm.strategies.sequential import Sequential
+
+FORMS: dict[str, type[Strategy]] = {"parallel": Parallel, "chunkwise": Chunkwise}
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto(Strategy):
+    """The default strategy: picks the evaluation for this cell, sequence length and backend.
+
+    * The backend's routing table (:class:`jlstm.core.plan.Plan`, ``plan=None``: the default
+      backend's) decides the loop's unroll, where the fused LSTM projects its inputs, whether
+      the Pallas kernel may run, and which evaluation an affine recurrence takes; the plan
+      travels with the request to the kernels, which ask no one else.
+    * A cell that declares a choice (``CellFast.auto_method``: the mLSTM takes its parallel
+      form up to ``parallel_max_length`` and its chunkwise form beyond; the min cells take
+      their parallel form on accelerators from ``plan.parallel_from_T``) gets it, unless the
+      layers' step regularisers need the loop.
+    * Everything else runs :class:`Sequential` with the caller's loop options.
+
+    Example:
+      >>> jlstm.Auto().choose(jlstm.mlstm(8, num_heads=2), 100)
+      Parallel()
+    """
+
+    plan: Plan | None = None
+    name = "auto"
+
+    def resolve_plan(self) -> Plan:
+        return self.plan if self.plan is not None else current_plan()
+
+    def choose(self, cell: Cell, T: int, loop: Sequential | None = None, regularised: bool = False) -> Strategy:
+        """The strategy this cell gets for ``T`` steps (``loop``: the caller's loop options)."""
+        loop = loop if loop is not None else Sequential()
+        fast = cell.fast
+        if regularised or fast is None or fast.auto_method is None:
+            return loop
+        name = fast.auto_method(T)
+        return FORMS[name]() if name in FORMS else loop
+
+    def check(self, cell: Cell, request: Request, where: str) -> None:
+        """Any cell and any request: the regularisers act inside this loop."""
+
+    def evaluate(self, cell: Cell, params: Any, xs: jax.Array, state: Any,
+                 request: Request) -> tuple[Any, jax.Array, Any]:
+        chosen = self.choose(cell, xs.shape[0], request.loop, request.regularisers.active)
+        return chosen.evaluate(cell, params, xs, state, request)
