@@ -19,8 +19,14 @@ e.g. to try a multi-process script before going to a cluster::
 
 ``-m package.module`` may replace the script path. The processes' output comes back line by line,
 prefixed with ``[process_id]``. From Python, :func:`launch_local` does the
-same and returns each process's exit status and output; if one process fails or the time
-limit passes, it kills all of them (the others would wait forever on a collective).
+same and returns each process's exit status and output.
+
+A run never hangs on a failure. A script that raises, or calls ``sys.exit`` with a non-zero
+status, prints its traceback and ends its process at once, without Python's normal exit: that
+exit would run ``jax.distributed.shutdown``, which waits at a barrier for processes that may be
+waiting in a collective for this one (atexit handlers do not run then). With ``--local``, when a
+process exits non-zero or is killed by a signal, the launcher kills all the others, names the
+process, quotes the end of its output and exits with its status (128 + N for signal N).
 On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``).
 """
 
@@ -35,7 +41,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, NamedTuple, Sequence
+from types import TracebackType
+from typing import Any, NamedTuple, NoReturn, Sequence
 
 __all__ = ["LaunchError", "ProcessResult", "free_port", "initialize", "launch_local", "main"]
 
@@ -51,11 +58,17 @@ class ProcessResult(NamedTuple):
 
 
 class LaunchError(RuntimeError):
-    """A launched process failed or ran past the time limit; ``results`` holds every process's output."""
+    """A launched process failed or ran past the time limit.
 
-    def __init__(self, message: str, results: list[ProcessResult]):
+    Attributes:
+      results: every process's :class:`ProcessResult`.
+      process_id: the process that failed first, or ``None`` when the time limit passed.
+    """
+
+    def __init__(self, message: str, results: list[ProcessResult], process_id: int | None = None):
         super().__init__(message)
         self.results = results
+        self.process_id = process_id
 
 
 def _parse_address(address: str, where: str) -> tuple[str, int]:
@@ -145,6 +158,55 @@ def _run_target(target: Sequence[str]) -> None:
         runpy.run_path(target[0], run_name="__main__")
 
 
+def _exit_status(code: object) -> int:
+    """The status Python gives ``SystemExit(code)``, printing a message code as Python does."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _leave_now(status: int) -> NoReturn:
+    """End this process with ``status`` at once: flush the output, then skip the interpreter's exit.
+
+    A normal exit runs ``jax.distributed.shutdown`` (an atexit hook), which waits at a barrier for
+    every other process of the run; a process that failed must not wait there for processes
+    that may be blocked in a collective waiting for it.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the first frame outside this module and runpy (the user's script)."""
+    while tb is not None and tb.tb_next is not None and (
+            tb.tb_frame.f_code.co_filename in (__file__, runpy.__file__, "<frozen runpy>")):
+        tb = tb.tb_next
+    return tb
+
+
+def _run_guarded(target: Sequence[str]) -> None:
+    """Run the target; if it fails (an exception, or ``sys.exit`` with a non-zero status), print the
+    traceback through ``sys.excepthook`` and leave at once with a non-zero status (1 for an exception),
+    never at JAX's shutdown barrier. A target that returns, or exits with status 0, ends normally."""
+    try:
+        _run_target(target)
+    except SystemExit as e:
+        status = _exit_status(e.code)
+        if status:
+            _leave_now(status)
+    except BaseException as e:
+        tb = _user_frames(e.__traceback__)
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        _leave_now(1)
+
+
 def _child_command(target: Sequence[str], coordinator: str, num_processes: int, process_id: int,
                    local_device_count: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "jlstm.launch", "--coordinator", coordinator,
@@ -193,20 +255,94 @@ def _drain(stream: Any, sink: list[str], i: int, echo_to: Any, lock: threading.L
     stream.close()
 
 
-def _wait_all(procs: list[subprocess.Popen], timeout_s: float) -> str | None:
-    """Wait until every process exits 0 (``None``), one fails or the time is up (a description)."""
+class _Started(NamedTuple):
+    """The processes of a run, their collected output, and when each one ended (set by a watcher thread
+    per process, so that the first failure is told from the ones it caused)."""
+
+    procs: list[subprocess.Popen]
+    outputs: list[tuple[list[str], list[str]]]
+    threads: list[threading.Thread]
+    ended: dict[int, float]
+    changed: threading.Event
+
+
+def _watch(started: _Started, i: int) -> None:
+    started.procs[i].wait()
+    started.ended[i] = time.monotonic()
+    started.changed.set()
+
+
+def _start(commands: list[list[str]], env: dict[str, str], cwd: str | None, echo: bool) -> _Started:
+    """Start one process per command, each in its own session, with threads that collect its output."""
+    started = _Started([], [], [], {}, threading.Event())
+    lock = threading.Lock()
+    try:
+        for i, cmd in enumerate(commands):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    text=True, env=env, cwd=cwd, start_new_session=True)
+            started.procs.append(proc)
+            out: tuple[list[str], list[str]] = ([], [])
+            started.outputs.append(out)
+            jobs = [(_drain, (stream, sink, i, to if echo else None, lock)) for stream, sink, to in
+                    ((proc.stdout, out[0], sys.stdout), (proc.stderr, out[1], sys.stderr))]
+            for fn, args in [*jobs, (_watch, (started, i))]:
+                t = threading.Thread(target=fn, args=args, daemon=True)
+                t.start()
+                started.threads.append(t)
+    except BaseException:
+        _stop(started)
+        raise
+    return started
+
+
+def _wait_all(started: _Started, timeout_s: float) -> tuple[str, int | None] | None:
+    """Wait until every process exits 0 (``None``), or one fails or the time is up: then a description
+    and the id of the process that failed first (``None`` on a timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        codes = [p.poll() for p in procs]
-        bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
-        if bad:
-            return f"process {bad[0]} exited with status {codes[bad[0]]}"
-        if all(c == 0 for c in codes):
+        ended = dict(started.ended)
+        codes = {i: started.procs[i].returncode for i in ended}
+        failed = sorted((t, i) for i, t in ended.items() if codes[i] != 0)
+        if failed:
+            i = failed[0][1]
+            code = codes[i]
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            return f"process {i} {how}", i
+        if len(ended) == len(started.procs):
             return None
-        if time.monotonic() > deadline:
-            return (f"the run passed timeout_s={timeout_s} (still running: "
-                    f"{[i for i, c in enumerate(codes) if c is None]})")
-        time.sleep(0.05)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            running = [i for i in range(len(started.procs)) if i not in ended]
+            return f"the run passed timeout_s={timeout_s} (still running: {running})", None
+        started.changed.wait(min(left, 1.0))
+        started.changed.clear()
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def _failure_message(where: str, failed: tuple[str, int | None], results: list[ProcessResult]) -> str:
+    """What went wrong, and the end of the failed process's output (every process's on a timeout)."""
+    what, culprit = failed
+    text = f"{where}: {what}; all {len(results)} processes were stopped."
+    for r in results if culprit is None else [results[culprit]]:
+        for name, out in (("stdout", r.stdout), ("stderr", r.stderr)):
+            if out.strip():
+                text += f"\n--- the end of process {r.process_id}'s {name} (status {r.returncode}):\n{_tail(out)}"
+    return text
+
+
+def _stop(started: _Started) -> list[ProcessResult]:
+    """Kill whatever still runs (with what it started), reap every process and collect the output."""
+    for proc in started.procs:
+        _kill(proc)
+    for proc in started.procs:
+        proc.wait()
+    for t in started.threads:
+        t.join(timeout=5)
+    return [ProcessResult(i, p.pid, p.returncode, "".join(o[0]), "".join(o[1]))
+            for i, (p, o) in enumerate(zip(started.procs, started.outputs))]
 
 
 def launch_local(
@@ -223,9 +359,11 @@ def launch_local(
 
     The processes form one ``jax.distributed`` run over the loopback address
     (``127.0.0.1`` and a free port); process ``i`` gets ``process_id=i``. The call waits for
-    all of them. If any exits with a non-zero status, or ``timeout_s`` passes, the others
-    are killed at once (with whatever they started) and :class:`LaunchError` is raised. On
-    Linux the processes also die with the caller if it is killed.
+    all of them. If any exits with a non-zero status (an exception, ``sys.exit``, a signal), or
+    ``timeout_s`` passes, the others are killed at once (with whatever they started) and
+    :class:`LaunchError` is raised, naming the process and quoting the end of its output. A
+    process whose script raises leaves at once, without waiting at JAX's shutdown barrier.
+    On Linux the processes also die with the caller if it is killed.
 
     Args:
       target: the script and its arguments, as after ``--`` on the command line.
@@ -241,7 +379,8 @@ def launch_local(
       One :class:`ProcessResult` per process, in process-id order, all with exit status 0.
 
     Raises:
-      LaunchError: a process failed or the run timed out; ``.results`` has every process's output.
+      LaunchError: a process failed or the run timed out; ``.results`` has every process's output
+        and ``.process_id`` the failed process (``None`` on a timeout).
     """
     where = "jlstm.launch.launch_local"
     _check_count("num_processes", num_processes, where, 1)
@@ -250,44 +389,32 @@ def launch_local(
                          f"got {target!r}.")
     coordinator = f"127.0.0.1:{free_port()}"
     child_env = dict(os.environ if env is None else env, **{_PARENT_ENV: str(os.getpid())})
-    procs: list[subprocess.Popen] = []
-    outputs: list[tuple[list[str], list[str]]] = []
-    readers: list[threading.Thread] = []
-    lock = threading.Lock()
-    failed = None
+    commands = [_child_command(target, coordinator, num_processes, i, local_device_count)
+                for i in range(num_processes)]
+    started = _start(commands, child_env, cwd, echo)
     try:
-        for i in range(num_processes):
-            proc = subprocess.Popen(
-                _child_command(target, coordinator, num_processes, i, local_device_count),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                env=child_env, cwd=cwd, start_new_session=True)
-            procs.append(proc)
-            out: tuple[list[str], list[str]] = ([], [])
-            outputs.append(out)
-            for stream, sink, to in ((proc.stdout, out[0], sys.stdout), (proc.stderr, out[1], sys.stderr)):
-                t = threading.Thread(target=_drain, args=(stream, sink, i, to if echo else None, lock),
-                                     daemon=True)
-                t.start()
-                readers.append(t)
-        failed = _wait_all(procs, timeout_s)
+        failed = _wait_all(started, timeout_s)
     finally:
-        for proc in procs:
-            _kill(proc)
-        for proc in procs:
-            proc.wait()
-        for t in readers:
-            t.join(timeout=5)
-    results = [ProcessResult(i, p.pid, p.returncode, "".join(o[0]), "".join(o[1]))
-               for i, (p, o) in enumerate(zip(procs, outputs))]
+        results = _stop(started)
     if failed:
-        tails = "\n".join(f"--- process {r.process_id} (status {r.returncode}) stderr tail:\n{r.stderr[-1500:]}"
-                          for r in results)
-        raise LaunchError(f"{where}: {failed}; all {num_processes} processes were stopped.\n{tails}", results)
+        raise LaunchError(_failure_message(where, failed, results), results, failed[1])
     return results
 
 
+def _launcher_status(error: LaunchError) -> int:
+    """The command line's exit status: the failed process's (128 + N for signal N), 1 on a timeout."""
+    if error.process_id is None:
+        return 1
+    code = error.results[error.process_id].returncode
+    return 128 - code if code < 0 else code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``python -m jlstm.launch [options] -- script.py args...``."""
+    """The command line: ``python -m jlstm.launch [options] -- script.py args...``.
+
+    With ``--local N`` it returns the run's status. Otherwise it runs the script in this process, and
+    a script that fails ends this process at once with its status (see the module's docstring).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     target: list[str] = []
     if "--" in argv:
@@ -316,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             launch_local(target, args.local, local_device_count=args.local_device_count,
                          timeout_s=args.timeout, echo=True)
         except LaunchError as e:
-            print(str(e).splitlines()[0], file=sys.stderr)      # their output was echoed already
-            return 1
+            print(e, file=sys.stderr)
+            return _launcher_status(e)
         return 0
     if args.coordinator is None or args.num_processes is None or args.process_id is None:
         parser.error("give --coordinator, --num-processes and --process-id (one command per host), or --local N")
@@ -326,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    local_device_count=args.local_device_count)
     except ValueError as e:
         parser.error(str(e))
-    _run_target(target)
+    _run_guarded(target)
     return 0
 
 
