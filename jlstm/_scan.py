@@ -186,9 +186,8 @@ def _segmented(body, state, inputs, valid, T, remat, unroll):
     seg = _segment_length(T, remat)
     n_seg = -(-T // seg)
     pad = n_seg * seg - T
-    if valid is None:
-        batch = jax.tree.leaves(state)[0].shape[:-1]
-        valid = jnp.ones((T,) + batch, bool)
+    if valid is None:  # one flag per step, broadcast over every state leaf (their shapes differ: mLSTM's C, n, m)
+        valid = jnp.ones((T,), bool)
 
     def pad_split(a, fill):
         a = jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
