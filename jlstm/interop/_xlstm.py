@@ -18,6 +18,9 @@ parameters, so it works for either backend's weights:
 * ``r[k] = recurrent_kernel[k].reshape(d, 4d)`` (external layout ``[heads, d, gates, d]``).
 * ``b = bias.transpose(1, 0, 2).reshape(4H)`` (external layout ``[heads, gates, d]``).
 * ``norm_scale = 1 + group_norm.weight`` (the layer stores a residual weight).
+
+With a causal conv (``conv1d_kernel_size > 0``) the i and f projections read ``silu(conv(x))``; the
+layer then converts into :func:`jlstm.xlstm.slstm_layer` (see ``jlstm/interop/_xlstm_blocks.py``).
 """
 
 from __future__ import annotations
