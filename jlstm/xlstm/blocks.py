@@ -51,7 +51,7 @@ def block(layer: SequenceModel, feedforward: SequenceModel | None = None, *, nor
     Example:
       >>> blk = jlstm.xlstm.block(jlstm.recurrent(jlstm.lstm(8)))
       >>> params = blk.init(jax.random.key(0), 8)
-      >>> state, ys = blk.apply(params, jnp.ones((5, 2, 8)))
+      >>> state, ys = jax.jit(blk.apply)(params, jnp.ones((5, 2, 8)))
       >>> ys.shape
       (5, 2, 8)
     """
@@ -118,7 +118,7 @@ def mlstm_block(embedding_dim: int, *, feedforward: bool | SequenceModel | None 
     Example:
       >>> blk = jlstm.xlstm.mlstm_block(16, num_heads=2, round_to=16, method="chunkwise", chunk_size=4)
       >>> params = blk.init(jax.random.key(0), 16)
-      >>> state, ys = blk.apply(params, jnp.ones((10, 2, 16)))
+      >>> state, ys = jax.jit(blk.apply)(params, jnp.ones((10, 2, 16)))
       >>> ys.shape, type(state).__name__
       ((10, 2, 16), 'MLSTMLayerState')
     """
@@ -142,7 +142,7 @@ def slstm_block(embedding_dim: int, *, feedforward: bool | SequenceModel | None 
     Example:
       >>> blk = jlstm.xlstm.slstm_block(8, num_heads=2)
       >>> params = blk.init(jax.random.key(0), 8)
-      >>> params.ffn.w_up.shape, blk.apply(params, jnp.ones((4, 8)))[1].shape
+      >>> params.ffn.w_up.shape, jax.jit(blk.apply)(params, jnp.ones((4, 8)))[1].shape
       ((8, 128), (4, 8))
     """
     layer = slstm_layer(embedding_dim, **options)

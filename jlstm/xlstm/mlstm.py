@@ -112,10 +112,11 @@ def mlstm_layer(embedding_dim: int, *, num_heads: int = 4, proj_factor: float = 
     Example:
       >>> layer = jlstm.xlstm.mlstm_layer(16, num_heads=2, round_to=16)
       >>> params = layer.init(jax.random.key(0), 16)
+      >>> apply = jax.jit(layer.apply)
       >>> xs = jax.random.normal(jax.random.key(1), (12, 3, 16))
-      >>> state, ys = layer.apply(params, xs)
-      >>> s1, y1 = layer.apply(params, xs[:5])
-      >>> s2, y2 = layer.apply(params, xs[5:], s1)
+      >>> state, ys = apply(params, xs)
+      >>> s1, y1 = apply(params, xs[:6])
+      >>> s2, y2 = apply(params, xs[6:], s1)
       >>> ys.shape, state.conv.shape, bool(jnp.allclose(jnp.concatenate([y1, y2]), ys, atol=1e-5))
       ((12, 3, 16), (3, 3, 32), True)
     """

@@ -86,7 +86,8 @@ def slstm_layer(embedding_dim: int, *, num_heads: int = 4, conv1d_kernel_size: i
     Example:
       >>> layer = jlstm.xlstm.slstm_layer(8, num_heads=2)
       >>> params = layer.init(jax.random.key(0), 8)
-      >>> state, ys = layer.apply(params, jnp.ones((6, 3, 8)), lengths=jnp.array([6, 2, 0]))
+      >>> apply = jax.jit(layer.apply)
+      >>> state, ys = apply(params, jnp.ones((6, 3, 8)), lengths=jnp.array([6, 2, 0]))
       >>> ys.shape, state.conv.shape, state.cell.h.shape
       ((6, 3, 8), (3, 3, 8), (3, 8))
     """

@@ -43,7 +43,7 @@ def block_stack(blocks: Sequence[SequenceModel], *, post_norm: bool = True,
       >>> stack = jlstm.xlstm.block_stack([jlstm.xlstm.mlstm_block(E, num_heads=2, round_to=16),
       ...                                  jlstm.xlstm.slstm_block(E, num_heads=2)])
       >>> params = stack.init(jax.random.key(0), E)
-      >>> states, ys = stack.apply(params, jnp.ones((7, 3, E)))
+      >>> states, ys = jax.jit(stack.apply)(params, jnp.ones((7, 3, E)))
       >>> len(states), ys.shape
       (2, (7, 3, 16))
     """

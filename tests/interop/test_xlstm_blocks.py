@@ -93,9 +93,10 @@ def test_slstm_layer_with_a_conv_values_gradients_and_state():
     _, st = layer(x[:, :half], return_last_state=True)
     out, st2 = layer(x[:, half:], conv_state=st["conv_state"], slstm_state=st["slstm_state"],
                      return_last_state=True)
-    first, _ = model.apply(params, _tm(x[:, :half]))
+    apply = jax.jit(model.apply)
+    first, _ = apply(params, _tm(x[:, :half]))
     np.testing.assert_allclose(first.conv, st["conv_state"].detach().numpy(), atol=1e-12)
-    final, ys = model.apply(params, _tm(x[:, half:]), first)
+    final, ys = apply(params, _tm(x[:, half:]), first)
     np.testing.assert_allclose(ys, _tm(out), atol=1e-5, rtol=1e-5)
     for k, field in enumerate(jlstm.SLSTMState._fields):
         np.testing.assert_allclose(getattr(final.cell, field), st2["slstm_state"][k].detach().numpy(), atol=1e-5,
