@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write(a.out, {"suite": "xlstm_blocks", "device": device, "backend": jax.default_backend(),
                       "versions": {**versions(), "xlstm": md.version("xlstm")},
                       "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                       "command": command, "note": a.note, "results": results, "ratios": ratios(results),
                       "skipped": skipped})
         print(f"wrote {a.out}")
