@@ -21,7 +21,7 @@ echo "min_versions: $(tr '\n' ' ' < "$scratch/pins.txt")"
 
 "$python" -m venv "$scratch/venv"
 pip=("$scratch/venv/bin/python" -m pip --quiet --disable-pip-version-check)
-"${pip[@]}" install -r "$scratch/pins.txt" pytest pytest-xdist
+"${pip[@]}" install -r "$scratch/pins.txt" pytest pytest-xdist pytest-timeout
 "${pip[@]}" install --no-deps -e .
 "$scratch/venv/bin/python" -m pip check --disable-pip-version-check   # the pins agree with each other
 
