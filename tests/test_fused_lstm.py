@@ -323,7 +323,8 @@ def _episodes_reference(peephole, name):
     """Each episode run alone (``tests/episodes.py``), computed once per case."""
     cell, params, xs, state, ct = _setup((2,), peephole=peephole)
     valid = _valid(RESET_CASES[name])
-    return _loss_and_jvp(lambda p, x, s: run_episodes(cell, p, x, s, RESETS, valid), params, xs, state, ct)
+    return _loss_and_jvp(lambda p, x, s: run_episodes(cell, p, x, RESETS, valid=valid, state=s), params, xs,
+                         state, ct)
 
 
 @pytest.mark.parametrize("peephole,name,inloop", [

@@ -87,7 +87,10 @@ def test_kernels_with_resets_equal_episodes_run_alone():
         return jlstm.LSTMState(hT, cT), ys
 
     got = _loss_and_grads(pallas, params, xs, state, ct)
-    want = _loss_and_grads(lambda p, x, s: run_episodes(cell, p, x, s, resets, mask), params, xs, state, ct)
+    def alone(p, x, s):
+        return run_episodes(cell, p, x, resets, valid=mask, state=s)
+
+    want = _loss_and_grads(alone, params, xs, state, ct)
     _close(got[0], want[0], 2e-5)
     _close(got[1], want[1], 1e-4)
     assert float(jnp.max(jnp.abs(got[1][2].h[0]))) == 0  # row 0 restarts at t=0
@@ -148,7 +151,7 @@ def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
         return jlstm.scan(cell, p, x, s, lengths=jnp.asarray(lengths), resets=jnp.asarray(resets))
 
     def alone(p, x, s):
-        return run_episodes(cell, p, x, s, resets, valid)
+        return run_episodes(cell, p, x, resets, valid=valid, state=s)
 
     got = _loss_and_grads(kernel, params, xs, state, ct)
     assert pallas_plan
