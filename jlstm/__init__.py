@@ -31,6 +31,7 @@ from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
 from jlstm.core.loop import time_loop
+from jlstm.core.params import count_params
 from jlstm.core.time import reverse_index
 from jlstm.core.types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 from jlstm.kernels.fused_lstm import lstm_sequence
@@ -54,7 +55,7 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
 
 _SUBMODULES = (
     "checkpoint", "demo", "examples", "interop", "launch", "nnx", "parallel", "population", "streaming", "tasks",
-    "train",
+    "train", "xlstm",
 )
 
 
@@ -104,6 +105,7 @@ __all__ = [
     "SequenceModel",
     "batch_tuple",
     "bidirectional",
+    "count_params",
     "default_unroll",
     "gru",
     "layer_norm_lstm",
