@@ -7,7 +7,6 @@ stateful language-model training and generation. The values against the ``xlstm`
 are checked in tests/interop/test_xlstm_blocks.py.
 """
 
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -180,8 +179,6 @@ def test_language_model_trains_with_a_carried_state_and_generates():
     assert tokens.shape == (4, 1) and state[0].conv.shape == (1, 3, 16)
 
 
-@pytest.mark.skipif("resets" not in inspect.signature(jlstm.scan).parameters,
-                    reason="jlstm.scan does not take resets= yet")
 def test_resets_start_each_sequence_afresh():
     params, xs = _params(_STACK, 3), _xs(7)
     resets = jnp.zeros((T, B), bool).at[4, 0].set(True)

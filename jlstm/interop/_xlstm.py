@@ -149,7 +149,7 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams |
 
         return slstm_layer_from(layer, where)
     cell_params, scale, bias, eps = slstm_weights(layer, where)
-    dt = cell_params.r.dtype
+    dt = cell_params.w_h.dtype
     model = slstm_layer(int(cfg.embedding_dim), int(cfg.num_heads), eps=eps, norm_bias=bias is not None,
                         output_dropout=float(cfg.dropout), param_dtype=dt)
     return model, XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=scale, norm_bias=bias)

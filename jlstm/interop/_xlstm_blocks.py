@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jlstm._types import SequenceModel
+from jlstm.core.types import SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
 from jlstm.interop._xlstm import slstm_weights
 from jlstm.xlstm.blocks import BlockParams, block
@@ -136,7 +136,7 @@ def slstm_layer_from(layer: Any, where: str) -> tuple[SequenceModel, SLSTMLayerP
         raise ValueError(f"{where}: the layer's cell computes function={cfg.function!r}; only 'slstm' is "
                          f"converted.")
     cell, scale, bias, eps = slstm_weights(layer, where)
-    read = _Reader(where, cell.r.dtype)
+    read = _Reader(where, cell.w_h.dtype)
     K = int(cfg.conv1d_kernel_size)
     conv = read.conv(layer.conv1d, "conv1d") if K else None
     model = slstm_layer(int(cfg.embedding_dim), num_heads=int(cfg.num_heads), conv1d_kernel_size=K,

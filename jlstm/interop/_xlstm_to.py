@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._common import to_numpy
 from jlstm.xlstm.stack import StackParams
 
@@ -140,12 +140,12 @@ def _slstm_weights(sd: dict, pre: str, p: Any, cell_module: Any) -> None:
     """An sLSTM layer's weights; ``cell_module`` (the package's cell) turns the external layouts into its own."""
     import torch
 
-    heads, d = p.cell.r.shape[0], p.cell.r.shape[1]
+    heads, d = p.cell.w_h.shape[0], p.cell.w_h.shape[1]
     _conv(sd, pre + "conv1d", p.conv)
     w_x = np.asarray(p.cell.w_x)
     for g, name in enumerate(("fgate", "igate", "zgate", "ogate")):  # they compute i, f, z, o
         sd[pre + name + ".weight"] = np.swapaxes(w_x[..., g * d:(g + 1) * d], 1, 2)
-    r_ext = torch.as_tensor(np.array(p.cell.r).reshape(heads, d, 4, d))
+    r_ext = torch.as_tensor(np.array(p.cell.w_h).reshape(heads, d, 4, d))
     b_ext = torch.as_tensor(np.asarray(p.cell.b).reshape(4, heads, d).transpose(1, 0, 2).copy())
     sd[pre + "slstm_cell._recurrent_kernel_"] = cell_module._recurrent_kernel_ext2int(r_ext)
     sd[pre + "slstm_cell._bias_"] = cell_module._bias_ext2int(b_ext)

@@ -7,7 +7,6 @@ those modules touches this file alone.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -15,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 import jlstm
-from jlstm._checks import check_array, check_option, check_rate, check_size  # noqa: F401 (re-exported)
-from jlstm._dropout import check_key, dropout  # noqa: F401 (re-exported)
-from jlstm._scan import valid_steps
+from jlstm.core.checks import check_array, check_option, check_rate, check_size  # noqa: F401 (re-exported)
+from jlstm.core.time import valid_steps
+from jlstm.layers.dropout import check_key, dropout  # noqa: F401 (re-exported)
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -75,16 +74,10 @@ def finish(ys: jax.Array, valid: jax.Array | None, time_major: bool) -> jax.Arra
 
 def scan(cell: jlstm.Cell, params: Any, xs: jax.Array, state: Any, *, lengths: Any, mask: Any, resets: Any,
          method: Any, remat: Any, unroll: Any, where: str) -> tuple[Any, jax.Array]:
-    """:func:`jlstm.scan`, time-major, with ``resets`` passed on only when given."""
-    extra = {}
-    if resets is not None:
-        if "resets" not in inspect.signature(jlstm.scan).parameters:
-            raise TypeError(f"{where}: resets needs a jlstm.scan that takes resets=, which this version lacks; "
-                            f"reset the carried state between calls instead "
-                            f"(jlstm.train.reset_state(state, model.initial_state(params, batch), reset)).")
-        extra["resets"] = resets
-    return jlstm.scan(cell, params, xs, state, lengths=lengths, mask=mask, method=method, remat=remat,
-                      unroll=unroll, **extra)
+    """:func:`jlstm.scan`, time-major."""
+    del where
+    return jlstm.scan(cell, params, xs, state, lengths=lengths, mask=mask, resets=resets, method=method,
+                      remat=remat, unroll=unroll)
 
 
 def headwise(x: jax.Array, w: jax.Array) -> jax.Array:

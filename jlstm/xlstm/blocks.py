@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm import _shared
 from jlstm.xlstm.feedforward import FeedForwardParams, feedforward
 from jlstm.xlstm.mlstm import mlstm_layer

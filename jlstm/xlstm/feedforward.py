@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm import _shared
 from jlstm.xlstm._init import small_init, wang_init
 

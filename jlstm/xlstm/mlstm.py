@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import jlstm
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm import _shared
 from jlstm.xlstm._init import small_init, wang_init
 from jlstm.xlstm.conv import ConvParams, causal_conv, empty_window, init_conv

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import jlstm
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm import _shared
 from jlstm.xlstm._init import small_init
 from jlstm.xlstm.conv import ConvParams, causal_conv, empty_window, init_conv
@@ -146,7 +146,7 @@ def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> SLSTMLayerParams:
         r = jnp.zeros((NH, d, 4 * d), dt)
     else:
         r = jax.random.uniform(k_r, (NH, d, 4 * d), dt, -1.0 / E ** 0.5, 1.0 / E ** 0.5)
-    cell = jlstm.SLSTMParams(w_x=small_init(k_w, (NH, d, 4 * d), E, dt), r=r, b=_bias(cfg, k_b))
+    cell = jlstm.SLSTMParams(w_x=small_init(k_w, (NH, d, 4 * d), E, dt), w_h=r, b=_bias(cfg, k_b))
     return SLSTMLayerParams(conv=init_conv(k_conv, K, E, dt) if K else None, cell=cell,
                             norm_scale=jnp.ones((E,), dt),
                             norm_bias=jnp.zeros((E,), dt) if cfg.norm_bias else None)

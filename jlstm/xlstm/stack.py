@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 
 import jlstm
-from jlstm._types import CellConfig, SequenceModel
+from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm import _shared
 from jlstm.xlstm.blocks import mlstm_block, slstm_block
 from jlstm.xlstm.norms import LayerNormParams, init_layer_norm, layer_norm
