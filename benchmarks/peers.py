@@ -159,16 +159,16 @@ def build_jlstm_fused(case: Case, data: Data) -> Runner:
 def build_jlstm_pallas(case: Case, data: Data) -> Runner:
     """jlstm's Pallas kernel called directly, compiled for the GPU (never interpret mode)."""
     _no_peepholes(case)
-    import jax
     import jax.numpy as jnp
 
+    from jlstm.core.plan import current_plan
     from jlstm.kernels import pallas_lstm as _pallas_lstm
 
-    widest = _pallas_lstm.KERNEL_MAX_HIDDEN
+    widest, plan = _pallas_lstm.KERNEL_MAX_HIDDEN, current_plan()
     if not _pallas_lstm.fits(case.B, case.H, None, None, widest) or case.dtype != "float32":
-        raise Unavailable(f"the Pallas kernel serves float32, B <= {_pallas_lstm.MAX_BATCH} and H a power of two "
-                          f"<= {_pallas_lstm.KERNEL_MAX_HIDDEN} on GPU (jlstm.lstm routes it up to H = "
-                          f"{_pallas_lstm.MAX_HIDDEN}); backend {jax.default_backend()!r}")
+        raise Unavailable(f"the Pallas kernel serves float32, B <= {plan.pallas_max_batch} and H a power of two "
+                          f"<= {widest} where the backend's plan allows it (jlstm.lstm routes it up to H = "
+                          f"{plan.pallas_max_hidden}); backend {plan.backend!r}, pallas={plan.pallas}")
     h0 = jnp.zeros((case.B, case.H))
 
     def forward(p, x):

@@ -4,6 +4,8 @@ Values and gradients (w.r.t. params, xs and the initial state) are compared with
 masks, reverse, several batch dims, unbatched input, unroll variants, peepholes, remat
 segments and bf16 mixed precision, for both forward layouts (inputs hoisted into one
 GEMM, or multiplied inside the loop). The reference results are computed once per case and shared.
+With resets, the reference is each episode run alone by a Python loop over ``cell.step``
+(``tests/episodes.py``): values, gradients and forward-mode tangents.
 """
 
 import functools
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from episodes import run_episodes
 
 import jlstm
 import jlstm.kernels.fused_lstm as fused_mod
@@ -55,7 +58,7 @@ def _assert_close(a, b, tol):
 
 def _force_layout(monkeypatch, inloop):
     """Force one layout of the fast path, whatever the backend and batch size."""
-    monkeypatch.setattr(fused_mod, "_inloop_default", lambda B: inloop)
+    monkeypatch.setattr(fused_mod, "_inloop_default", lambda B, plan=None: inloop)
 
 
 CASES = {
@@ -274,3 +277,115 @@ def test_default_unroll_is_positive_int():
     for backend in ("cpu", "gpu", "tpu"):
         u = jlstm.default_unroll(backend)
         assert isinstance(u, int) and u >= 1
+
+
+# Row 0: resets at t=0 and t=2, and one at t=5, which the lengths case makes invalid. Row 1:
+# consecutive resets at t=3 and t=4, and one at the last step.
+RESETS = np.zeros((T, 2), bool)
+RESETS[[0, 2, 5], 0] = True
+RESETS[[3, 4, T - 1], 1] = True
+RESET_CASES = {
+    "plain": {},
+    "lengths": {"lengths": np.array([4, 7])},
+    "mask": {"mask": np.random.default_rng(1).random((T, 2)) < 0.75},
+}
+
+
+def _valid(kw):
+    valid = np.ones((T, 2), bool)
+    if "lengths" in kw:
+        valid &= np.arange(T)[:, None] < kw["lengths"][None]
+    if "mask" in kw:
+        valid &= kw["mask"]
+    return valid
+
+
+def _reset_loss(run, ct):
+    def loss(p, x, s):
+        final, ys = run(p, x, s)
+        return jnp.sum(ys * ct) + jnp.sum(1.3 * final.h) + jnp.sum(0.7 * final.c), (final, ys)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def _loss_and_jvp(run, params, xs, state, ct):
+    """Values and gradients (params, xs, initial state), and a jvp along random params and xs tangents."""
+    k = jax.random.split(jax.random.key(7), len(jax.tree.leaves(params)) + 1)
+    leaves, tree = jax.tree.flatten(params)
+    tp = tree.unflatten([jax.random.normal(kk, a.shape) for kk, a in zip(k, leaves)])
+    tx = jax.random.normal(k[-1], xs.shape)
+    jvp = jax.jit(lambda p, x: jax.jvp(lambda p, x: run(p, x, state), (p, x), (tp, tx)))
+    return _reset_loss(run, ct)(params, xs, state), jvp(params, xs)
+
+
+@functools.cache
+def _episodes_reference(peephole, name):
+    """Each episode run alone (``tests/episodes.py``), computed once per case."""
+    cell, params, xs, state, ct = _setup((2,), peephole=peephole)
+    valid = _valid(RESET_CASES[name])
+    return _loss_and_jvp(lambda p, x, s: run_episodes(cell, p, x, RESETS, valid=valid, state=s), params, xs,
+                         state, ct)
+
+
+@pytest.mark.parametrize("peephole,name,inloop", [
+    (None, "plain", False), (None, "lengths", True), (None, "mask", True),
+    ("diagonal", "plain", True), ("diagonal", "mask", False), ("full", "lengths", False)])
+def test_resets_equal_episodes_run_alone(peephole, name, inloop, monkeypatch):
+    """jlstm.scan(resets=) on the fused path: values, gradients and jvp equal each episode run alone."""
+    _force_layout(monkeypatch, inloop)
+    kw = {k: jnp.asarray(v) for k, v in RESET_CASES[name].items()}
+    cell, params, xs, state, ct = _setup((2,), peephole=peephole)
+
+    def fused(p, x, s):
+        return jlstm.scan(cell, p, x, s, resets=jnp.asarray(RESETS), **kw)
+
+    assert "custom_jvp_call" in str(jax.make_jaxpr(fused)(params, xs, state))
+    (got, jvp_got) = _loss_and_jvp(fused, params, xs, state, ct)
+    (want, jvp_want) = _episodes_reference(peephole, name)
+    _assert_close(got[0], want[0], 2e-5)
+    _assert_close(got[1], want[1], 1e-4)
+    _assert_close(jvp_got, jvp_want, 1e-4)
+    # Row 0 restarts at t=0: nothing reaches its initial state.
+    assert float(jnp.max(jnp.abs(got[1][2].h[0]))) == 0 and float(jnp.max(jnp.abs(got[1][2].c[0]))) == 0
+    assert float(jnp.max(jnp.abs(got[1][2].h[1]))) > 0
+
+
+def test_a_reset_cuts_the_gradient():
+    """Row 1's outputs from its reset at t=3 on do not depend on its earlier inputs: exactly zero."""
+    cell, params, xs, state, _ = _setup((2,), peephole="full")
+    def late(x):
+        return jnp.sum(jlstm.scan(cell, params, x, state, resets=jnp.asarray(RESETS))[1][3:, 1])
+
+    g = jax.jit(jax.grad(late))(xs)
+    assert float(jnp.max(jnp.abs(g[:3, 1]))) == 0 and float(jnp.min(jnp.max(jnp.abs(g[3:, 1]), axis=-1))) > 0
+
+
+@pytest.mark.parametrize("kw", [{"reverse": True, "lengths": np.array([4, 7])}, {"remat": "segment"}],
+                         ids=["reverse_lengths", "remat_segment"])
+def test_resets_with_reverse_and_remat_equal_step_loop(kw):
+    """Reverse (each episode backwards) and segment remat keep the fused path and equal fast=False."""
+    kw = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    cell, params, xs, state, ct = _setup((2,), peephole="diagonal")
+    resets = jnp.asarray(RESETS)
+
+    def run(fast):
+        return lambda p, x, s: jlstm.scan(cell, p, x, s, resets=resets, fast=fast, **kw)
+
+    assert "custom_jvp_call" in str(jax.make_jaxpr(run(True))(params, xs, state))
+    _assert_close(_reset_loss(run(True), ct)(params, xs, state), _reset_loss(run(False), ct)(params, xs, state),
+                  1e-4)
+
+
+def test_lstm_sequence_resets():
+    """The public function with a mask (its resets at masked steps are ignored), and its argument check."""
+    _, params, xs, state, ct = _setup((2,))
+    mask = jnp.asarray(RESET_CASES["mask"]["mask"])
+
+    def seq(p, x, s):
+        hT, cT, ys = jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, s.h, s.c, mask, resets=jnp.asarray(RESETS))
+        return jlstm.LSTMState(hT, cT), ys
+
+    got, want = _loss_and_jvp(seq, params, xs, state, ct), _episodes_reference(None, "mask")
+    _assert_close(got, want, 1e-4)
+    with pytest.raises(ValueError, match="resets must be a bool array of shape"):
+        jlstm.lstm_sequence(params.w_x, params.w_h, params.b, xs, state.h, state.c, resets=jnp.zeros((T, 2)))

@@ -2,16 +2,21 @@
 
 Values and gradients (params, inputs, initial state) are compared with jlstm's reference
 path (``fast=False``: a ``lax.scan`` of ``cell.step`` differentiated by JAX), with lengths,
-a mask, reverse and a batch that the kernel pads (3 rows to 16). ``jlstm.lstm`` is checked
-to take the kernel when the backend reports a GPU and the shape fits, and only then.
+a mask, reverse and a batch that the kernel pads (3 rows to 16); with resets, with each
+episode run alone by a Python loop over ``cell.step`` (``tests/episodes.py``). ``jlstm.lstm``
+is checked to take the kernel when the routing plan allows it and the shape fits, and only
+then, under ``jax.grad``, ``jax.jvp`` and ``jax.vmap``.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from episodes import run_episodes
 
 import jlstm
+import jlstm._scan as _scan_mod
+from jlstm.core.plan import PLANS, current_plan
 from jlstm.kernels import pallas_lstm as _pallas_lstm
 
 
@@ -65,23 +70,55 @@ def test_kernels_equal_reference_with_a_mask():
     np.testing.assert_allclose(np.asarray(grads[2].c[2]), 0.7, rtol=1e-6)
 
 
+def test_kernels_with_resets_equal_episodes_run_alone():
+    """Both kernels (lstm_pallas's custom_vjp) with resets and a mask: each episode run alone."""
+    T, B, I, H = 6, 3, 2, 4
+    cell, params, xs, state, ct = _setup(T, B, I, H, seed=3)
+    resets = np.zeros((T, B), bool)
+    resets[[0, 3], 0] = True          # at t=0, and mid-sequence
+    resets[[2, 3, T - 1], 1] = True   # consecutive, and at the last step
+    mask = np.ones((T, B), bool)
+    mask[[1, 4], 2] = False
+    resets[4, 2] = True               # at a masked step: ignored
+    m, r = jnp.asarray(mask), jnp.asarray(resets & mask)
+
+    def pallas(p, x, s):
+        hT, cT, ys = _pallas_lstm.lstm_pallas(p.w_x, p.w_h, p.b, x, s.h, s.c, m, True, resets=r)
+        return jlstm.LSTMState(hT, cT), ys
+
+    got = _loss_and_grads(pallas, params, xs, state, ct)
+    def alone(p, x, s):
+        return run_episodes(cell, p, x, resets, valid=mask, state=s)
+
+    want = _loss_and_grads(alone, params, xs, state, ct)
+    _close(got[0], want[0], 2e-5)
+    _close(got[1], want[1], 1e-4)
+    assert float(jnp.max(jnp.abs(got[1][2].h[0]))) == 0  # row 0 restarts at t=0
+    assert float(jnp.max(jnp.abs(got[1][0].w_h))) > 0
+
+
+# The backend's own plan with the kernel allowed: on CPU it runs in interpret mode.
+PALLAS_PLAN = current_plan()._replace(pallas=True, pallas_max_hidden=64, pallas_max_batch=64)
+
+
 @pytest.fixture
-def fake_gpu(monkeypatch):
-    """Make jlstm.lstm believe it runs on a GPU; the kernel then runs in interpret mode on CPU."""
-    monkeypatch.setattr(_pallas_lstm, "_on_gpu", lambda: True)
+def pallas_plan(monkeypatch):
+    """Route jlstm.scan by PALLAS_PLAN; record each run of the forward kernel (its interpret flag)."""
+    monkeypatch.setattr(_scan_mod, "current_plan", lambda: PALLAS_PLAN)
     calls = []
-    real = _pallas_lstm.lstm_pallas
+    real = _pallas_lstm.forward
 
     def spy(*args):
         calls.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(_pallas_lstm, "lstm_pallas", spy)
+    monkeypatch.setattr(_pallas_lstm, "forward", spy)
     return calls
 
 
-def test_jlstm_lstm_takes_the_kernel_on_gpu(fake_gpu):
-    """Through jlstm.scan with lengths, a mask and reverse: the kernel, equal to the reference path."""
+def test_jlstm_lstm_takes_the_kernel_where_the_plan_allows(pallas_plan):
+    """Through jlstm.scan with lengths, a mask and reverse: the kernel, equal to the reference path
+    under jax.grad and jax.jvp (the kernel is the primal loop of the fused custom_jvp)."""
     T, B, I, H = 4, 2, 3, 16
     cell, params, xs, state, ct = _setup(T, B, I, H, seed=1)
     kw = {"lengths": jnp.array([4, 2]), "mask": jnp.array([[1, 1], [0, 1], [1, 1], [1, 0]], bool),
@@ -91,12 +128,59 @@ def test_jlstm_lstm_takes_the_kernel_on_gpu(fake_gpu):
         return lambda p, x, s: jlstm.scan(cell, p, x, s, fast=fast, **kw)
 
     got = _loss_and_grads(run(True), params, xs, state, ct)
-    assert fake_gpu and fake_gpu[0] is (jax.default_backend() == "cpu")  # taken; interpret mode on CPU
+    assert pallas_plan and pallas_plan[0] is _pallas_lstm.interpret_mode(PALLAS_PLAN)
     _close(got, _loss_and_grads(run(False), params, xs, state, ct))
+    del pallas_plan[:]
+    tangent = jax.random.normal(jax.random.key(9), xs.shape)
+    got = jax.jvp(lambda x: run(True)(params, x, state)[1], (xs,), (tangent,))
+    assert pallas_plan  # forward mode runs the kernel too
+    _close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
+
+
+def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
+    """jlstm.scan(resets=) on the Pallas route: values, gradients and jvp equal each episode run alone."""
+    T, B, I, H = 5, 2, 2, 16
+    cell, params, xs, state, ct = _setup(T, B, I, H, seed=4)
+    resets = np.zeros((T, B), bool)
+    resets[[0, 2, 3], 0] = True
+    resets[[1, T - 1], 1] = True
+    lengths = np.array([5, 4])           # row 1's reset at the last step is padding
+    valid = np.arange(T)[:, None] < lengths[None]
+
+    def kernel(p, x, s):
+        return jlstm.scan(cell, p, x, s, lengths=jnp.asarray(lengths), resets=jnp.asarray(resets))
+
+    def alone(p, x, s):
+        return run_episodes(cell, p, x, resets, valid=valid, state=s)
+
+    got = _loss_and_grads(kernel, params, xs, state, ct)
+    assert pallas_plan
+    want = _loss_and_grads(alone, params, xs, state, ct)
+    _close(got[0], want[0], 2e-5)
+    _close(got[1], want[1], 1e-4)
+    tangent = jax.random.normal(jax.random.key(8), xs.shape)
+    _close(jax.jvp(lambda x: kernel(params, x, state)[1], (xs,), (tangent,)),
+           jax.jvp(lambda x: alone(params, x, state)[1], (xs,), (tangent,)), 1e-4)
+
+
+def test_vmap_of_grad_through_the_kernel_route(pallas_plan):
+    """jax.vmap of a training step (as jlstm.population does) runs through the kernel's route."""
+    T, B, I, H = 3, 2, 2, 16
+    cell, params, xs, state, ct = _setup(T, B, I, H, seed=5)
+    members = jnp.stack([xs, 2.0 * xs])
+
+    def grad(fast):
+        loss = lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=fast)[1] * ct)  # noqa: E731
+        return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, members)
+
+    got = grad(True)
+    assert pallas_plan
+    _close(got, grad(False))
 
 
 def test_fits():
-    assert not _pallas_lstm.fits(8, 256, None, None) or jax.default_backend() == "gpu"
+    assert not _pallas_lstm.fits(8, 64, None, None, plan=PLANS["cpu"])
+    assert _pallas_lstm.interpret_mode(PLANS["cpu"]) and not _pallas_lstm.interpret_mode(PLANS["gpu"])
 
 
 @pytest.mark.parametrize("batch,hidden,dtype,peephole,ok", [
@@ -104,33 +188,17 @@ def test_fits():
     (65, 64, None, None, False), (8, 256, None, None, False), (8, 96, None, None, False),
     (8, 8, None, None, False),
     (8, 64, jnp.bfloat16, None, False), (8, 64, None, "diagonal", False)])
-def test_fits_on_gpu(monkeypatch, batch, hidden, dtype, peephole, ok):
-    monkeypatch.setattr(_pallas_lstm, "_on_gpu", lambda: True)
-    assert _pallas_lstm.fits(batch, hidden, dtype, peephole) is ok
+def test_fits_on_gpu(batch, hidden, dtype, peephole, ok):
+    assert _pallas_lstm.fits(batch, hidden, dtype, peephole, plan=PLANS["gpu"]) is ok
 
 
-def test_large_shapes_keep_the_fused_scan(fake_gpu):
+def test_large_shapes_keep_the_fused_scan(pallas_plan):
     cell, params, xs, state, _ = _setup(2, 65, 2, 16)
     jax.eval_shape(lambda p: jlstm.scan(cell, p, xs, state), params)
-    assert fake_gpu == []
-
-
-def test_forward_mode_on_gpu_takes_the_fused_scan(fake_gpu):
-    """jax.jvp cannot enter the kernel's custom_vjp; jlstm.lstm then runs the fused scan's custom_jvp."""
-    T, B, I, H = 3, 2, 2, 16
-    cell, params, xs, state, _ = _setup(T, B, I, H, seed=2)
-    lengths = jnp.array([3, 1])
-
-    def run(fast):
-        return lambda x: jlstm.scan(cell, params, x, state, lengths=lengths, fast=fast)[1]
-
-    got = jax.jvp(run(True), (xs,), (jnp.ones_like(xs),))
-    assert fake_gpu  # the kernel was tried first
-    _close(got, jax.jvp(run(False), (xs,), (jnp.ones_like(xs),)))
+    assert pallas_plan == []
 
 
 def test_env_switch_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setattr(_pallas_lstm, "_on_gpu", lambda: True)
-    assert _pallas_lstm.fits(8, 64, None, None)
+    assert _pallas_lstm.fits(8, 64, None, None, plan=PLANS["gpu"])
     monkeypatch.setenv("JLSTM_PALLAS", "0")
-    assert not _pallas_lstm.fits(8, 64, None, None)
+    assert not _pallas_lstm.fits(8, 64, None, None, plan=PLANS["gpu"])

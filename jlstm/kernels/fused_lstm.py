@@ -33,7 +33,14 @@ the noise of this 2-core machine in training time).
 
 The residuals are the gates, the cell states and (only when a mask makes them differ
 from the outputs) the hidden states. Masked steps (padding or a False mask) keep the
-state, output zeros and pass the incoming gradient through.
+state, output zeros and pass the incoming gradient through. A reset step starts from
+zeros: the forward loop selects zeros for the carry, the residuals' previous states are
+zeroed for all T at once, and the tangent loop multiplies zeros instead of the carried
+tangent (``F = 0`` there), so its transpose passes no gradient across the reset.
+
+The primal loop is the ``lax.scan`` above or, where the routing plan allows it (small
+batches on GPU), the Pallas kernel of :mod:`jlstm.kernels.pallas_lstm`, whose saved gates
+and states feed the same tangent recurrence: one ``custom_jvp`` serves both, in both modes.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jlstm.core.math import matmul
+from jlstm.core.plan import Plan, current_plan
 from jlstm.kernels import pallas_lstm as _pallas_lstm
 
 Unroll = Union[int, bool, tuple]
@@ -65,16 +73,17 @@ def _gate_scale(H: int, dtype) -> jax.Array:
     return jnp.asarray([[0.5], [0.5], [1.0], [0.5]], dtype) * jnp.ones((1, H), dtype)
 
 
-def _inloop_default(B: int) -> bool:
-    """Whether to multiply the inputs inside the loop: on CPU for batches of 8 or more.
+def _inloop_default(B: int, plan: Plan | None = None) -> bool:
+    """Whether to multiply the inputs inside the loop: from ``plan.lstm_inloop_from_batch`` on (CPU: 8).
 
     XLA:CPU runs one (T·B, I)×(I, 4H) GEMM slower than T small ones of the loop (measured
     on 2 cores: 16-23 ms against 10-11 ms for T=128, B=32, I=128, H=256), and the
     hoisted product [T, B, 4H] is a round trip through memory. At batch 1 the step is a
     matrix-vector product bound by reading the weights, so hoisting wins again, as it
-    does on GPU (cuDNN's design).
+    does on GPU (cuDNN's design). ``plan=None``: the default backend's plan.
     """
-    return jax.default_backend() == "cpu" and B >= 8
+    start = (plan or current_plan()).lstm_inloop_from_batch
+    return start is not None and B >= start
 
 
 def _operand_dtype(xs, h0, w, dtype):
@@ -101,11 +110,23 @@ class Options(NamedTuple):
     unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
     inloop: bool = False       # multiply the inputs inside the loop (inference layout)
     peephole: str | None = None
+    engine: str = "xla"        # the primal loop: "xla" (lax.scan), "pallas" or "pallas_interpret"
 
 
-def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, *, opts: Options, save: bool, inloop: bool):
-    """The primal loop; with ``save`` it also stacks ``(h_t, c_t, a_t)`` for the derivatives."""
-    dtype, peephole = opts.dtype, opts.peephole
+def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
+    """The primal loop: ``(h_T, c_T, ys, residuals)``, the residuals ``(h_t, c_t, a_t)`` stacked with ``save``.
+
+    ``opts.engine`` picks the loop: the XLA scan of :func:`_xla_forward`, or the Pallas
+    kernel (:func:`jlstm.kernels.pallas_lstm.forward`, which always returns the residuals).
+    """
+    if opts.engine == "xla":
+        return _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=save)
+    return _pallas_lstm.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.engine == "pallas_interpret")
+
+
+def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
+    """The ``lax.scan`` loop. A reset step (``r_t``) starts from zeros: two selects on the carry."""
+    dtype, peephole, inloop = opts.dtype, opts.peephole, opts.inloop
     bias = b.astype(dtype or b.dtype)
     if inloop:
         # One GEMM per step on [x_t, h_{t-1}] @ [W_x; W_h]; the residuals are the same as
@@ -120,7 +141,9 @@ def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, *, opts: Options, save: bool, inlo
 
     def body(carry, inp):
         h, c = carry
-        s_t, m_t = inp
+        s_t, m_t, r_t = inp
+        if r_t is not None:
+            h, c = _restart(r_t, h), _restart(r_t, c)
         if inloop:
             z = matmul(jnp.concatenate([s_t, h.astype(s_t.dtype)], axis=-1), w, dtype) + bias
         else:
@@ -137,8 +160,13 @@ def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, *, opts: Options, save: bool, inlo
         # cast to bf16 let XLA:CPU re-convert the whole stacked buffer at every step.
         return (h_next, c_next), (y.astype(h.dtype), res)
 
-    (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m), unroll=opts.unroll[0])
+    (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m, r), unroll=opts.unroll[0])
     return hT, cT, ys, res
+
+
+def _restart(r_t: jax.Array, a: jax.Array) -> jax.Array:
+    """``a`` [B, ·] with the rows where ``r_t`` [B] is True set to zero (the initial state)."""
+    return jnp.where(r_t[:, None], jnp.zeros((), a.dtype), a)
 
 
 def _cell(z, c, h_dtype, w_c, dtype, peephole, save):
@@ -179,15 +207,20 @@ def lstm_sequence(
     dtype: Any = None,
     unroll: Unroll = 1,
     inloop: bool | None = None,
+    resets: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Run the LSTM over ``xs`` [T, B, I] from (h0, c0) [B, H]; returns ``(h_T, c_T, ys)``.
 
-    ``m`` is None or a bool [T, B] of valid steps. ``peephole`` is None, ``"diagonal"``
+    ``m`` is None or a bool [T, B] of valid steps. ``resets`` is None or a bool [T, B]:
+    where True, step t starts from zeros (the initial state of :func:`jlstm.lstm`) instead
+    of the carried state, and no derivative flows through it to earlier steps; resets at
+    invalid steps are ignored. ``peephole`` is None, ``"diagonal"``
     (``w_c`` (3, H): i and f see c_{t-1}, o sees c_t) or ``"full"`` (``w_c`` (H, 3H)
     applied to c_{t-1}, the founding article's form), as in :func:`jlstm.lstm`.
     ``dtype`` is the matmul dtype (None: the inputs'); ``unroll`` an int (or True) for
     both scans, or a ``(forward, tangent)`` pair; ``inloop`` multiplies the inputs inside
-    the loop (None: on CPU when B >= 8) instead of in one GEMM before it.
+    the loop (None: as the default backend's :class:`jlstm.core.plan.Plan` says, on CPU
+    from B = 8) instead of in one GEMM before it.
 
     Differentiable in both modes (``jax.custom_jvp``): the tangent is a linear
     recurrence with its GEMMs hoisted, and reverse mode is its transpose, so the weight
@@ -198,16 +231,27 @@ def lstm_sequence(
                          f"{peephole!r} and w_c {'None' if w_c is None else 'given'}.")
     if peephole not in (None, "diagonal", "full"):
         raise ValueError(f"lstm_sequence: peephole must be None, 'diagonal' or 'full', got {peephole!r}.")
+    if resets is not None:
+        resets = _check_resets(resets, xs.shape[:2])
+        resets = resets if m is None else resets & m
     if inloop is None:
         inloop = _inloop_default(xs.shape[1])
     opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=bool(inloop), peephole=peephole)
-    return _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts)
+    return _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, resets, opts)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
-def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, opts: Options):
+def _check_resets(resets: Any, shape: tuple[int, ...]) -> jax.Array:
+    resets = jnp.asarray(resets)
+    if resets.dtype != jnp.bool_ or resets.shape != tuple(shape):
+        raise ValueError(f"lstm_sequence: resets must be a bool array of shape {tuple(shape)} ([T, B], True = "
+                         f"start from zeros before this step), got {resets.dtype} {resets.shape}.")
+    return resets
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
+def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, r, opts: Options):
     """:func:`lstm_sequence` with its options as one record, in the same argument order."""
-    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=False, inloop=opts.inloop)
+    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=False)
     return hT, cT, ys.astype(_out_dtype(xs, w_x, opts.dtype))
 
 
@@ -219,26 +263,38 @@ def _jvp(opts: Options, primals, tangents):
     """The primal loop with residuals, then the tangent recurrence (:func:`_tangent_loop`).
 
     Reverse mode transposes the tangent recurrence: a reverse loop with one GEMM per step
-    by ``W_hᵀ``, and the hoisted GEMMs become the weight and input gradients.
+    by ``W_hᵀ``, and the hoisted GEMMs become the weight and input gradients. A reset
+    cuts the tangent (and so the gradient) at its step: the state entering it is a constant.
     """
-    w_x, w_h, b, xs, h0, c0, m, w_c = primals
-    t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c = tangents
-    hT, cT, ys, saved = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, opts=opts, save=True, inloop=opts.inloop)
+    w_x, w_h, b, xs, h0, c0, m, w_c, r = primals
+    t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c, _ = tangents
+    hT, cT, ys, saved = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=True)
     assert saved is not None  # save=True stacks the residuals
     hs, cs, acts = saved
     if m is None:
         hs = ys  # every step is valid, so h_t is ys[t]
-    P, Q, F, c_prev = _coefficients(c0, m, cs, acts, w_c, opts.peephole)
-    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
+    h_prev, c_prev = _previous(h0, c0, hs, cs, r)
+    P, Q, F = _coefficients(c_prev, m, r, cs, acts, w_c, opts.peephole)
     drive = _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c)
     f32 = cs.dtype
     dh0 = jnp.zeros(h0.shape, f32) if _is_zero(t_h0) else t_h0.astype(f32)
     dc0 = jnp.zeros(c0.shape, f32) if _is_zero(t_c0) else t_c0.astype(f32)
     w_rec = _recurrent_weight(w_h, w_c, opts.peephole)
-    dhT, dcT, dys = _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0)
+    dhT, dcT, dys = _tangent_loop(opts, w_rec, drive, P, Q, F, m, r, dh0, dc0)
     out = _out_dtype(xs, w_x, opts.dtype)
     return ((hT, cT, ys.astype(out)),
             (dhT.astype(hT.dtype), dcT.astype(cT.dtype), dys.astype(out)))
+
+
+def _previous(h0, c0, hs, cs, r):
+    """The states entering each step, ``(h_{t-1}, c_{t-1})`` [T, B, ·]: zeros at a reset."""
+    h_prev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], axis=0)
+    c_prev = jnp.concatenate([c0[None].astype(cs.dtype), cs[:-1]], axis=0)
+    if r is not None:
+        rr = r[:, :, None]
+        h_prev = jnp.where(rr, jnp.zeros((), h_prev.dtype), h_prev)
+        c_prev = jnp.where(rr, jnp.zeros((), c_prev.dtype), c_prev)
+    return h_prev, c_prev
 
 
 _lstm_sequence.defjvp(_jvp, symbolic_zeros=True)
@@ -281,13 +337,15 @@ def _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t
     return drive.reshape(T, B, 4 * H)
 
 
-def _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0):
+def _tangent_loop(opts, w_rec, drive, P, Q, F, m, r, dh0, dc0):
     """The tangent recurrence: per step one GEMM ``[dh (, dc)] W`` and a few multiply-adds.
 
-    With ``r = drive_t + dh_{t-1} W_h`` and the coefficients of :func:`_coefficients`,
-    ``e = r·Q`` (per gate block), ``dc_t = F·dc_{t-1} + e_i + e_f + e_g`` and
+    With ``u = drive_t + dh_{t-1} W_h`` and the coefficients of :func:`_coefficients`,
+    ``e = u·Q`` (per gate block), ``dc_t = F·dc_{t-1} + e_i + e_f + e_g`` and
     ``dh_t = e_o + P·dc_t``. A masked step has ``P = Q = 0`` and ``F = 1``: it keeps
-    ``dc`` and, by the select, ``dh``, and outputs zero.
+    ``dc`` and, by the select, ``dh``, and outputs zero. A reset step has ``F = 0`` and
+    multiplies zeros instead of the carried ``dh`` (one select before the GEMM), so in
+    reverse mode no gradient crosses it.
     """
     dtype, full = opts.dtype, opts.peephole == "full"
     B, H = dc0.shape
@@ -297,9 +355,11 @@ def _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0):
 
     def body(carry, inp):
         dh, dc = carry
-        r_t, p, q, f, m_t = inp
+        d_t, p, q, f, m_t, r_t = inp
         rec = jnp.concatenate([dh, dc], axis=-1) if full else dh
-        e = (r_t + matmul(rec, w, dtype).astype(r_t.dtype)).reshape(B, 4, H) * q
+        if r_t is not None:
+            rec = _restart(r_t, rec)
+        e = (d_t + matmul(rec, w, dtype).astype(d_t.dtype)).reshape(B, 4, H) * q
         # Block sums as masked reductions: their transpose is one broadcast select, where
         # slicing e[:, k] would transpose to four padded copies per step.
         dc_new = f * dc + jnp.sum(e * not_o, axis=1)
@@ -307,11 +367,11 @@ def _tangent_loop(opts, w_rec, drive, P, Q, F, m, dh0, dc0):
         dh_next = dh_new if m_t is None else jnp.where(m_t[:, None], dh_new, dh)
         return (dh_next, dc_new), dh_new
 
-    (dhT, dcT), dys = lax.scan(body, (dh0, dc0), (drive, P, Q, F, m), unroll=opts.unroll[1])
+    (dhT, dcT), dys = lax.scan(body, (dh0, dc0), (drive, P, Q, F, m, r), unroll=opts.unroll[1])
     return dhT, dcT, dys
 
 
-def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
+def _coefficients(c_prev, m, r, cs, acts, w_c=None, peephole=None):
     """Everything of the backward step that does not depend on the incoming gradient.
 
     With ``u = dL/dh_t`` (from later steps and from ``y_t``) and ``v = dL/dc_t``, one step
@@ -322,9 +382,9 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
     peepholes add ``w_co·Q_o`` to P and ``w_ci·Q_i + w_cf·Q_f`` to F. They are computed
     here for all T at once, as large vectorised element-wise ops, which leaves the loop a
     few multiply-adds and the one recurrent GEMM. A masked step gets ``P = Q = 0`` and
-    ``F = 1``: the gradient passes through it unchanged. Also returns ``c_{t-1}``.
+    ``F = 1``: the gradient passes through it unchanged. A reset step gets ``F = 0``.
+    ``c_prev`` is the cell state entering each step (zeros at a reset, :func:`_previous`).
     """
-    c_prev = jnp.concatenate([c0[None].astype(cs.dtype), cs[:-1]], axis=0)
     i, f, g, o = acts[:, :, 0], acts[:, :, 1], acts[:, :, 2], acts[:, :, 3]
     tc = jnp.tanh(cs)  # cs holds c_t on valid steps; masked steps are zeroed below
     qi, qf, qg, qo = g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)
@@ -341,47 +401,45 @@ def _coefficients(c0, m, cs, acts, w_c=None, peephole=None):
         P = jnp.where(mm, P, 0.0)
         Q = jnp.where(mm[..., None], Q, 0.0)
         F = jnp.where(mm, F, 1.0)
-    return P, Q, F, c_prev
+    if r is not None:
+        F = jnp.where(r[:, :, None], 0.0, F)
+    return P, Q, F
 
 
-def _pallas(params: Any, xs: jax.Array, h0: jax.Array, c0: jax.Array,
-            m: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array] | None:
-    """Small batch on GPU: the persistent Pallas kernel (interpret mode off the GPU).
+def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, *operands: jax.Array) -> str:
+    """The primal loop the plan picks: the Pallas kernel where it allows it and the shape fits, else XLA's.
 
-    The kernel's derivative is a ``custom_vjp``, which JAX refuses under forward mode
-    (``jax.jvp``, ``jacfwd``) as soon as it is traced; that case returns None and the
-    caller takes the fused scan, whose ``custom_jvp`` serves both modes.
+    The Pallas kernel serves float32 operands (:func:`jlstm.kernels.pallas_lstm.fits`); off
+    the GPU it runs in interpret mode. Both engines share this module's ``custom_jvp``, so
+    forward mode, reverse mode and resets work on either.
     """
-    try:
-        return _pallas_lstm.lstm_pallas(params.w_x, params.w_h, params.b, xs, h0, c0, m,
-                                        _pallas_lstm.interpret_mode())
-    except TypeError as e:
-        if "forward-mode" not in str(e):
-            raise
-        return None
+    f32 = all(a.dtype == jnp.float32 for a in operands)
+    if not (f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan)):
+        return "xla"
+    return "pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"
 
 
 def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
-    """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping."""
+    """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping.
+
+    Its routing comes as data: ``plan`` (a :class:`jlstm.core.plan.Plan`; ``None``: the
+    default backend's) decides where the inputs are projected and whether the Pallas
+    kernel runs. ``resets`` (bool ``[T, *batch]``, False at invalid steps) restarts the
+    state from zeros before the steps where it is True.
+    """
 
     def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll, *,
-              plan: Any = None, resets: jax.Array | None = None):
-        if resets is not None:
-            raise NotImplementedError("resets in the fused LSTM kernel")
+              plan: Plan | None = None, resets: jax.Array | None = None):
+        plan = plan if plan is not None else current_plan()
         T, batch, I = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
         B = math.prod(batch)
         H = state.c.shape[-1]
-        x2 = xs.reshape(T, B, I)
         m = None if valid is None else valid.reshape(T, B)
-        out = None
-        if _pallas_lstm.fits(B, H, dtype, peephole) and xs.dtype == params.w_h.dtype == jnp.float32:
-            out = _pallas(params, x2, state.h.reshape(B, H), state.c.reshape(B, H), m)
-        if out is not None:
-            hT, cT, ys = out
-        else:
-            hT, cT, ys = lstm_sequence(params.w_x, params.w_h, params.b, x2, state.h.reshape(B, H),
-                                       state.c.reshape(B, H), m, params.w_c if peephole else None,
-                                       peephole=peephole, dtype=dtype, unroll=unroll)
+        r = None if resets is None else resets.reshape(T, B)
+        opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=_inloop_default(B, plan),
+                       peephole=peephole, engine=_engine(plan, B, H, dtype, peephole, xs, params.w_h))
+        hT, cT, ys = _lstm_sequence(params.w_x, params.w_h, params.b, xs.reshape(T, B, I), state.h.reshape(B, H),
+                                    state.c.reshape(B, H), m, params.w_c if peephole else None, r, opts)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),
                             c=cT.reshape(batch + (H,)).astype(state.c.dtype))
         return final, ys.reshape((T,) + batch + (H,))
