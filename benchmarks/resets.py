@@ -122,7 +122,7 @@ def main(argv=None) -> None:
 
     out = args.out or os.path.join(RESULTS, f"resets_{jax.default_backend()}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "backend": jax.default_backend(), "device": device_name(), "jax": jax.__version__,
                "dtype": "float32", "p_reset": args.p_reset, "repeats": args.repeats,
                "timing": "round-robin over the implementations; median and best of the repeats after a warm-up",

@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         return
     import jax
 
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "jax": jax.__version__, "shape_BTIH": list(SHAPE), "repeats": args.repeats,
                "note": "cpu_ms (process CPU time, all threads) is the steadier figure on a shared host",
                "variants": {}}

@@ -35,6 +35,7 @@ from jlstm.cells.options import CellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, matmul, output
 from jlstm.core.types import BatchShape, Cell, CellConfig, Peephole, batch_tuple
+from jlstm.kernels.fused_lstm import make_fused
 
 PEEPHOLES = (None, "diagonal", "full")
 
@@ -113,21 +114,25 @@ def lstm(
     cfg = CellConfig(
         "lstm", hidden_size=int(hidden_size), peephole=peephole, proj_size=proj_size, cell_clip=cell_clip,
         forget_bias=float(forget_bias), peephole_init=peephole_init, proj_init=proj_init, **opts.config())
-    H = cfg.hidden_size
-    name = f"lstm({H}" + (f", peephole={peephole!r}" if peephole else "") + (
-        f", proj_size={proj_size}" if proj_size else "") + (
-        f", cell_clip={cell_clip}" if cell_clip else "") + ")"
-    fused = None
-    if proj_size is None and cell_clip is None:
-        from jlstm.kernels.fused_lstm import make_fused
+    return _build(cfg)
 
-        fused = make_fused(opts.dtype, peephole)
+
+def _name(cfg: CellConfig) -> str:
+    peephole, proj_size, cell_clip = cfg.peephole, cfg.proj_size, cfg.cell_clip
+    return f"lstm({cfg.hidden_size}" + (f", peephole={peephole!r}" if peephole else "") + (
+        f", proj_size={proj_size}" if proj_size else "") + (f", cell_clip={cell_clip}" if cell_clip else "") + ")"
+
+
+def _build(cfg: CellConfig) -> Cell:
+    """The cell of a config: the fused kernel serves the LSTM without projection or clipping."""
+    name, plain = _name(cfg), cfg.proj_size is None and cfg.cell_clip is None
     check = functools.partial(_check, cfg, default_where=name)
     return make_cell(
         init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
         project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
-        output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused,
-        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None,
+        output_size=_recurrent_size(cfg), name=name, config=cfg, check=check,
+        sequence=make_fused(cfg.dtype, cfg.peephole) if plain else None,
+        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if cfg.proj_size is None else None,
         output_of_state=h_output)
 
 

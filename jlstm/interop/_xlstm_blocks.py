@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jlstm.core.types import SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
-from jlstm.interop._xlstm import slstm_weights
+from jlstm.interop._xlstm_weights import slstm_weights
 from jlstm.xlstm.blocks import BlockParams, block
 from jlstm.xlstm.conv import ConvParams
 from jlstm.xlstm.feedforward import FeedForwardParams, feedforward

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+import jlstm.xlstm._shared as _shared
 from jlstm.core.types import CellConfig, SequenceModel
-from jlstm.xlstm import _shared
 from jlstm.xlstm.feedforward import FeedForwardParams, feedforward
 from jlstm.xlstm.mlstm import mlstm_layer
 from jlstm.xlstm.norms import LayerNormParams, init_layer_norm, layer_norm

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+import jlstm.xlstm._shared as _shared
 from jlstm.core.types import CellConfig, SequenceModel
-from jlstm.xlstm import _shared
 from jlstm.xlstm._init import small_init, wang_init
 
 __all__ = ["FeedForwardParams", "feedforward"]

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 import jlstm
+import jlstm.xlstm._shared as _shared
 from jlstm.core.types import CellConfig, SequenceModel
-from jlstm.xlstm import _shared
 from jlstm.xlstm._init import small_init, wang_init
 from jlstm.xlstm.conv import ConvParams, causal_conv, empty_window, init_conv
 from jlstm.xlstm.norms import multihead_norm

@@ -7,8 +7,8 @@ from typing import Any, NamedTuple, Sequence
 import jax
 
 import jlstm
+import jlstm.xlstm._shared as _shared
 from jlstm.core.types import CellConfig, SequenceModel
-from jlstm.xlstm import _shared
 from jlstm.xlstm.blocks import mlstm_block, slstm_block
 from jlstm.xlstm.norms import LayerNormParams, init_layer_norm, layer_norm
 
