@@ -32,6 +32,7 @@ from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
 from jlstm.core.linear import linear_recurrence
 from jlstm.core.loop import time_loop
+from jlstm.core.params import count_params
 from jlstm.core.time import reverse_index
 from jlstm.core.types import Cell, CellConfig, CellFast, SequenceModel, batch_tuple
 from jlstm.kernels.fused_lstm import lstm_sequence
@@ -105,6 +106,7 @@ __all__ = [
     "SequenceModel",
     "batch_tuple",
     "bidirectional",
+    "count_params",
     "default_unroll",
     "gru",
     "layer_norm_lstm",

@@ -89,54 +89,37 @@ def scan(
     method: Method = "auto",
     return_info: bool = False,
 ) -> tuple[Any, ...]:
-    """Run ``cell`` over a sequence: the classic loop over ``cell.step``, or a parallel form.
+    """Run ``cell`` over a sequence: a loop over ``cell.step``, a parallel form, or Newton's method.
 
     Args:
-      cell: a :class:`jlstm.Cell` (``jlstm.lstm(...)``, ``jlstm.gru(...)``, your own, ...).
-      params: the cell's params.
-      xs: ``[T, *batch, input_size]`` (time-major, lax.scan's convention) or, with
-        ``time_major=False``, ``[*batch, T, input_size]``. A single sequence ``[T, input]``
-        works.
-      state: the initial state; ``None`` means zeros (``cell.initial_state``).
-      lengths: int ``[*batch]``, each in ``[0, T]``. Steps ``t >= lengths`` keep the state
-        and output zeros, so the final state is the state after step ``length - 1``.
-        Values in the padding, NaN included, change neither the results nor the gradients.
-      mask: bool ``[T, *batch]`` (``[*batch, T]`` with ``time_major=False``). A step whose
-        mask is False keeps the state and outputs zeros: missing values inside a sequence.
-      resets: bool ``[T, *batch]`` (``[*batch, T]`` with ``time_major=False``). Where True, the
-        state is set to ``cell.initial_state`` (zeros, not the ``state`` argument) before step t:
-        episode boundaries in a reinforcement-learning rollout, document boundaries in packed
-        text. A reset on an invalid step (masked, or past the length) does nothing. Works with
-        every method, values and gradients.
-      reverse: run from the last valid step to the first. With ``lengths``, only each
-        valid prefix is reversed; the outputs come back in the original order. With ``resets``
-        each segment (a reset and the steps up to the next one) runs backwards within itself.
-      unroll: steps per loop iteration; ``None`` picks :func:`default_unroll`.
-      time_major: layout of ``xs``, ``mask`` and the returned ``ys``.
-      remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment
-        length: trade recomputation for memory in training.
-      fast: allow the cell's fused whole-sequence kernel (``jlstm.lstm`` without
-        projection or clipping). ``fast=False`` always loops over the step.
-      method: a strategy object or its name. :class:`jlstm.Sequential` (``"sequential"``): a
-        loop over time. :class:`jlstm.Parallel`/:class:`jlstm.Chunkwise` (``"parallel"``,
-        ``"chunkwise"``): the parallel forms of cells that have them (mLSTM, minGRU, minLSTM).
-        :class:`jlstm.Newton` (``"deer"``, ``"quasi_deer"``, ``"elk"``, ``"quasi_elk"``):
-        Newton's method over the whole trajectory, for any cell. :class:`jlstm.Auto`
-        (``"auto"``, the default): the cell's choice for this T and backend, else sequential.
-        ``unroll``, ``remat`` and ``fast`` are the loop's options; a ``jlstm.Sequential(...)``
-        object carries its own instead.
-      return_info: also return the method's info (iterations and residual of a Newton
-        method; ``None`` for the others).
+      cell, params: a :class:`jlstm.Cell` (``jlstm.lstm(...)``, your own, ...) and its params.
+      xs: ``[T, *batch, input_size]`` (``[*batch, T, input_size]`` with ``time_major=False``).
+      state: the initial state; ``None`` means ``cell.initial_state`` (zeros).
+      lengths: int ``[*batch]`` in ``[0, T]``: steps ``t >= length`` keep the state and output
+        zeros; padding values (NaN too) change neither results nor gradients.
+      mask: bool ``[T, *batch]``: a False step keeps the state and outputs zeros.
+      resets: bool ``[T, *batch]``: where True the state restarts from ``cell.initial_state``
+        (not ``state``) before step t: episodes in a rollout, documents in packed text. A reset
+        on an invalid step does nothing. Every method supports it, values and gradients.
+      reverse: run each valid prefix backwards (each segment within itself, with ``resets``);
+        outputs come back in the original order.
+      unroll, remat, fast: the loop's options (:class:`jlstm.Sequential`): steps per iteration
+        (``None``: the backend's), ``None``/``"step"``/``"segment"``/an int segment length, and
+        whether the cell's fused kernel may run.
+      time_major: layout of ``xs``, ``mask``, ``resets`` and ``ys``.
+      method: a strategy or its name: ``"sequential"``, ``"parallel"``, ``"chunkwise"``, a Newton
+        method (``"deer"``, ``"quasi_deer"``, ``"elk"``, ``"quasi_elk"``) or ``"auto"`` (default:
+        the cell's choice for this T and backend). See :class:`jlstm.Auto`.
+      return_info: also return the strategy's info (a :class:`jlstm.NewtonInfo`, else ``None``).
 
     Returns:
-      ``(final_state, ys)`` with ``ys`` of shape ``[T, *batch, cell.output_size]``, or
-      ``(final_state, ys, info)`` with ``return_info=True``.
+      ``(final_state, ys)``, ``ys`` of shape ``[T, *batch, cell.output_size]``; with
+      ``return_info=True``, ``(final_state, ys, info)``.
 
     Example:
       >>> cell = jlstm.lstm(16)
       >>> params = cell.init(jax.random.key(0), 4)
-      >>> xs = jnp.ones((10, 3, 4))                  # T=10, batch 3
-      >>> state, ys = jlstm.scan(cell, params, xs, lengths=jnp.array([10, 4, 0]))
+      >>> state, ys = jlstm.scan(cell, params, jnp.ones((10, 3, 4)), lengths=jnp.array([10, 4, 0]))
       >>> ys.shape
       (10, 3, 16)
     """

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from typing import Any, NamedTuple, cast
@@ -278,11 +279,33 @@ def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
     """
     path_str = os.fspath(path)
     header, payload = _read(path)
-    stored = header["leaves"]
     leaves, treedef = _flatten(like)
-    wanted = [_leaf_spec(p, leaf) for p, leaf in leaves]
+    stored = _match_structure(path_str, header, [_leaf_spec(p, leaf) for p, leaf in leaves])
+    try:
+        arrays = serialization.msgpack_restore(payload)
+    except Exception as e:  # pragma: no cover - the checksum catches corruption first
+        raise CheckpointError(f"{path_str}: the payload cannot be decoded ({e}).") from e
+    out = [_restore_leaf(path_str, i, spec, arrays, leaves[i][1]) for i, spec in enumerate(stored)]
+    return jax.tree_util.tree_unflatten(treedef, out), header["metadata"]
+
+
+# Fields renamed since checkpoints were first written: old name -> new name. A stored leaf whose path
+# differs from the template's only by these names loads into the new field (see CHANGELOG.md).
+RENAMED_FIELDS = {"r": "w_h", "C": "c"}
+
+
+def _current_path(path: str) -> str:
+    """A stored leaf path with the renamed fields (:data:`RENAMED_FIELDS`) under their new names."""
+    return re.sub(r"\.([A-Za-z_]\w*)", lambda m: "." + RENAMED_FIELDS.get(m.group(1), m.group(1)), path)
+
+
+def _match_structure(path_str: str, header: dict[str, Any], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored leaf specs, checked against the template's: paths, then kinds, shapes and dtypes."""
+    stored = header["leaves"]
     for k in range(min(len(stored), len(wanted))):  # structure first: the leaf paths
         got, want = stored[k], wanted[k]
+        if got["path"] != want["path"] and _current_path(got["path"]) == want["path"]:
+            stored[k] = got = {**got, "path": want["path"]}
         if got["path"] != want["path"]:
             raise CheckpointError(
                 f"{path_str}: structure mismatch at leaf {k}: the template has {want['path'] or '<root>'} "
@@ -301,28 +324,24 @@ def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
                 f"{_describe_spec(want)} (from `like`), got {_describe_spec(got)} in the "
                 f"checkpoint; build `like` with the configuration the checkpoint was saved with"
                 f" (metadata: {json.dumps(header['metadata'])[:200]}).")
-    try:
-        arrays = serialization.msgpack_restore(payload)
-    except Exception as e:  # pragma: no cover - the checksum catches corruption first
-        raise CheckpointError(f"{path_str}: the payload cannot be decoded ({e}).") from e
-    out = []
-    for i, spec in enumerate(stored):
-        if spec["kind"] == "none":
-            out.append(None)
-            continue
-        arr = arrays.get(str(i)) if isinstance(arrays, dict) else None
-        if arr is None:  # pragma: no cover - the checksum catches this first
-            raise CheckpointError(f"{path_str}: the payload lacks the data for {spec['path']}.")
-        arr = np.asarray(arr)
-        if spec["kind"] == "key":
-            out.append(jax.random.wrap_key_data(jnp.asarray(arr), impl=spec["impl"]))
-            continue
-        if list(arr.shape) != spec["shape"] or arr.dtype.name != spec["dtype"]:  # pragma: no cover
-            raise CheckpointError(
-                f"{path_str}: the payload for {spec['path']} is {arr.dtype.name}{list(arr.shape)}, "
-                f"but the header says {spec['dtype']}{spec['shape']}.")
-        out.append(_like_type(arr, leaves[i][1]))
-    return jax.tree_util.tree_unflatten(treedef, out), header["metadata"]
+    return stored
+
+
+def _restore_leaf(path_str: str, i: int, spec: dict[str, Any], arrays: Any, like_leaf: Any) -> Any:
+    """Leaf ``i`` from the decoded payload, as the template's kind of leaf."""
+    if spec["kind"] == "none":
+        return None
+    arr = arrays.get(str(i)) if isinstance(arrays, dict) else None
+    if arr is None:  # pragma: no cover - the checksum catches this first
+        raise CheckpointError(f"{path_str}: the payload lacks the data for {spec['path']}.")
+    arr = np.asarray(arr)
+    if spec["kind"] == "key":
+        return jax.random.wrap_key_data(jnp.asarray(arr), impl=spec["impl"])
+    if list(arr.shape) != spec["shape"] or arr.dtype.name != spec["dtype"]:  # pragma: no cover
+        raise CheckpointError(
+            f"{path_str}: the payload for {spec['path']} is {arr.dtype.name}{list(arr.shape)}, "
+            f"but the header says {spec['dtype']}{spec['shape']}.")
+    return _like_type(arr, like_leaf)
 
 
 def _like_type(arr: np.ndarray, like_leaf: Any) -> Any:

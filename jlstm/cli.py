@@ -26,13 +26,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_demo(length=args.length, steps=args.steps, hidden=args.hidden,
                            seed=args.seed, progress=not args.no_progress)
         return 0 if results else 1
-    try:
-        from benchmarks.scan import main as bench_main
-    except ImportError:
+    return _bench(args.args)
+
+
+def _bench(argv: Sequence[str]) -> int:
+    """``python -m benchmarks.scan`` in a child process: the benchmarks live in a checkout, not the wheel."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("benchmarks") is None:  # looks for the folder without importing it
         print("jlstm bench needs the benchmarks/ folder of a jlstm checkout: run it from the "
               "repository root (python -m benchmarks.scan).", file=sys.stderr)
         return 2
-    return int(bench_main(args.args) or 0)
+    return subprocess.call([sys.executable, "-m", "benchmarks.scan", *argv])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,18 +52,20 @@ def make_stream_step(model: Cell | SequenceModel, **options: Any) -> Callable[..
         model's ``apply`` (``mask`` is per chunk and goes to the step instead).
 
     Returns:
-      ``step(params, state, chunk, lengths=None, mask=None) -> (state, ys)``: ``state=None``
-      starts from zeros; ``chunk`` is ``[T_chunk, *batch, input_size]`` (time-major);
-      ``lengths``/``mask`` are this chunk's (see :func:`chunk_lengths`). Pure: jit it.
+      ``step(params, state, chunk, lengths=None, mask=None, resets=None) -> (state, ys)``:
+      ``state=None`` starts from zeros; ``chunk`` is ``[T_chunk, *batch, input_size]``
+      (time-major); ``lengths``/``mask``/``resets`` are this chunk's (see :func:`chunk_lengths`;
+      a reset at a chunk's first step restarts the carried state). Pure: jit it.
     """
     if isinstance(model, Cell):
-        def scan_chunk(params, state, chunk, lengths=None, mask=None):
-            return scan(model, params, chunk, state, lengths=lengths, mask=mask, **options)
+        def scan_chunk(params, state, chunk, lengths=None, mask=None, resets=None):
+            return scan(model, params, chunk, state, lengths=lengths, mask=mask, resets=resets, **options)
 
         return scan_chunk
     if isinstance(model, SequenceModel):
-        def apply_chunk(params, state, chunk, lengths=None, mask=None):
-            return model.apply(params, chunk, state, lengths=lengths, mask=mask, **options)
+        def apply_chunk(params, state, chunk, lengths=None, mask=None, resets=None):
+            extra = {} if resets is None else {"resets": resets}
+            return model.apply(params, chunk, state, lengths=lengths, mask=mask, **extra, **options)
 
         return apply_chunk
     raise TypeError(f"make_stream_step: model must be a jlstm.Cell or a jlstm.SequenceModel, got "
@@ -77,6 +79,7 @@ def stream(
     state: Any = None,
     *,
     lengths: jax.Array | None = None,
+    resets: jax.Array | None = None,
 ) -> Iterator[tuple[Any, jax.Array]]:
     """Run ``step`` over ``chunks`` in order, carrying the state; yield ``(state, ys)`` per chunk.
 
@@ -87,6 +90,8 @@ def stream(
       state: the state to start from (``None``: zeros).
       lengths: int ``[*batch]``, the length of each sequence over the whole stream; each
         chunk gets its share via :func:`chunk_lengths`.
+      resets: bool ``[T_total, *batch]`` over the whole stream (time-major); each chunk gets its
+        slice.
 
     Yields:
       ``(state, ys)`` after each chunk; concatenating the ``ys`` along time gives the outputs
@@ -96,6 +101,7 @@ def stream(
     for chunk in chunks:
         size = chunk.shape[0]
         lens = None if lengths is None else chunk_lengths(lengths, start, size)
-        state, ys = step(params, state, chunk, lens)
+        extra = {} if resets is None else {"resets": resets[start:start + size]}
+        state, ys = step(params, state, chunk, lens, **extra)
         start += size
         yield state, ys

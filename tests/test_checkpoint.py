@@ -237,3 +237,30 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
         q, t, _ = step(q, t, b, None)
     for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((q, t))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_with_renamed_fields_still_load(tmp_path):
+    """sLSTM's recurrent weight was ``r`` and the mLSTM's memory ``C``: old files load into the new fields."""
+    from typing import NamedTuple
+
+    class OldSLSTMParams(NamedTuple):  # the layout checkpoints were written with before the rename
+        w_x: jax.Array
+        r: jax.Array
+        b: jax.Array
+
+    cell = jlstm.slstm(4, num_heads=2)
+    params = cell.init(jax.random.key(0), 3)
+    path = tmp_path / "old.ckpt"
+    jlstm.checkpoint.save(path, OldSLSTMParams(params.w_x, params.w_h, params.b))
+    loaded, _ = jlstm.checkpoint.load(path, params)
+    assert isinstance(loaded, jlstm.SLSTMParams)
+    np.testing.assert_array_equal(np.asarray(loaded.w_h), np.asarray(params.w_h))
+    # a genuinely different field is still refused
+    class Other(NamedTuple):
+        w_x: jax.Array
+        q: jax.Array
+        b: jax.Array
+
+    jlstm.checkpoint.save(path, Other(params.w_x, params.w_h, params.b))
+    with pytest.raises(jlstm.checkpoint.CheckpointError, match="structure mismatch"):
+        jlstm.checkpoint.load(path, params)

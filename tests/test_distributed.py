@@ -7,6 +7,7 @@ This file is also the worker: ``python -m jlstm.launch ... -- tests/test_distrib
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,13 +80,31 @@ def _is_loopback(hex_host: str) -> bool:
         hex_host == "00000000000000000000000001000000"
 
 
+# How process 1 fails, and the exit status the launcher must report for it (negative: that signal).
+FAILURES = {"exception": 1, "sys_exit": 3, "os_exit": 3, "sigkill": -signal.SIGKILL}
+
+
+def fail(mode: str, i: int) -> None:
+    """Both processes meet in a collective; then process 1 fails and process 0 enters another
+    collective, which waits for process 1 for ever unless the launcher stops the run."""
+    multihost_utils.sync_global_devices("before the failure")
+    if i == 1:
+        print(f"process 1 fails now: {mode}", flush=True)
+        if mode == "exception":
+            raise ValueError("process 1 raised on purpose")
+        if mode == "sys_exit":
+            sys.exit(3)
+        if mode == "os_exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    multihost_utils.sync_global_devices("after the failure")
+
+
 def worker(mode: str) -> None:
     """One process of the run (jax.distributed is already initialised by jlstm.launch)."""
     n, i = jax.process_count(), jax.process_index()
-    if mode == "fail":                      # process 1 dies at once; process 0 would wait for it for ever
-        if i == 1:
-            os._exit(3)
-        time.sleep(120)
+    if mode in FAILURES:
+        fail(mode, i)
         return
     if mode == "sleep":
         time.sleep(120)
@@ -196,16 +215,56 @@ def test_two_processes_of_two_devices_via_the_command_line(reference):
     _check_against_reference(by_process, reference, 2, 2)
 
 
-def test_a_failing_process_stops_the_run_and_leaves_no_process():
+@pytest.mark.parametrize("mode", list(FAILURES))
+def test_a_failing_process_stops_the_run_and_leaves_no_process(mode):
+    """An exception, sys.exit(3), os._exit(3) or SIGKILL in process 1, while process 0 waits for it in a
+    collective: the run ends at once (an exception or sys.exit must not wait at JAX's shutdown barrier),
+    naming process 1 and quoting the end of its output, and no process is left."""
     start = time.monotonic()
-    with pytest.raises(launch.LaunchError, match="process 1 exited with status 3") as err:
-        launch.launch_local([__file__, "fail"], 2, timeout_s=100, env=_env(), cwd=ROOT)
-    assert time.monotonic() - start < 60                # process 0 was killed, not waited for (it sleeps 120 s)
+    with pytest.raises(launch.LaunchError) as err:
+        launch.launch_local([__file__, mode], 2, timeout_s=100, env=_env(), cwd=ROOT)
+    assert time.monotonic() - start < 30
+    status = FAILURES[mode]
+    how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+    message = str(err.value)
+    assert message.startswith(f"jlstm.launch.launch_local: process 1 {how}"), message
+    assert f"process 1 fails now: {mode}" in message                 # the end of its output
+    assert mode != "exception" or "ValueError: process 1 raised on purpose" in message
     results = err.value.results
-    assert [r.returncode for r in results] == [-9, 3]
+    assert err.value.process_id == 1 and results[1].returncode == status and results[0].returncode != 0
     for r in results:
         with pytest.raises(ProcessLookupError):
             os.kill(r.pid, 0)
+
+
+def _user_script(out: str, *args: str, processes: int = 0) -> tuple[subprocess.CompletedProcess, float]:
+    """tests/user_train_script.py run alone, or by the launcher's command line on ``processes`` processes."""
+    script = [os.path.join(ROOT, "tests", "user_train_script.py"), out, *args]
+    launcher = [sys.executable, "-m", "jlstm.launch", "--local", str(processes), "--"] if processes else \
+        [sys.executable]
+    start = time.monotonic()
+    proc = subprocess.run(launcher + script, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc, time.monotonic() - start
+
+
+def test_a_users_script_trains_alike_on_two_processes_and_a_bug_ends_the_run(tmp_path):
+    """A script written as a user would (tests/user_train_script.py): on 2 processes it trains the same
+    params as alone; when it raises on process 1, the command ends within 60 s with a non-zero status
+    and says which process failed and why."""
+    alone, _ = _user_script(str(tmp_path / "alone.npz"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    two, _ = _user_script(str(tmp_path / "two.npz"), processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "[1] process 1 step 3" in two.stdout
+    with np.load(tmp_path / "alone.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert sorted(a) == sorted(b) and len(a) == 4          # w_x, w_h, b, w
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6)
+    failing, seconds = _user_script(str(tmp_path / "failing.npz"), "--fail-on-process", "1", processes=2)
+    assert failing.returncode == 1 and seconds < 60, (failing.returncode, seconds)
+    assert "process 1 exited with status 1" in failing.stderr
+    assert failing.stderr.rstrip().endswith("RuntimeError: a bug in the user's script, on process 1")
+    assert not (tmp_path / "failing.npz").exists()
 
 
 def _children(pid: int) -> list[int]:

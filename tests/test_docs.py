@@ -3,12 +3,19 @@
 The site is built once per test module with ``mkdocs build --strict`` (or taken from
 ``JLSTM_DOCS_SITE``, a folder that ``.ci/run`` has just built), served on loopback, and opened in
 Debian's headless Chromium: the DOM after the page's scripts ran must hold the title, the API
-entries and KaTeX's rendered maths, and a screenshot must show a drawn page.
+entries and KaTeX's rendered maths, and a screenshot must show a drawn page. The built HTML is also
+read directly: the API pages keep no reStructuredText ``::`` in their text and show the docstrings'
+examples as code, the links are files (the site works opened from disk), long code lines wrap,
+every public namespace has an API page, and the Training page covers the language model.
+
+Two system programs are needed: Chromium (Debian's ``chromium``) and, for the first docs build,
+``npm``. Outside CI a test that misses one skips and names the package; with ``CI=true`` it fails.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import importlib
 import inspect
@@ -32,13 +39,26 @@ CHROMIUM_FLAGS = [
 
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+KATEX = ROOT / "build" / "docs-vendor" / "node_modules" / "katex" / "dist" / "katex.min.js"
+
+
+def require_program(names: tuple[str, ...], package: str, why: str) -> str:
+    """The path of the first of ``names`` on PATH. Missing: a skip that names the Debian package, or,
+    under ``CI=true``, a failure (CI must never pass by skipping)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    message = (f"{why} needs {' or '.join(names)}, which is not on PATH: install Debian's {package} "
+               f"(apt-get update && apt-get install -y {package}; .ci/run installs it when it is missing).")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("Debian's chromium is needed for the docs tests: "
-                    "apt-get update && apt-get install -y chromium "
-                    "(.ci/run installs it when it is missing).")
-    return found
+    return require_program(BROWSERS, "chromium", "Opening the docs site in a browser")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +68,8 @@ def site(tmp_path_factory) -> Path:
         path = Path(given)
         assert (path / "index.html").is_file(), f"JLSTM_DOCS_SITE={given} holds no built site (no index.html)."
         return path
+    if not os.environ.get("JLSTM_KATEX_DIST") and not KATEX.is_file():
+        require_program(("npm",), "npm", "The first docs build (KaTeX comes from the npm registry)")
     path = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(path)],
@@ -69,7 +91,7 @@ def server(site):
 
 
 # The pages opened in the browser: (page, whether to screenshot it).
-BROWSED = {"index": "index.html", "api": "api/jlstm/index.html", "lstm": "cells/lstm/index.html"}
+BROWSED = {"index": "index.html", "api": "api/jlstm.html", "lstm": "cells/lstm.html"}
 SHOT = ("index", "api")
 
 
@@ -189,11 +211,15 @@ def _documented_as(module_name: str, name: str) -> set[str]:
 
 def test_every_public_symbol_is_in_the_api_reference(site):
     """Every name in the ``__all__`` of jlstm and of its public modules has an entry in the API
-    reference (its objects.inv is built from the rendered pages' anchors)."""
+    reference (its objects.inv is built from the rendered pages' anchors). Names that re-export another
+    library's typing helper (``typing.Unpack``, jax's ``DTypeLike``) are that library's to document."""
     inventory = _inventory(site)
     missing = []
     for module_name in _public_modules():
-        for name in getattr(importlib.import_module(module_name), "__all__", ()):
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            if getattr(getattr(module, name), "__module__", "jlstm") == "typing":
+                continue
             if not _documented_as(module_name, name) & inventory:
                 missing.append(f"{module_name}.{name}")
     assert not missing, (f"public symbols missing from the API reference: {missing}; document them on a "
@@ -210,6 +236,96 @@ def test_the_site_works_offline(site):
 
 
 def test_notebooks_are_rendered_with_their_stored_outputs(site):
-    page = (site / "notebooks" / "01_quickstart" / "index.html").read_text(encoding="utf-8")
+    page = (site / "notebooks" / "01_quickstart.html").read_text(encoding="utf-8")
     assert "jp-OutputArea" in page or "output_area" in page, "the quickstart notebook page shows no outputs"
     assert "mathjax" not in page.lower(), "the notebook page still loads MathJax"
+
+
+def _text(page: str) -> str:
+    """A page's visible prose: without its code, scripts and styles, tags removed, entities decoded."""
+    page = re.sub(r"<(pre|code|script|style|textarea)\b.*?</\1>", " ", page, flags=re.S | re.I)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_api_pages_keep_no_rst_literal_markers(site):
+    """A docstring's ``paragraph::`` + indented block becomes a code block (docs/hooks/griffe_examples.py):
+    no ``::`` is left in the prose of any API page."""
+    offenders = {}
+    for page in sorted((site / "api").glob("*.html")):
+        found = re.findall(r".{0,50}::(?![\w:]).{0,10}", _text(page.read_text("utf-8")))
+        if found:
+            offenders[page.name] = found[:3]
+    assert not offenders, f"API pages with a stray '::' in their text: {offenders}"
+
+
+def test_docstring_examples_are_code_blocks(site):
+    """The jlstm.Cell example (a literal block) and a function's ``Example:`` section are inside <pre>."""
+    page = (site / "api" / "jlstm.html").read_text("utf-8")
+    blocks = [html.unescape(re.sub(r"<[^>]+>", "", b)) for b in re.findall(r"<pre\b.*?</pre>", page, flags=re.S)]
+    assert any(">>> cell = jlstm.Cell(init=init, initial_state=initial_state" in b for b in blocks), \
+        "the jlstm.Cell example is not a code block on the API page"
+    assert any(">>> jlstm.count_params(params)" in b for b in blocks), "an Example: section is not code"
+    launch = (site / "api" / "launch.html").read_text("utf-8")
+    assert "python -m jlstm.launch --local 2 --local-device-count 2 -- train.py" in \
+        html.unescape(re.sub(r"<[^>]+>", "", "".join(re.findall(r"<pre\b.*?</pre>", launch, flags=re.S))))
+
+
+def test_the_sites_links_are_files_so_it_works_from_disk(site):
+    """use_directory_urls is off: every internal link of index.html names a file that exists."""
+    page = (site / "index.html").read_text("utf-8")
+    hrefs = [html.unescape(h) for h in re.findall(r"<a\b[^>]*\bhref=\"([^\"]*)\"", page)]
+    internal = [h.split("#")[0] for h in hrefs if not re.match(r"[a-z]+:|//|#", h)]
+    internal = [h for h in internal if h]
+    assert len(internal) > 20, internal
+    bad = [h for h in internal if h.endswith("/") or not (site / h).is_file()]
+    assert not bad, f"index.html links that are directories or missing files: {bad}"
+    assert "api/tasks.html" in internal and "training.html" in internal
+
+
+def test_long_code_lines_wrap(site):
+    """The site's stylesheet wraps code blocks (pre > code), and every page loads it."""
+    css = re.sub(r"/\*.*?\*/", "", (site / "stylesheets" / "extra.css").read_text("utf-8"), flags=re.S)
+    rules = dict(re.findall(r"([^{}]+)\{([^}]*)\}", css))
+    wrapping = [sel for sel, body in rules.items() if re.search(r"white-space:\s*pre-wrap", body)]
+    assert any(".md-typeset pre > code" in sel for sel in wrapping), rules
+    for page in ("index.html", "api/jlstm.html", "notebooks/01_quickstart.html"):
+        assert "stylesheets/extra.css" in (site / page).read_text("utf-8"), page
+
+
+def test_every_public_namespace_has_an_api_page(site):
+    """jlstm and each namespace users import (jlstm.train, jlstm.tasks, jlstm.parallel, ...) has a page
+    titled with its name, listed in the site's navigation."""
+    import jlstm
+
+    namespaces = ["jlstm"] + [f"jlstm.{name}" for name in jlstm._SUBMODULES]
+    nav = (site / "index.html").read_text("utf-8")
+    missing = []
+    for name in namespaces:
+        page = site / "api" / f"{name.split('.')[-1]}.html"
+        if not page.is_file() or f"<code>{name}</code>" not in page.read_text("utf-8") or \
+                f'href="api/{page.name}"' not in nav:
+            missing.append(name)
+    assert not missing, f"public namespaces without an API page in the navigation: {missing}"
+
+
+def test_the_training_page_covers_language_models_stateful_training_and_preemption(site):
+    text = _text((site / "training.html").read_text("utf-8"))
+    code = (site / "training.html").read_text("utf-8")
+    for needed in ("Language models: stateful training and generation", "truncated BPTT", "Preemption",
+                   "SIGTERM", "scheduler reruns", "one line per epoch"):
+        assert needed in text, needed
+    for name in ("LanguageModel", "lm_chunks", "Carry", "generate", "make_stateful_train_step", "Preempted",
+                 "evaluate", "count_params"):
+        assert name in code, name
+
+
+def test_a_missing_program_skips_outside_ci_and_fails_under_ci(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name == "chromium-browser" else None)
+    assert require_program(BROWSERS, "chromium", "A test") == "/usr/bin/chromium-browser"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="install Debian's chromium"):
+        require_program(BROWSERS, "chromium", "A test")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y npm"):
+        require_program(("npm",), "npm", "A test")

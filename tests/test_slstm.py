@@ -67,7 +67,7 @@ def _setup(name, dtype=jnp.float32, seed=0):
     k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
     params = cell.init(k1, I)
     params = params._replace(b=jax.random.normal(k2, params.b.shape, dtype),
-                             r=params.r * 1.5)
+                             w_h=params.w_h * 1.5)
     xs = 1.5 * jax.random.normal(k3, (T, B, I), dtype)
     ks = jax.random.split(k4, 4)
     n0 = jnp.abs(jax.random.normal(ks[2], (B, H), dtype)) + 0.5
@@ -132,7 +132,7 @@ def test_100k_steps_with_saturated_gates(forget_gate):
     """Gate pre-activations of ±50 for 100,000 steps: the stabiliser keeps everything finite."""
     n_steps = 100_000
     cell = jlstm.slstm(2, forget_gate=forget_gate)
-    params = jlstm.SLSTMParams(w_x=jnp.eye(8), r=jnp.zeros((1, 2, 8)), b=jnp.zeros(8))
+    params = jlstm.SLSTMParams(w_x=jnp.eye(8), w_h=jnp.zeros((1, 2, 8)), b=jnp.zeros(8))
     xs = 50.0 * jnp.sign(jax.random.normal(jax.random.key(0), (n_steps, 1, 8)))
     final, ys = jax.jit(lambda xs: scan(cell, params, xs))(xs)
     assert bool(jnp.isfinite(ys).all()) and all(bool(jnp.isfinite(a).all()) for a in final)

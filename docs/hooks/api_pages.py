@@ -6,6 +6,9 @@ submodule (``jlstm.train.fit_state``) adds a section to its top-level page for t
 package above does not re-export. So a name added to an ``__all__`` appears in the reference with no
 edit here, and ``tests/test_docs.py`` checks that none is missing.
 
+A module that users import under another public name (``jlstm.tasks`` is ``jlstm.examples.tasks``,
+see ``jlstm.core.aliases``) gets its page under that name, and not a section on its home page.
+
 Two cases need care, because mkdocstrings reads the source statically:
 
 * a name that is a submodule (``jlstm.train.losses``) gets its own section;
@@ -63,11 +66,33 @@ def _module_sections(name: str, names: list[str], root: bool) -> str:
     return _block(name, plain, root) + "".join(extra)
 
 
+def _aliases() -> dict[str, str]:
+    """``{module: the public name it is imported under}``, e.g. ``jlstm.examples.tasks: jlstm.tasks``."""
+    try:
+        from jlstm.core.aliases import ALIASES
+    except ImportError:
+        return {}
+    return {real: public for public, real in ALIASES.items()}
+
+
+def _defined_here(module: ModuleType) -> list[str]:
+    """A module's ``__all__``, or else the public functions and classes it defines."""
+    return _exports(module) or [n for n, obj in vars(module).items() if not n.startswith("_") and (
+        inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__]
+
+
+def _alias_page(real: str, public: str) -> str:
+    text = f"# `{public}`\n\n`{public}` is the module `{real}`, imported under its public name.\n\n"
+    return text + _module_sections(real, _defined_here(importlib.import_module(real)), False)
+
+
 def api_pages() -> dict[str, str]:
-    """``{"api/<page>.md": markdown}`` for jlstm and each top-level public module with an ``__all__``."""
-    modules = [m for m in _public_modules() if _exports(importlib.import_module(m))]
+    """``{"api/<page>.md": markdown}`` for jlstm, each top-level public module with an ``__all__``, and
+    each module with a public alias."""
+    aliases = _aliases()
+    modules = [m for m in _public_modules() if _exports(importlib.import_module(m)) and m not in aliases]
     tops = sorted({".".join(m.split(".")[:2]) for m in modules})
-    pages: dict[str, str] = {}
+    pages = {f"api/{public.split('.')[1]}.md": _alias_page(real, public) for real, public in aliases.items()}
     for top in tops:
         page = "jlstm" if top == "jlstm" else top.split(".")[1]
         own = _exports(importlib.import_module(top))

@@ -10,6 +10,7 @@ over the last axis::
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -18,9 +19,10 @@ import jax.numpy as jnp
 from jlstm.cells import initializers as _initializers
 from jlstm.cells.lstm import LSTMState
 from jlstm.cells.make_cell import h_output, make_cell
+from jlstm.cells.options import CellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
-from jlstm.core.math import carry_dtype, cell_sizes, masked, matmul, output
-from jlstm.core.types import Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm.core.math import carry_dtype, masked, matmul, output
+from jlstm.core.types import Cell, CellConfig, batch_tuple
 
 
 class LayerNormLSTMParams(NamedTuple):
@@ -47,70 +49,75 @@ def layer_norm_lstm(
     *,
     eps: float = 1e-5,
     forget_bias: float = 1.0,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
-    recurrent_init: _initializers.Initializer = _initializers.orthogonal,
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
+    **options: Unpack[CellOptions],
 ) -> Cell:
     """Build a layer-normalised LSTM cell (see the module docstring for the equations).
 
     The state is an :class:`jlstm.LSTMState`; gains start at 1 and ``β_c`` at 0.
 
+    Args:
+      hidden_size: number of units H.
+      eps: the layer norms' epsilon.
+      forget_bias: added to the forget-gate block of the bias at init.
+      **options: ``kernel_init`` (of the whole ``w_x``), ``recurrent_init`` (per gate block),
+        ``bias_init``, ``dtype`` and ``param_dtype``: see :class:`jlstm.CellOptions`.
+
     Example:
       >>> cell = jlstm.layer_norm_lstm(32)
       >>> params = cell.init(jax.random.key(0), 8)
     """
-    H, dtype, param_dtype = cell_sizes(hidden_size, dtype, param_dtype)
+    _checks.check_size("hidden_size", hidden_size)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}; the default is 1e-5.")
-    where = f"layer_norm_lstm({H})"
-    config = CellConfig(
-        "layer_norm_lstm",
-        hidden_size=H, eps=float(eps), forget_bias=float(forget_bias), kernel_init=kernel_init,
-        recurrent_init=recurrent_init, dtype=dtype, param_dtype=param_dtype)
+    opts = resolve("layer_norm_lstm", options)
+    cfg = CellConfig("layer_norm_lstm", hidden_size=int(hidden_size), eps=float(eps),
+                     forget_bias=float(forget_bias), **opts.config())
+    where = f"layer_norm_lstm({cfg.hidden_size})"
+    check = functools.partial(_check, cfg, where)
+    return make_cell(
+        init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
+        project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
+        output_size=cfg.hidden_size, name=where, config=cfg, check=check, output_of_state=h_output)
 
-    def init(key: jax.Array, input_size: int) -> LayerNormLSTMParams:
-        _checks.check_size("input_size", input_size)
-        kx, kh = jax.random.split(key)
-        b = _initializers.add_to_slice(_initializers.zeros(kx, (4 * H,), param_dtype), H, 2 * H, forget_bias)
-        return LayerNormLSTMParams(
-            w_x=kernel_init(kx, (input_size, 4 * H), param_dtype),
-            w_h=_initializers.per_gate(recurrent_init, kh, H, H, 4, param_dtype),
-            b=b,
-            gamma_x=jnp.ones((4 * H,), param_dtype),
-            gamma_h=jnp.ones((4 * H,), param_dtype),
-            gamma_c=jnp.ones((H,), param_dtype),
-            beta_c=jnp.zeros((H,), param_dtype),
-        )
 
-    def check(params, state=None, x=None, where: str = where) -> None:
-        _checks.check_cell_args(where, params, LayerNormLSTMParams, lambda n: {
-            "w_x": (n, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
-            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)},
-                                state, LSTMState, {"h": H, "c": H}, x)
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> LayerNormLSTMParams:
+    _checks.check_size("input_size", input_size)
+    H, dt = cfg.hidden_size, cfg.param_dtype
+    kx, kh = jax.random.split(key)
+    b = _initializers.add_to_slice(cfg.bias_init(kx, (4 * H,), dt), H, 2 * H, cfg.forget_bias)
+    return LayerNormLSTMParams(
+        w_x=cfg.kernel_init(kx, (input_size, 4 * H), dt),
+        w_h=_initializers.per_gate(cfg.recurrent_init, kh, H, H, 4, dt),
+        b=b, gamma_x=jnp.ones((4 * H,), dt), gamma_h=jnp.ones((4 * H,), dt),
+        gamma_c=jnp.ones((H,), dt), beta_c=jnp.zeros((H,), dt))
 
-    def initial_state(params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
-        check(params, where=where + ".initial_state")
-        shape = batch_tuple(batch_shape) + (H,)
-        state_dtype = carry_dtype(params.w_h.dtype, dtype)
-        return LSTMState(h=jnp.zeros(shape, state_dtype), c=jnp.zeros(shape, state_dtype))
 
-    def project(params: LayerNormLSTMParams, x: jax.Array) -> jax.Array:
-        zx = _normalise(matmul(x, params.w_x, dtype), eps)
-        return zx * params.gamma_x.astype(zx.dtype) + params.b.astype(zx.dtype)
+def _check(cfg: CellConfig, default_where: str, params, state=None, x=None, where: str | None = None) -> None:
+    H = cfg.hidden_size
+    _checks.check_cell_args(where or default_where, params, LayerNormLSTMParams, lambda n: {
+        "w_x": (n, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
+        "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}, state, LSTMState, {"h": H, "c": H}, x)
 
-    def step_projected(params: LayerNormLSTMParams, state: LSTMState, xp: jax.Array,
-                       recurrent_mask: jax.Array | None = None):
-        h, c = state.h, state.c
-        h_in = masked(h, recurrent_mask)
-        zh = _normalise(matmul(h_in, params.w_h, dtype), eps)
-        z = xp + zh * params.gamma_h.astype(zh.dtype)
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-        c_new = jax.nn.sigmoid(zf) * c.astype(z.dtype) + jax.nn.sigmoid(zi) * jnp.tanh(zg)
-        cn = _normalise(c_new, eps) * params.gamma_c.astype(z.dtype) + params.beta_c.astype(z.dtype)
-        h_new = jax.nn.sigmoid(zo) * jnp.tanh(cn)
-        return LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype)), output(h_new, dtype)
 
-    return make_cell(init=init, initial_state=initial_state, project=project,
-                     step_projected=step_projected, output_size=H, name=where, config=config,
-                     check=check, output_of_state=h_output)
+def _initial_state(cfg: CellConfig, check, params: LayerNormLSTMParams, batch_shape=()) -> LSTMState:
+    check(params, where=f"layer_norm_lstm({cfg.hidden_size}).initial_state")
+    shape = batch_tuple(batch_shape) + (cfg.hidden_size,)
+    state_dtype = carry_dtype(params.w_h.dtype, cfg.dtype)
+    return LSTMState(h=jnp.zeros(shape, state_dtype), c=jnp.zeros(shape, state_dtype))
+
+
+def _project(cfg: CellConfig, params: LayerNormLSTMParams, x: jax.Array) -> jax.Array:
+    zx = _normalise(matmul(x, params.w_x, cfg.dtype), cfg.eps)
+    return zx * params.gamma_x.astype(zx.dtype) + params.b.astype(zx.dtype)
+
+
+def _step_projected(cfg: CellConfig, params: LayerNormLSTMParams, state: LSTMState, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
+    h, c = state.h, state.c
+    zh = _normalise(matmul(masked(h, recurrent_mask), params.w_h, cfg.dtype), cfg.eps)
+    z = xp + zh * params.gamma_h.astype(zh.dtype)
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    c_new = jax.nn.sigmoid(zf) * c.astype(z.dtype) + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+    cn = _normalise(c_new, cfg.eps) * params.gamma_c.astype(z.dtype) + params.beta_c.astype(z.dtype)
+    h_new = jax.nn.sigmoid(zo) * jnp.tanh(cn)
+    return LSTMState(h=h_new.astype(h.dtype), c=c_new.astype(c.dtype)), output(h_new, cfg.dtype)

@@ -46,11 +46,8 @@ def make_cell(
       output_size, name, config: as in :class:`jlstm.Cell`.
       check: optional ``check(params, state=None, x=None, where=...)``, run by ``step``
         and by :func:`jlstm.scan` at trace time.
-      sequence, methods, auto_method: optional whole-sequence forms (:class:`jlstm.CellFast`).
-      step_decoupled: optional step with a diagonal state Jacobian, for quasi-DEER
-        (:class:`jlstm.CellFast`).
-      **fast_fields: any other :class:`jlstm.CellFast` field (``output_of_state``,
-        ``mixable_state``, ...).
+      sequence, methods, auto_method, step_decoupled, **fast_fields: the optional
+        :class:`jlstm.CellFast` fields (whole-sequence forms, a decoupled step for quasi-DEER, ...).
 
     Example:
       >>> import jax.numpy as jnp

@@ -51,13 +51,13 @@ class SLSTMParams(NamedTuple):
         each block head-major. Head-wise (``headwise_input=True``): ``[heads, input/heads,
         4d]``: head ``k`` reads its slice of the input, and its columns are ``[i | f | z | o]``
         of that head's ``d`` units.
-      r: the recurrent weights, block-diagonal: ``[heads, d, 4d]``, head ``k``'s block with
-        columns ``[i | f | z | o]`` of that head's units.
+      w_h: the recurrent weights (named ``r`` before 0.2), block-diagonal: ``[heads, d, 4d]``,
+        head ``k``'s block with columns ``[i | f | z | o]`` of that head's units.
       b: the bias ``[4H]``, in the layout of the dense ``w_x`` columns.
     """
 
     w_x: jax.Array
-    r: jax.Array
+    w_h: jax.Array
     b: jax.Array
 
 
@@ -93,6 +93,7 @@ def slstm(
     num_heads: int = 1,
     forget_gate: ForgetGate = "sigmoid",
     headwise_input: bool = False,
+    forget_bias: float = 0.0,
     **options: Unpack[CellOptions],
 ) -> Cell:
     """Build an sLSTM cell (stabilised exponential gating; see the module docstring).
@@ -103,23 +104,21 @@ def slstm(
         ``d × 4d`` block per head (``d = H / num_heads``).
       forget_gate: ``"sigmoid"`` (``log f = log σ(f̃)``, the ``xlstm`` package's choice) or
         ``"exponential"`` (``log f = f̃``).
-      headwise_input: make the input weights block-diagonal per head too, as in the
-        ``xlstm`` package's ``sLSTMLayer`` (the input size must then be a multiple of
-        ``num_heads``).
+      headwise_input: make the input weights block-diagonal per head too, as in the ``xlstm``
+        package's ``sLSTMLayer`` (the input size must then be a multiple of ``num_heads``).
+      forget_bias: added to the forget-gate block of the bias at init (as in :func:`jlstm.lstm`).
       **options: ``kernel_init`` (per gate block, and per head with ``headwise_input``),
         ``recurrent_init`` (per head and gate block), ``bias_init``, ``dtype`` and
         ``param_dtype``: see :class:`jlstm.CellOptions`. The gating and the state are
         computed in at least float32, whatever ``dtype``.
 
     Returns:
-      A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(SLSTMState, h_t)``.
-      :func:`jlstm.scan` runs it sequentially (it has no parallel form; the Newton methods
-      apply as to any cell).
+      A :class:`jlstm.Cell`; ``step(params, state, x)`` returns ``(SLSTMState, h_t)``.
 
     Example:
       >>> cell = jlstm.slstm(8, num_heads=2)
       >>> params = cell.init(jax.random.key(0), 4)
-      >>> params.r.shape                            # [heads, d, 4d]
+      >>> params.w_h.shape                            # [heads, d, 4d]
       (2, 4, 16)
       >>> state, ys = jlstm.scan(cell, params, jnp.ones((10, 3, 4)), lengths=jnp.array([10, 5, 0]))
       >>> ys.shape, state.m.shape
@@ -137,7 +136,7 @@ def slstm(
     where = f"slstm({H}, num_heads={heads})"
     config = CellConfig(
         "slstm", hidden_size=H, num_heads=heads, forget_gate=forget_gate, headwise_input=headwise_input,
-        **resolve("slstm", options).config())
+        forget_bias=float(forget_bias), **resolve("slstm", options).config())
 
     check = functools.partial(_check, config, default_where=where)
     return make_cell(init=functools.partial(_init, config),
@@ -171,8 +170,10 @@ def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> SLSTMParams:
     else:
         w_x = _initializers.per_gate(cfg.kernel_init, kx, input_size, H, 4, pdtype)
     # pdtype is None for param_dtype=None, which is passed on to bias_init as it always was
-    return SLSTMParams(w_x=w_x, r=_per_head(cfg, cfg.recurrent_init, kr, d),
-                       b=cfg.bias_init(kb, (4 * H,), pdtype))
+    b = cfg.bias_init(kb, (4 * H,), pdtype)
+    if cfg.forget_bias:
+        b = _initializers.add_to_slice(b, H, 2 * H, cfg.forget_bias)
+    return SLSTMParams(w_x=w_x, w_h=_per_head(cfg, cfg.recurrent_init, kr, d), b=b)
 
 
 def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None, *,
@@ -197,7 +198,7 @@ def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None
                          f"belong to a cell with other options: build them with this cell's init.")
     assert input_size is not None  # ok is True past the check above
     # w_x was checked just above (w_shape == want_w here)
-    _checks.check_param_shapes(params, {"w_x": w_shape, "r": (heads, d, 4 * d), "b": (4 * H,)}, where)
+    _checks.check_param_shapes(params, {"w_x": w_shape, "w_h": (heads, d, 4 * d), "b": (4 * H,)}, where)
     if state is not None:
         _checks.check_type("state", state, SLSTMState, where,
                            "build the state with this cell's initial_state(params, batch_shape).")
@@ -210,7 +211,7 @@ def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None
 
 def _initial_state(cfg: CellConfig, params: SLSTMParams, batch_shape: BatchShape = ()) -> SLSTMState:
     _check(cfg, params, where=_where(cfg) + ".initial_state")
-    zeros = jnp.zeros(batch_tuple(batch_shape) + (cfg.hidden_size,), carry_dtype(params.r.dtype, cfg.dtype))
+    zeros = jnp.zeros(batch_tuple(batch_shape) + (cfg.hidden_size,), carry_dtype(params.w_h.dtype, cfg.dtype))
     return SLSTMState(h=zeros, c=zeros, n=zeros, m=zeros)
 
 
@@ -229,7 +230,7 @@ def _step_projected(cfg: CellConfig, params: SLSTMParams, state: SLSTMState, xp:
     dtype, heads, d = cfg.dtype, cfg.num_heads, cfg.hidden_size // cfg.num_heads
     h, c, n, m = state
     h_in = h if recurrent_mask is None else h * recurrent_mask
-    hp = _heads_to_gates(_headwise(h_in, params.r, dtype), heads, d)
+    hp = _heads_to_gates(_headwise(h_in, params.w_h, dtype), heads, d)
     wide = jnp.promote_types(jnp.promote_types(xp.dtype, hp.dtype), c.dtype)
     i_pre, f_pre, z_pre, o_pre = jnp.split(xp.astype(wide) + hp.astype(wide), 4, axis=-1)
     log_f = jax.nn.log_sigmoid(f_pre) if cfg.forget_gate == "sigmoid" else f_pre

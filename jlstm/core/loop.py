@@ -94,9 +94,8 @@ def time_loop(
 def _segmented(body, state, inputs, valid, T, remat, unroll):
     """``lax.scan(body)`` over checkpointed segments: memory grows like the segment count."""
     seg = segment_length(T, remat)
-    if valid is None:
-        batch = jax.tree.leaves(state)[0].shape[:-1]
-        valid = jnp.ones((T,) + batch, bool)
+    if valid is None:  # one flag per step, broadcast over every state leaf (whatever its shape)
+        valid = jnp.ones((T,), bool)
     seg_inputs = jax.tree.map(lambda a: split_blocks(a, seg, 0), inputs)
     seg_valid = split_blocks(valid, seg, False)   # padding steps are invalid: they keep the state
 

@@ -58,7 +58,8 @@ class StepProjectedFn(Protocol):
 
 class SequenceFn(Protocol):
     def __call__(self, params: Params, xs: Array, state: State, valid: Array | None,
-                 unroll: int | bool, /) -> tuple[State, Array]: ...
+                 unroll: int | bool, /, *, plan: Any = None,
+                 resets: Array | None = None) -> tuple[State, Array]: ...
 
 
 class CheckFn(Protocol):

@@ -18,13 +18,12 @@ the learning rate lives in the optimizer state, then write one value per member 
     step = jax.jit(make_population_step(train_step))
     params, opt_state, metrics = step(params, opt_state, batch, key)   # metrics["loss"]: [16]
 
-Run ``python -m jlstm.population`` for the example: 16 LSTMs with learning rates from
+Run ``python -m jlstm.examples.population`` for the example: 16 LSTMs with learning rates from
 1e-4 to 1e-1 trained together on the adding problem, reporting the best member.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import jax
@@ -38,7 +37,6 @@ __all__ = [
     "init_population_opt_state",
     "make_population_step",
     "population_size",
-    "run_example",
     "set_hyperparams",
 ]
 
@@ -204,89 +202,3 @@ def best_member(scores: Any, *, mode: str = "min") -> int:
     s = np.asarray(scores, dtype=np.float64)
     s = np.where(np.isfinite(s), s, np.inf if mode == "min" else -np.inf)
     return int(np.argmin(s) if mode == "min" else np.argmax(s))
-
-
-def run_example(
-    n: int = 16,
-    *,
-    length: int = 50,
-    hidden: int = 32,
-    batch: int = 64,
-    steps: int = 400,
-    lr_range: tuple[float, float] = (1e-4, 1e-1),
-    seed: int = 0,
-    verbose: bool = True,
-) -> dict:
-    """Model selection: ``n`` LSTMs with log-spaced learning rates trained in one jit on the adding problem.
-
-    Returns:
-      ``{"learning_rates", "final_loss", "eval_loss", "best", "best_learning_rate", "seconds"}``;
-      the losses are MSEs (predicting the mean scores about 0.167).
-    """
-    import optax
-
-    import jlstm
-    from jlstm.examples.tasks import adding_problem
-
-    cell = jlstm.lstm(hidden)
-
-    def init(key):
-        k1, k2 = jax.random.split(key)
-        return {"cell": cell.init(k1, 2), "w": jax.random.normal(k2, (hidden,)) / np.sqrt(hidden),
-                "b": jnp.zeros(())}
-
-    def loss_fn(params, data, key):
-        del key
-        state, _ = jlstm.scan(cell, params["cell"], data.xs)
-        loss = jnp.mean((state.h @ params["w"] + params["b"] - data.ys) ** 2)
-        return loss, {"loss": loss}
-
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-
-    def train_step(params, opt_state, data, key):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, data, key)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {**metrics,
-                                                                 "grad_norm": _l2_norm(grads)}
-
-    lrs = jnp.logspace(np.log10(lr_range[0]), np.log10(lr_range[1]), n)
-    k_init, k_data, k_eval = jax.random.split(jax.random.key(seed), 3)
-    params = init_population(init, k_init, n)
-    opt_state = init_population_opt_state(opt, params, learning_rate=lrs)
-    pstep = make_population_step(train_step)
-
-    @jax.jit
-    def train(params, opt_state, key):
-        def body(carry, k):
-            p, s = carry
-            p, s, m = pstep(p, s, adding_problem(k, batch, length), k)
-            return (p, s), m["loss"]
-
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, steps))
-        return params, opt_state, losses
-
-    t0 = time.perf_counter()
-    params, opt_state, losses = train(params, opt_state, k_data)
-    eval_data = adding_problem(k_eval, 1000, length)
-    eval_loss = jax.vmap(lambda p: loss_fn(p, eval_data, None)[0])(params)
-    eval_loss = np.asarray(jax.block_until_ready(eval_loss))
-    seconds = time.perf_counter() - t0
-    final = np.asarray(losses[-20:]).mean(axis=0)
-    best = best_member(eval_loss)
-    result = {"learning_rates": np.asarray(lrs).tolist(), "final_loss": final.tolist(),
-              "eval_loss": eval_loss.tolist(), "best": best, "best_learning_rate": float(lrs[best]),
-              "seconds": seconds}
-    if verbose:
-        print(f"{n} LSTMs (H={hidden}) on the adding problem (T={length}), {steps} steps in one jit, "
-              f"{seconds:.1f} s")
-        print(" member  learning rate  train MSE  eval MSE")
-        for i in range(n):
-            mark = "  <- best" if i == best else ""
-            print(f" {i:6d}  {float(lrs[i]):13.2e}  {final[i]:9.4f}  {eval_loss[i]:8.4f}{mark}")
-        print(f"best: member {best}, learning rate {float(lrs[best]):.2e}, eval MSE {eval_loss[best]:.4f} "
-              f"(predicting the mean: 0.167)")
-    return result
-
-
-if __name__ == "__main__":  # pragma: no cover
-    run_example()

@@ -72,10 +72,31 @@ def _state_dict_of(obj: Any, kind: str, where: str) -> Mapping[str, Any]:
 
 
 def _parse(state_dict: Any, kind: str, prefix: str, where: str) -> _Parsed:
-    sd = _state_dict_of(state_dict, kind, where)
+    entries = _entries(_state_dict_of(state_dict, kind, where), kind, prefix, where)
+    num_layers = max(k for _, k, _ in entries) + 1
+    num_dirs = 2 if any(d for _, _, d in entries) else 1
+    bias = any(n.startswith("bias") for n, _, _ in entries)
+    proj = any(n == "weight_hr" for n, _, _ in entries)
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else []) + (["weight_hr"] if proj else [])
+    expected = {(n, k, d) for n in names for k in range(num_layers) for d in range(num_dirs)}
+    missing = sorted(expected - set(entries), key=lambda e: (e[1], e[2], e[0]))
+    if missing:
+        listed = ", ".join(f"{prefix}{n}_l{k}{'_reverse' if d else ''}" for n, k, d in missing[:6])
+        raise ValueError(f"{where}: the state_dict is incomplete: missing {listed}"
+                         + (" ..." if len(missing) > 6 else "")
+                         + f" (found {num_layers} layer(s), {num_dirs} direction(s)"
+                         + (", biases" if bias else "") + (", projections" if proj else "") + ").")
+    H, P = _sizes(entries, kind, prefix, where)
+    input_size = entries[("weight_ih", 0, 0)].shape[1]
+    _check_shapes(entries, names, kind, H, P, input_size, num_layers, num_dirs, prefix, where)
+    dtype = param_dtype(entries[("weight_ih", 0, 0)])
+    return _Parsed(entries, num_layers, num_dirs, H, P, input_size, bias, dtype)
+
+
+def _entries(sd: Any, kind: str, prefix: str, where: str) -> dict[tuple[str, int, int], np.ndarray]:
+    """The state_dict's arrays by ``(name, layer, direction)``, the keys checked."""
     if not isinstance(prefix, str):
         raise TypeError(f"{where}: prefix must be a str such as 'encoder.rnn.', got {prefix!r}.")
-    G = _GATES[kind]
     entries: dict[tuple[str, int, int], np.ndarray] = {}
     for key, value in sd.items():
         if not isinstance(key, str):
@@ -97,31 +118,23 @@ def _parse(state_dict: Any, kind: str, prefix: str, where: str) -> _Parsed:
     if not entries:
         raise ValueError(f"{where}: found no weights" + (f" under prefix {prefix!r}" if prefix else "")
                          + f"; expected keys such as {prefix}weight_ih_l0.")
-    num_layers = max(k for _, k, _ in entries) + 1
-    num_dirs = 2 if any(d for _, _, d in entries) else 1
-    bias = any(n.startswith("bias") for n, _, _ in entries)
-    proj = any(n == "weight_hr" for n, _, _ in entries)
-    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else []) + (["weight_hr"] if proj else [])
-    expected = {(n, k, d) for n in names for k in range(num_layers) for d in range(num_dirs)}
-    missing = sorted(expected - set(entries), key=lambda e: (e[1], e[2], e[0]))
-    if missing:
-        listed = ", ".join(f"{prefix}{n}_l{k}{'_reverse' if d else ''}" for n, k, d in missing[:6])
-        raise ValueError(f"{where}: the state_dict is incomplete: missing {listed}"
-                         + (" ..." if len(missing) > 6 else "")
-                         + f" (found {num_layers} layer(s), {num_dirs} direction(s)"
-                         + (", biases" if bias else "") + (", projections" if proj else "") + ").")
     for (n, k, d), arr in entries.items():
         want_ndim = 1 if n.startswith("bias") else 2
         if arr.ndim != want_ndim:
             raise ValueError(f"{where}: {prefix}{n}_l{k}{'_reverse' if d else ''} has shape {arr.shape}, "
                              f"expected a {want_ndim}-d array.")
+    return entries
+
+
+def _sizes(entries: dict, kind: str, prefix: str, where: str) -> tuple[int, int | None]:
+    """``(hidden_size, proj_size)`` read from layer 0, with a guess at the module when they do not fit."""
+    G = _GATES[kind]
     w_hh = entries[("weight_hh", 0, 0)]
-    if proj:
+    if ("weight_hr", 0, 0) in entries:
         P, H = entries[("weight_hr", 0, 0)].shape
-        R = P
     else:
-        H = R = w_hh.shape[1]
-        P = None
+        H, P = w_hh.shape[1], None
+    R = H if P is None else P
     if w_hh.shape[0] != G * H:
         ratio = w_hh.shape[0] / max(w_hh.shape[1], 1)
         guess = _BY_RATIO.get(int(ratio)) if ratio == int(ratio) else None
@@ -129,12 +142,17 @@ def _parse(state_dict: Any, kind: str, prefix: str, where: str) -> _Parsed:
             f"{where}: {prefix}weight_hh_l0 has shape {w_hh.shape}, expected ({G}·H, {R}) = ({G * H}, {R}) "
             f"for a torch.{_TORCH_NAME[kind]} with hidden_size {H}"
             + (f"; these look like the weights of a {guess}." if guess else "."))
-    input_size = entries[("weight_ih", 0, 0)].shape[1]
+    return H, P
+
+
+def _check_shapes(entries: dict, names: list[str], kind: str, H: int, P: int | None, input_size: int,
+                  num_layers: int, num_dirs: int, prefix: str, where: str) -> None:
+    G, R = _GATES[kind], H if P is None else P
     for k in range(num_layers):
         in_k = input_size if k == 0 else num_dirs * R
+        want = {"weight_ih": (G * H, in_k), "weight_hh": (G * H, R), "bias_ih": (G * H,),
+                "bias_hh": (G * H,), "weight_hr": (R, H)}
         for d in range(num_dirs):
-            want = {"weight_ih": (G * H, in_k), "weight_hh": (G * H, R), "bias_ih": (G * H,),
-                    "bias_hh": (G * H,), "weight_hr": (R, H)}
             for n in names:
                 got = entries[(n, k, d)].shape
                 if tuple(got) != want[n]:
@@ -142,8 +160,6 @@ def _parse(state_dict: Any, kind: str, prefix: str, where: str) -> _Parsed:
                         f"{where}: {prefix}{n}_l{k}{'_reverse' if d else ''} has shape {tuple(got)}, expected "
                         f"{want[n]} (hidden_size {H}" + (f", proj_size {P}" if P else "")
                         + f", layer input size {in_k}); the state_dict mixes modules of different sizes.")
-    dtype = param_dtype(entries[("weight_ih", 0, 0)])
-    return _Parsed(entries, num_layers, num_dirs, H, P, input_size, bias, dtype)
 
 
 def _build(parsed: _Parsed, kind: str, dropout: float) -> tuple[SequenceModel, tuple]:

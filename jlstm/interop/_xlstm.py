@@ -177,7 +177,7 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
                         output_dropout=float(cfg.dropout), param_dtype=dt)
     cell_params = SLSTMParams(
         w_x=jnp.asarray(np.concatenate(gates, axis=-1), dt),
-        r=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
+        w_h=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
         b=jnp.asarray(np.transpose(b_ext, (1, 0, 2)).reshape(4 * E), dt),
     )
     params = XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=jnp.asarray(scale, dt),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -70,40 +71,45 @@ def bidirectional(
     out = fwd.output_size + bwd.output_size if merge == "concat" else fwd.output_size
     bwd_name = "" if backward_cell == cell else f", backward={backward_cell.name}"
     name = f"bidirectional({cell.name}{bwd_name}, merge={merge!r})"
-
-    def _check_params(params):
-        if not isinstance(params, BidirectionalParams):
-            raise TypeError(f"{name}: params must be BidirectionalParams(forward, backward), got "
-                            f"{type(params).__name__}; build them with this layer's init.")
-
-    def init(key: jax.Array, input_size: int) -> BidirectionalParams:
-        kf, kb = jax.random.split(key)
-        return BidirectionalParams(fwd.init(kf, input_size), bwd.init(kb, input_size))
-
-    def initial_state(params, batch_shape=()) -> BidirectionalState:
-        _check_params(params)
-        return BidirectionalState(fwd.initial_state(params.forward, batch_shape),
-                                  bwd.initial_state(params.backward, batch_shape))
-
-    def apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True):
-        _check_params(params)
-        check_key(key, name + ".apply")
-        if state is not None and not isinstance(state, BidirectionalState):
-            raise TypeError(f"{name}: state must be a BidirectionalState, got "
-                            f"{type(state).__name__}; build it with this layer's initial_state.")
-        kf = kb = None
-        if key is not None:
-            kf, kb = jax.random.split(key)
-        sf, sb = (None, None) if state is None else (state.forward, state.backward)
-        final_f, ys_f = fwd.apply(params.forward, xs, sf, lengths=lengths, mask=mask, key=kf,
-                                  time_major=time_major)
-        final_b, ys_b = bwd.apply(params.backward, xs, sb, lengths=lengths, mask=mask, key=kb,
-                                  time_major=time_major)
-        return BidirectionalState(final_f, final_b), _merge(merge, ys_f, ys_b)
-
     config = CellConfig("bidirectional", forward=fwd, backward=bwd, merge=merge)
-    return SequenceModel(init=init, apply=apply, initial_state=initial_state, output_size=out,
+    return SequenceModel(init=functools.partial(_init, fwd, bwd), apply=functools.partial(_apply, config, name),
+                         initial_state=functools.partial(_initial_state, fwd, bwd, name), output_size=out,
                          name=name, config=config)
+
+
+def _check_params(params: Any, name: str) -> None:
+    if not isinstance(params, BidirectionalParams):
+        raise TypeError(f"{name}: params must be BidirectionalParams(forward, backward), got "
+                        f"{type(params).__name__}; build them with this layer's init.")
+
+
+def _init(fwd: SequenceModel, bwd: SequenceModel, key: jax.Array, input_size: int) -> BidirectionalParams:
+    kf, kb = jax.random.split(key)
+    return BidirectionalParams(fwd.init(kf, input_size), bwd.init(kb, input_size))
+
+
+def _initial_state(fwd: SequenceModel, bwd: SequenceModel, name: str, params: Any,
+                   batch_shape: Any = ()) -> BidirectionalState:
+    _check_params(params, name)
+    return BidirectionalState(fwd.initial_state(params.forward, batch_shape),
+                              bwd.initial_state(params.backward, batch_shape))
+
+
+def _apply(config: CellConfig, name: str, params: Any, xs: jax.Array, state: Any = None, *, lengths=None,
+           mask=None, resets=None, key=None, time_major: bool = True) -> tuple[BidirectionalState, jax.Array]:
+    _check_params(params, name)
+    check_key(key, name + ".apply")
+    if state is not None and not isinstance(state, BidirectionalState):
+        raise TypeError(f"{name}: state must be a BidirectionalState, got "
+                        f"{type(state).__name__}; build it with this layer's initial_state.")
+    kf, kb = (None, None) if key is None else jax.random.split(key)
+    sf, sb = (None, None) if state is None else (state.forward, state.backward)
+    extra = {} if resets is None else {"resets": resets}
+    final_f, ys_f = config.forward.apply(params.forward, xs, sf, lengths=lengths, mask=mask, key=kf,
+                                         time_major=time_major, **extra)
+    final_b, ys_b = config.backward.apply(params.backward, xs, sb, lengths=lengths, mask=mask, key=kb,
+                                          time_major=time_major, **extra)
+    return BidirectionalState(final_f, final_b), _merge(config.merge, ys_f, ys_b)
 
 
 def _merge(merge: str, ys_f: jax.Array, ys_b: jax.Array) -> jax.Array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Union
 
 import jax
@@ -44,7 +45,7 @@ def recurrent(
     Returns:
       A :class:`jlstm.SequenceModel` whose params are the cell's params and whose
       state is the cell's state. ``apply(params, xs, state=None, *, lengths=None,
-      mask=None, key=None, time_major=True) -> (final_state, ys)``.
+      mask=None, resets=None, key=None, time_major=True) -> (final_state, ys)``.
 
     Example:
       >>> layer = jlstm.recurrent(jlstm.lstm(32), recurrent_dropout=0.25)
@@ -58,28 +59,30 @@ def recurrent(
                         input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
                         fast=fast, method=method)
 
-    def apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True):
-        where = name + ".apply"
-        check_key(key, where)
-        rec_mask = None
-        zo_key = None
-        if key is not None:
-            k_in, k_rec, k_zo = jax.random.split(key, 3)
-            if input_dropout:
-                _checks.check_array("xs", xs, where)
-                xs = dropout(k_in, input_dropout, xs)
-            if recurrent_dropout:
-                batch = xs.shape[:-2] if not time_major else xs.shape[1:-1]
-                rec_mask = variational_mask(k_rec, recurrent_dropout,
-                                            tuple(batch) + (cell.output_size,), xs.dtype)
-            zo_key = k_zo
-        regs = StepRegularisers(recurrent_mask=rec_mask, zoneout=zoneout, zoneout_key=zo_key)
-        final, ys, _ = run_scan(cell, params, xs, state, lengths, mask,
-                                options._replace(time_major=time_major), regs, where)
-        return final, ys
+    return SequenceModel(init=cell.init, apply=functools.partial(_apply, config, options, name),
+                         initial_state=cell.initial_state, output_size=cell.output_size, name=name, config=config)
 
-    return SequenceModel(init=cell.init, apply=apply, initial_state=cell.initial_state,
-                         output_size=cell.output_size, name=name, config=config)
+
+def _apply(config: CellConfig, options: ScanOptions, name: str, params: Any, xs: jax.Array, state: Any = None, *,
+           lengths=None, mask=None, resets=None, key=None, time_major: bool = True) -> tuple[Any, jax.Array]:
+    """The layer's ``apply``: the regularisers drawn from ``key``, then :func:`jlstm.scan`."""
+    where = name + ".apply"
+    check_key(key, where)
+    cell = config.cell
+    rec_mask = zo_key = None
+    if key is not None:
+        k_in, k_rec, zo_key = jax.random.split(key, 3)
+        if config.input_dropout:
+            _checks.check_array("xs", xs, where)
+            xs = dropout(k_in, config.input_dropout, xs)
+        if config.recurrent_dropout:
+            batch = xs.shape[:-2] if not time_major else xs.shape[1:-1]
+            rec_mask = variational_mask(k_rec, config.recurrent_dropout, tuple(batch) + (cell.output_size,),
+                                        xs.dtype)
+    regs = StepRegularisers(recurrent_mask=rec_mask, zoneout=config.zoneout, zoneout_key=zo_key)
+    final, ys, _ = run_scan(cell, params, xs, state, lengths, mask, options._replace(time_major=time_major), regs,
+                            where, resets=resets)
+    return final, ys
 
 
 def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zoneout: float,

@@ -236,12 +236,8 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
         raise_unless = functools.partial(_raise_unless, method=opts.method, tol=tol)
         jax.debug.callback(raise_unless, converged, iters, residual)
     elif opts.on_failure == "fallback":
-        if fallback is None:
-            def fallback():
-                request = Request(valid, None, None, NO_REGULARISERS, Sequential(unroll, remat), current_plan())
-                return request.loop.evaluate(cell, params, xs, state, request)[:2]
-
-        final, ys = lax.cond(converged, lambda: (final, ys), fallback)
+        final, ys = lax.cond(converged, lambda: (final, ys), fallback or functools.partial(
+            _sequential, cell, params, xs, state, valid, unroll, remat))
     info = NewtonInfo(iters, residual, converged, spec.unravel(lax.stop_gradient(S), (T,)))
     return final, ys, info
 
@@ -298,6 +294,13 @@ def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
     lam0 = jnp.asarray(opts.lam(), guess.dtype)
     k, S, _, _, r, _, _ = lax.while_loop(cond, body, (jnp.int32(0), guess) + assess(guess) + (lam0,))
     return S, k, r
+
+
+def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Any,
+                remat: Any) -> tuple[Any, jax.Array]:
+    """The plain sequential loop (the fallback of a direct :func:`newton_scan` call)."""
+    request = Request(valid, None, None, NO_REGULARISERS, Sequential(unroll, remat), current_plan())
+    return request.loop.evaluate(cell, params, xs, state, request)[:2]
 
 
 def _raise_unless(converged, iterations, residual, *, method: str, tol: float) -> None:

@@ -31,8 +31,9 @@ class Auto(Strategy):
     * Everything else runs :class:`Sequential` with the caller's loop options.
 
     Example:
-      >>> jlstm.Auto().choose(jlstm.mlstm(8, num_heads=2), 100)
-      Parallel()
+      >>> cell = jlstm.mlstm(8, num_heads=2, parallel_max_length=64)
+      >>> jlstm.Auto().choose(cell, 50), jlstm.Auto().choose(cell, 100)
+      (Parallel(), Chunkwise(chunk_size=None))
     """
 
     plan: Plan | None = None

@@ -22,8 +22,9 @@ class _Form(Strategy):
     def check(self, cell: Cell, request: Request, where: str) -> None:
         forms = cell_forms(cell)
         if self.name not in forms:
-            raise ValueError(f"{where}: method={self.name!r} is not a form of {cell.name}; its forms are "
-                             f"{sorted(forms) or 'none'} (jlstm.Sequential() or a Newton method serve any cell).")
+            supported = ("auto", "sequential", *forms, "deer", "quasi_deer", "elk", "quasi_elk")
+            raise ValueError(f"{where}: method={self.name!r} is not supported by {cell.name}; it supports "
+                             f"{', '.join(map(repr, supported))} (its own forms: {sorted(forms) or 'none'}).")
         super().check(cell, request, where)
 
     def options(self) -> dict[str, Any]:

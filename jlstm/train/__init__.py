@@ -9,12 +9,13 @@
 * :func:`dense_init` / :func:`dense_apply` (and ``mlp_*``, ``last_output``): read-out heads.
 * :class:`LanguageModel`, :func:`lm_chunks`, :func:`generate`: token models, their training
   chunks and autoregressive sampling.
-* :func:`fit`: the loop, with a tqdm bar, evaluation, early stopping, clipping, checkpoints,
-  resume, a carried state (:class:`Carry`) and preemption (:class:`Preempted`, exit status 75).
+* :func:`fit`: the loop, with a progress bar or per-epoch lines, evaluation, early stopping,
+  clipping, checkpoints, resume, a carried state (:class:`Carry`) and preemption
+  (:class:`Preempted`, exit status 75); :func:`evaluate`: the mean metrics over a data set.
 """
 
 from jlstm.train import losses
-from jlstm.train.fit import Carry, FitResult, History, fit
+from jlstm.train.fit import Carry, FitResult, History, evaluate, fit
 from jlstm.train.generate import generate, sample_logits
 from jlstm.train.heads import DenseParams, dense_apply, dense_init, last_output, mlp_apply, mlp_init
 from jlstm.train.lm import LanguageModel, LMChunk, LMParams, lm_chunks
@@ -34,6 +35,7 @@ __all__ = [
     "Preempted",
     "dense_apply",
     "dense_init",
+    "evaluate",
     "fit",
     "generate",
     "last_output",

@@ -1,23 +1,24 @@
-"""A training loop: jitted steps, progress bar, evaluation, early stopping, checkpoints, preemption.
+"""A training loop: jitted steps, progress, evaluation, early stopping, checkpoints, preemption; and evaluate.
 
 :func:`fit` drives the pure pieces: the steps (:mod:`jlstm.train.step`, or
 :mod:`jlstm.train.stateful` with ``carry=``), the bookkeeping state machine
-(:mod:`jlstm.train.fit_state`) and the signal guard (:mod:`jlstm.train.preemption`).
+(:mod:`jlstm.train.fit_state`), the signal guard (:mod:`jlstm.train.preemption`) and the reporter
+(:mod:`jlstm.train.progress`).
 """
 
 from __future__ import annotations
 
 import itertools
+import operator
 import os
-import sys
+import time
 from typing import Any, Callable, Iterable, NamedTuple, cast
 
 import jax
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from jlstm import checkpoint as _ckpt
+import jlstm.checkpoint as _ckpt
 from jlstm.train.fit_state import (
     FitState,
     Stopping,
@@ -29,10 +30,11 @@ from jlstm.train.fit_state import (
     stopping_for,
 )
 from jlstm.train.preemption import Preempted, SignalGuard
+from jlstm.train.progress import Reporter, resolve
 from jlstm.train.stateful import make_stateful_eval_step, make_stateful_train_step
 from jlstm.train.step import LossFn, make_eval_step, make_train_step
 
-__all__ = ["Carry", "FitResult", "History", "fit"]
+__all__ = ["Carry", "FitResult", "History", "evaluate", "fit"]
 
 
 class History(NamedTuple):
@@ -106,8 +108,9 @@ class _Run(NamedTuple):
     key: Any
     path: str | None
     config: dict[str, Any]
-    progress: bool
+    report: Reporter
     epochs: int
+    steps_per_epoch: int | None
 
 
 def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
@@ -124,39 +127,61 @@ def _batches(data: Any, epoch: int, name: str, epochs: int) -> Iterable[Any]:
     return data
 
 
-def _skip(batches: Any, n: int) -> tuple[Iterable[Any], int | None]:
-    """Drop the first ``n`` batches (already trained on before a preemption); the rest and its length."""
-    if hasattr(batches, "__len__") and hasattr(batches, "__getitem__"):
-        return batches[n:], max(len(batches) - n, 0)
-    return (itertools.islice(iter(batches), n, None) if n else batches), None
+def _length(batches: Any) -> int | None:
+    """How many batches an iterable holds, if it says: ``len()`` or a positive ``__length_hint__``."""
+    if hasattr(batches, "__len__"):
+        return len(batches)
+    hint = operator.length_hint(batches, 0)
+    return hint if hint > 0 else None
+
+
+def _skip(batches: Any, n: int, limit: int | None = None) -> tuple[Iterable[Any], int | None]:
+    """The epoch's batches after the first ``n`` (already trained on before a preemption), at most ``limit``
+    of them in all (``steps_per_epoch``), and how many that leaves when it can be known."""
+    known = _length(batches)
+    stop = limit if known is None else known if limit is None else min(known, limit)
+    total = None if stop is None else max(stop - n, 0)
+    if known is not None and hasattr(batches, "__getitem__"):
+        return batches[n:stop], total
+    if n or stop is not None:
+        return itertools.islice(iter(batches), n, stop), total
+    return batches, total
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
 
 
-def _steps(loss_fn: Callable, optimizer: Any, carry: Carry | None, jit: bool) -> tuple[Callable, Callable]:
-    """Train and eval steps with one signature whether or not a state is carried."""
+def _eval_step(loss_fn: Callable, carry: Carry | None, jit: bool) -> Callable:
+    """``(params, state, batch) -> (state, metrics)`` whether or not a state is carried."""
     if carry is None:
-        train, ev = make_train_step(loss_fn, optimizer), make_eval_step(loss_fn)
-
-        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
-            return train(params, opt_state, batch, key) + (None,)
+        ev = make_eval_step(loss_fn)
 
         def eval_step(params, state, batch) -> tuple[Any, Any]:
             return None, ev(params, batch)
     else:
-        train = make_stateful_train_step(loss_fn, optimizer, carry.initial_state)
         ev = make_stateful_eval_step(loss_fn, carry.initial_state)
-
-        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
-            params, opt_state, state, metrics = train(params, opt_state, state, batch, key,
-                                                      getattr(batch, "reset", None))
-            return params, opt_state, metrics, state
 
         def eval_step(params, state, batch) -> tuple[Any, Any]:
             return ev(params, state, batch, None, getattr(batch, "reset", None))
-    return (jax.jit(train_step), jax.jit(eval_step)) if jit else (train_step, eval_step)
+    return jax.jit(eval_step) if jit else eval_step
+
+
+def _train_step(loss_fn: Callable, optimizer: Any, carry: Carry | None, jit: bool) -> Callable:
+    """``(params, opt_state, state, batch, key) -> (params, opt_state, metrics, state)``."""
+    if carry is None:
+        train = make_train_step(loss_fn, optimizer)
+
+        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
+            return train(params, opt_state, batch, key) + (None,)
+    else:
+        stateful = make_stateful_train_step(loss_fn, optimizer, carry.initial_state)
+
+        def train_step(params, opt_state, state, batch, key) -> tuple[Any, Any, Any, Any]:
+            params, opt_state, state, metrics = stateful(params, opt_state, state, batch, key,
+                                                         getattr(batch, "reset", None))
+            return params, opt_state, metrics, state
+    return jax.jit(train_step) if jit else train_step
 
 
 def _fresh_state(run: _Run, params: Any) -> Any:
@@ -181,13 +206,12 @@ def _resume(run: _Run, like: dict[str, Any]) -> tuple[dict[str, Any], FitState]:
     assert run.path is not None  # resume=True needs a checkpoint path (_check_args)
     target, meta = _ckpt.load(run.path, like)
     fs = FitState.from_json(meta.get("fit", {}))._replace(step=int(meta.get("step", 0)))
-    if run.progress:
-        where = f"epoch {fs.epoch + 1}, batch {fs.position}" if fs.position else f"after epoch {fs.epoch}"
-        tqdm.write(f"resumed from {run.path} at {where} (step {fs.step})")
-        if fs.epoch >= run.epochs or fs.stopped:
-            tqdm.write(f"nothing left to train: the checkpoint has finished {fs.epoch} of {run.epochs} epochs"
-                       + (" (stopped early)" if fs.stopped else "")
-                       + "; pass a new checkpoint_path (or resume=False) to train afresh.")
+    where = f"epoch {fs.epoch + 1}, batch {fs.position}" if fs.position else f"after epoch {fs.epoch}"
+    run.report.write(f"resumed from {run.path} at {where} (step {fs.step})")
+    if fs.epoch >= run.epochs or fs.stopped:
+        run.report.write(f"nothing left to train: the checkpoint has finished {fs.epoch} of {run.epochs} epochs"
+                         + (" (stopped early)" if fs.stopped else "")
+                         + "; pass a new checkpoint_path (or resume=False) to train afresh.")
     return target, fs
 
 
@@ -199,17 +223,15 @@ def _advance(fs: FitState, done: list[dict[str, Any]]) -> FitState:
 def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any, carried: Any,
                  best_params: Any, guard: SignalGuard) -> tuple[FitState, Any, Any, Any]:
     """The current epoch's remaining steps; on a signal, checkpoint after the step and raise Preempted."""
-    batches, total = _skip(_batches(data, fs.epoch, "train_data", run.epochs), fs.position)
-    tty = run.progress and sys.stderr.isatty()  # redirected: a refresh every 10 s, not a stream of \r updates
-    bar = tqdm(batches, total=total, desc=f"epoch {fs.epoch + 1}/{run.epochs}", disable=not run.progress,
-               leave=True, dynamic_ncols=True, mininterval=0.1 if tty else 10.0)
+    batches, total = _skip(_batches(data, fs.epoch, "train_data", run.epochs), fs.position, run.steps_per_epoch)
+    bar = run.report.steps(batches, total, f"epoch {fs.epoch + 1}/{run.epochs}")
     done: list[dict[str, Any]] = []
     with bar:
         for batch in bar:
             k = None if run.key is None else jax.random.fold_in(run.key, fs.step + len(done))
             params, opt_state, metrics, carried = run.train_step(params, opt_state, carried, batch, k)
             done.append(metrics)
-            if run.progress and (len(done) % 10 == 1 or len(done) == total):
+            if run.report.mode == "bar" and (len(done) % 10 == 1 or len(done) == total):
                 bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", refresh=len(done) == 1)
             if guard.signum is not None and run.path is not None:  # the guard is on only with a path
                 fs = _advance(fs, done)
@@ -218,13 +240,20 @@ def _train_epoch(run: _Run, fs: FitState, data: Any, params: Any, opt_state: Any
     return _advance(fs, done), params, opt_state, carried
 
 
+def _eval_loop(eval_step: Callable, params: Any, state: Any, batches: Iterable[Any]) -> list[Any]:
+    """Run ``eval_step`` over ``batches``, carrying the state; each batch's metrics."""
+    out = []
+    for batch in batches:
+        state, metrics = eval_step(params, state, batch)
+        out.append(metrics)
+    return out
+
+
 def _evaluate(run: _Run, params: Any, eval_data: Any, eval_fn: Callable | None, epoch: int) -> dict[str, float]:
     record: dict[str, float] = {}
     if eval_data is not None:
-        carried, ev = _fresh_state(run, params), []
-        for batch in _batches(eval_data, epoch, "eval_data", run.epochs):
-            carried, metrics = run.eval_step(params, carried, batch)
-            ev.append(metrics)
+        batches = _batches(eval_data, epoch, "eval_data", run.epochs)
+        ev = _eval_loop(run.eval_step, params, _fresh_state(run, params), batches)
         if not ev:
             raise ValueError(f"fit: eval_data gave no batches in epoch {epoch}.")
         record.update(mean_metrics(ev, "eval_"))
@@ -235,26 +264,30 @@ def _evaluate(run: _Run, params: Any, eval_data: Any, eval_fn: Callable | None, 
 
 
 def _finish_epoch(run: _Run, fs: FitState, params: Any, eval_data: Any,
-                  eval_fn: Callable | None) -> tuple[FitState, bool]:
-    """Average the epoch's steps, evaluate, log, and apply early stopping."""
+                  eval_fn: Callable | None, started: float) -> tuple[FitState, bool]:
+    """Average the epoch's steps, evaluate, report (one line), and apply early stopping."""
     if not fs.partial:
         raise ValueError(f"fit: train_data gave no batches in epoch {fs.epoch}.")
+    steps = len(fs.partial)
     fs, record = epoch_record(fs)
     record.update(_evaluate(run, params, eval_data, eval_fn, fs.epoch))
     fs, improved = end_epoch(fs, record, run.stopping)
-    if run.progress:
-        tqdm.write(f"epoch {fs.epoch}/{run.epochs}: {_fmt(record)}{' *' if improved else ''}")
-        if fs.stopped:
-            tqdm.write(f"early stopping: {run.stopping.monitor} has not improved for {fs.wait} epochs; best "
-                       f"epoch {fs.best_epoch} ({run.stopping.monitor}={fs.best:.4g}).")
+    run.report.write(f"epoch {fs.epoch}/{run.epochs}: {_fmt(record)} ({steps} steps, "
+                     f"{time.monotonic() - started:.1f} s){' *' if improved else ''}")
+    if fs.stopped:
+        run.report.write(f"early stopping: {run.stopping.monitor} has not improved for {fs.wait} epochs; best "
+                         f"epoch {fs.best_epoch} ({run.stopping.monitor}={fs.best:.4g}).")
     return fs, improved
 
 
 def _check_args(epochs: Any, resume: bool, path: Any, clip_norm: float | None, carry: Any,
-                optimizer: Any) -> Any:
+                optimizer: Any, steps_per_epoch: Any) -> Any:
     """Validate ``fit``'s options; returns the optimizer with clipping chained in front."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}.")
+    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                        or steps_per_epoch < 1):
+        raise ValueError(f"fit: steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}.")
     if resume and path is None:
         raise ValueError("fit: resume=True needs checkpoint_path=... to resume from.")
     if carry is not None and not isinstance(carry, Carry):
@@ -287,63 +320,105 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     config: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
+    steps_per_epoch: int | None = None,
     jit: bool = True,
     carry: Carry | None = None,
 ) -> FitResult:
     """Train ``params`` with ``optimizer`` on ``loss_fn`` (``(params, batch, key) -> loss[, metrics]``).
 
     Each epoch runs the jitted train step over ``train_data`` (a list of batches, or a callable
-    ``epoch -> iterable``); step ``n`` gets ``fold_in(key, n)``. Then it evaluates on
-    ``eval_data`` (no key) and/or ``eval_fn(params) -> dict``, records ``train_*``/``eval_*``
-    means in the :class:`History`, applies early stopping (``monitor``: default ``eval_loss``
-    or ``train_loss``; ``mode``; ``patience``; ``min_delta``; ``restore_best``) and writes
-    ``checkpoint_path``. ``clip_norm`` chains ``optax.clip_by_global_norm`` in front (the
-    recorded ``grad_norm`` is before clipping). ``carry=Carry(...)`` carries a recurrent
-    state across batches (truncated BPTT). ``resume=True`` continues from the checkpoint,
-    bit-identically, and says so (a line and ``history.resumed_from``). With a checkpoint
+    ``epoch -> iterable``; ``steps_per_epoch`` caps an epoch, so an endless generator works); step
+    ``n`` gets ``fold_in(key, n)``. Then it evaluates on ``eval_data`` (no key) and/or
+    ``eval_fn(params) -> dict``, records ``train_*``/``eval_*`` means in the :class:`History`,
+    applies early stopping (``monitor``: default ``eval_loss`` or ``train_loss``; ``mode``;
+    ``patience``; ``min_delta``; ``restore_best``) and writes ``checkpoint_path``. ``clip_norm``
+    chains ``optax.clip_by_global_norm`` in front (``grad_norm`` is recorded before clipping).
+    ``carry=Carry(...)`` carries a recurrent state across batches (truncated BPTT).
+    ``resume=True`` continues from the checkpoint bit-identically and says so. With a checkpoint
     path, SIGTERM/SIGINT finish the step, checkpoint, and raise :class:`Preempted` (exit 75).
+    ``progress``: ``True``/``"bar"`` (a bar on a terminal, with the epoch's total when it is known;
+    in a log or a notebook, the per-epoch lines), ``"epoch"`` (one line per epoch: metrics, steps,
+    seconds, ``*`` when the monitored metric improved) or ``False`` (:mod:`jlstm.train.progress`).
 
     Returns:
       :class:`FitResult` ``(params, opt_state, history)``.
 
     Example:
-      >>> enc = jlstm.recurrent(jlstm.lstm(8))
-      >>> k1, k2 = jax.random.split(jax.random.key(0))
-      >>> params = (enc.init(k1, 4), jlstm.train.dense_init(k2, 8, 4))
-      >>> batches = [jlstm.tasks.copy_first(jax.random.key(i), 16, 5) for i in range(4)]
-      >>> def loss_fn(params, batch, key):
-      ...     final, _ = enc.apply(params[0], batch.xs, key=key)
-      ...     logits = jlstm.train.dense_apply(params[1], final.h)
-      ...     return jlstm.train.losses.sequence_classification(logits, batch.ys)
-      >>> params, opt_state, history = fit(loss_fn, params, optax.adam(1e-2), batches, epochs=2,
-      ...                                  eval_data=batches[:1], patience=3, progress=False)
+      >>> loss_fn = lambda params, batch, key: jnp.mean((params["w"] - batch) ** 2)
+      >>> params, opt_state, history = fit(loss_fn, {"w": jnp.zeros(3)}, optax.sgd(0.1), [jnp.ones(3)] * 4,
+      ...                                  epochs=2, eval_data=[2 * jnp.ones(3)], progress=False)
       >>> history.loss.shape, sorted(history.epochs[-1])
       ((8,), ['epoch', 'eval_loss', 'step', 'train_grad_norm', 'train_loss'])
     """
-    optimizer = _check_args(epochs, resume, checkpoint_path, clip_norm, carry, optimizer)
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    optimizer = _check_args(epochs, resume, checkpoint_path, clip_norm, carry, optimizer, steps_per_epoch)
     monitor = monitor or ("train_loss" if eval_data is None and eval_fn is None else "eval_loss")
-    stopping = stopping_for(monitor, mode, patience, min_delta, restore_best)
     path = None if checkpoint_path is None else os.fspath(checkpoint_path)
-    run = _Run(*_steps(loss_fn, optimizer, carry, jit), carry, stopping, key, path, config or {}, progress, epochs)
-    fs, carried, resumed_from = FitState(), None, None
+    run = _Run(_train_step(loss_fn, optimizer, carry, jit), _eval_step(loss_fn, carry, jit), carry,
+               stopping_for(monitor, mode, patience, min_delta, restore_best), key, path, config or {},
+               Reporter(resolve(progress)), epochs, steps_per_epoch)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    return _loop(run, params, opt_state, train_data, eval_data, eval_fn, resume)
+
+
+def _loop(run: _Run, params: Any, opt_state: Any, train_data: Any, eval_data: Any, eval_fn: Callable | None,
+          resume: bool) -> FitResult:
+    """fit's epochs, after a resume if asked: train, evaluate, checkpoint; a signal ends it (Preempted)."""
+    fs, carried, resumed_from, path, restore_best = FitState(), None, None, run.path, run.stopping.restore_best
     best_params = params if restore_best else None
     if resume and path is not None and os.path.exists(path):  # resume=True implies a path (_check_args)
-        t, fs = _resume(run, _target(params, opt_state, _fresh_state(run, params), best_params, key))
+        t, fs = _resume(run, _target(params, opt_state, _fresh_state(run, params), best_params, run.key))
         params, opt_state, carried, best_params = t["params"], t["opt_state"], t.get("state"), t.get("best_params")
         run, resumed_from = run._replace(key=t.get("key")), fs.step
     with SignalGuard(enabled=path is not None) as guard:
-        while fs.epoch < epochs and not fs.stopped:
+        while fs.epoch < run.epochs and not fs.stopped:
+            started = time.monotonic()
             carried = _fresh_state(run, params) if fs.position == 0 else carried
             fs, params, opt_state, carried = _train_epoch(run, fs, train_data, params, opt_state, carried,
                                                           best_params, guard)
-            fs, improved = _finish_epoch(run, fs, params, eval_data, eval_fn)
+            fs, improved = _finish_epoch(run, fs, params, eval_data, eval_fn, started)
             best_params = params if improved and restore_best else best_params
             if path is not None:
                 _save(run, fs, _target(params, opt_state, carried, best_params, run.key))
             if guard.signum is not None and path is not None:  # the guard is on only with a path
                 raise Preempted(fs.step, path, guard.signum)
     history = History({k: np.asarray(v, dtype=np.float64) for k, v in fs.steps.items()}, fs.epochs,
-                      fs.best_epoch, fs.stopped, stopping.monitor, resumed_from)
+                      fs.best_epoch, fs.stopped, run.stopping.monitor, resumed_from)
     return FitResult(best_params if restore_best else params, opt_state, history)
+
+
+def evaluate(loss_fn: LossFn, params: Any, data: Any, *, carry: Carry | None = None,
+             jit: bool = True) -> dict[str, float]:
+    """The mean of ``loss_fn``'s loss and metrics over the batches of ``data``, as ``fit`` evaluates.
+
+    Each batch runs without a key (dropout and zoneout off); the result is the plain mean over
+    batches of each metric, as Python floats, named without ``fit``'s ``eval_`` prefix. With
+    ``carry=Carry(initial_state, batch_shape)`` the state starts at ``initial_state`` and is
+    carried from batch to batch (``loss_fn(params, state, batch, key)``, as in ``fit``).
+
+    Args:
+      loss_fn: ``(params, batch, key) -> loss`` or ``-> (loss, metrics)``, the one given to ``fit``.
+      params: the parameters to evaluate.
+      data: an iterable of batches (a list, a generator).
+      carry: a :class:`Carry` for a stateful loss function, or ``None``.
+      jit: compile the evaluation step.
+
+    Returns:
+      ``{"loss": ..., **metrics}``.
+
+    Raises:
+      ValueError: ``data`` gave no batches.
+
+    Example:
+      >>> loss_fn = lambda p, batch, key: (jnp.mean((batch - p) ** 2), {"mae": jnp.mean(jnp.abs(batch - p))})
+      >>> jlstm.train.evaluate(loss_fn, jnp.zeros(3), [jnp.ones(3), 3 * jnp.ones(3)])
+      {'loss': 5.0, 'mae': 2.0}
+    """
+    if carry is not None and not isinstance(carry, Carry):
+        raise TypeError(f"evaluate: carry must be jlstm.train.Carry(model.initial_state, batch_shape), got "
+                        f"{type(carry).__name__}.")
+    state = None if carry is None else carry.initial_state(params, carry.batch_shape)
+    metrics = _eval_loop(_eval_step(loss_fn, carry, jit), params, state, data)
+    if not metrics:
+        raise ValueError("evaluate: data gave no batches.")
+    return mean_metrics(metrics, "")

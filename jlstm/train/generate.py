@@ -35,8 +35,8 @@ def sample_logits(key: jax.Array | None, logits: jax.Array, *, temperature: floa
 
 
 @partial(jax.jit, static_argnames=("model", "steps", "top_k", "greedy"))
-def _generate(model, params, prompt, state, key, temperature, *, steps, top_k, greedy):
-    state, logits = model.apply(params, prompt, state)
+def _generate(model, params, prompt, state, key, temperature, resets, *, steps, top_k, greedy):
+    state, logits = model.apply(params, prompt, state, **({} if resets is None else {"resets": resets}))
     keys = jax.random.split(key, steps)
 
     def body(carry, k):
@@ -77,7 +77,7 @@ def _check(model: Any, prompt: jax.Array, steps: int, temperature: Any, top_k: i
 
 def generate(model: Any, params: Any, prompt: jax.Array, steps: int, key: jax.Array | None = None, *,
              temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
-             state: Any = None) -> tuple[jax.Array, Any]:
+             state: Any = None, resets: Any = None) -> tuple[jax.Array, Any]:
     """Sample ``steps`` tokens after ``prompt``, feeding each sampled token back in.
 
     The prompt runs through the model from ``state`` (``None``: the initial state); then
@@ -97,6 +97,8 @@ def generate(model: Any, params: Any, prompt: jax.Array, steps: int, key: jax.Ar
       top_k: sample only among the k most likely tokens.
       greedy: take the arg-max at every step (no randomness).
       state: the state the prompt starts from, e.g. one returned by a previous call.
+      resets: bool [T, *batch] for the prompt (packed documents: the state restarts before a
+        step where a document begins), passed to ``model.apply``; ``None``: no reset.
 
     Returns:
       ``(tokens, state)``: int32 tokens [steps, *batch] and the state after the prompt and
@@ -116,5 +118,6 @@ def generate(model: Any, params: Any, prompt: jax.Array, steps: int, key: jax.Ar
         state = model.initial_state(params, tuple(prompt.shape[1:]))
     if key is None:
         key = jax.random.key(0)  # unused by greedy decoding
-    return _generate(model, params, prompt, state, key, jnp.asarray(temperature, jnp.float32),
+    resets = None if resets is None else jnp.asarray(resets)
+    return _generate(model, params, prompt, state, key, jnp.asarray(temperature, jnp.float32), resets,
                      steps=steps, top_k=top_k, greedy=greedy)

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+import jlstm.train.losses as losses
 from jlstm.core import checks as _checks
 from jlstm.core.types import SequenceModel
-from jlstm.train import losses
 from jlstm.train.heads import DenseParams, dense_apply, dense_init
 
 __all__ = ["LMChunk", "LMParams", "LanguageModel", "lm_chunks"]
@@ -39,11 +39,14 @@ class LMChunk(NamedTuple):
       xs: int [T, B] input tokens.
       ys: int [T, B] targets, the tokens one step later.
       reset: bool [B], True where a new stream starts (the carried state is reset there).
+      resets: bool [T, B] or ``None``: True where a document starts inside the chunk (packed
+        documents, see ``lm_chunks(..., starts=)``); the state restarts before that step.
     """
 
     xs: np.ndarray
     ys: np.ndarray
     reset: np.ndarray
+    resets: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ class LanguageModel:
         return self.encoder.initial_state(params.encoder, batch_shape)
 
     def apply(self, params: LMParams, tokens: ArrayLike, state: Any = None, *,
-              key: jax.Array | None = None) -> tuple[Any, jax.Array]:
-        """Run int ``tokens`` [T, *batch] from ``state`` (None: the initial state).
+              key: jax.Array | None = None, resets: ArrayLike | None = None) -> tuple[Any, jax.Array]:
+        """Run int ``tokens`` [T, *batch] from ``state`` (None: the initial state); ``resets``
+        (bool [T, *batch]) restarts the state before the steps where a document starts.
 
         Returns:
           ``(final_state, logits)`` with logits [T, *batch, V]; ``logits[t]`` scores token t+1.
@@ -98,7 +102,8 @@ class LanguageModel:
                             f"got {tokens.dtype} of shape {tuple(tokens.shape)}; convert text with a "
                             f"vocabulary first.")
         xs = params.embed[tokens]
-        state, hs = self.encoder.apply(params.encoder, xs, state, key=key)
+        extra = {} if resets is None else {"resets": jnp.asarray(resets)}
+        state, hs = self.encoder.apply(params.encoder, xs, state, key=key, **extra)
         return state, dense_apply(params.readout, hs)
 
     def loss(self, params: LMParams, state: Any, chunk: LMChunk, key: jax.Array | None = None):
@@ -107,19 +112,20 @@ class LanguageModel:
         Returns:
           ``(nats per token, final_state, {"bits_per_token", "accuracy"})``.
         """
-        state, logits = self.apply(params, chunk.xs, state, key=key)
+        state, logits = self.apply(params, chunk.xs, state, key=key, resets=getattr(chunk, "resets", None))
         nll = losses.language_model(logits, chunk.ys)
         return nll, state, {"bits_per_token": nll / math.log(2),
                             "accuracy": losses.token_accuracy(logits, chunk.ys)}
 
 
-def lm_chunks(tokens: Any, batch_size: int, chunk_len: int) -> list[LMChunk]:
+def lm_chunks(tokens: Any, batch_size: int, chunk_len: int, *, starts: Any = None) -> list[LMChunk]:
     """Cut one token stream into consecutive chunks of ``batch_size`` parallel streams.
 
     The stream is split into ``batch_size`` contiguous pieces of equal length (the tail that
     does not fit is dropped); chunk ``i`` holds steps ``[i·T, (i+1)·T)`` of every piece, so the
     state after chunk ``i`` is the right initial state for chunk ``i + 1``. ``reset`` is True
-    in the first chunk only.
+    in the first chunk only. ``starts`` (bool, one flag per token: True where a document begins)
+    gives each chunk its ``resets``, cut like ``xs``, for packed documents.
 
     Example:
       >>> chunks = lm_chunks(np.arange(21), batch_size=2, chunk_len=4)
@@ -139,5 +145,13 @@ def lm_chunks(tokens: Any, batch_size: int, chunk_len: int) -> list[LMChunk]:
                          f"{batch_size} streams; need at least {batch_size * chunk_len + 1} tokens.")
     rows = np.stack([tokens[b * per_row: b * per_row + n * chunk_len + 1] for b in range(batch_size)], 1)
     rows = rows.astype(np.int32)
+    flags = None
+    if starts is not None:
+        starts = np.asarray(starts)
+        if starts.shape != tokens.shape or starts.dtype != np.bool_:
+            raise TypeError(f"lm_chunks: starts must be a bool array like tokens {tokens.shape}, got "
+                            f"{starts.dtype} of shape {starts.shape}.")
+        flags = np.stack([starts[b * per_row: b * per_row + n * chunk_len] for b in range(batch_size)], 1)
     return [LMChunk(rows[i * chunk_len:(i + 1) * chunk_len], rows[i * chunk_len + 1:(i + 1) * chunk_len + 1],
-                    np.full((batch_size,), i == 0)) for i in range(n)]
+                    np.full((batch_size,), i == 0),
+                    None if flags is None else flags[i * chunk_len:(i + 1) * chunk_len]) for i in range(n)]

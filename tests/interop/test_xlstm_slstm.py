@@ -91,7 +91,7 @@ def test_input_and_weight_gradients():
                                    err_msg=gate)
     cell = layer.slstm_cell
     r_grad = cell._recurrent_kernel_int2ext(cell._recurrent_kernel_.grad).numpy().reshape(NH, D, 4 * D)
-    np.testing.assert_allclose(g_params.cell.r, r_grad, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(g_params.cell.w_h, r_grad, atol=1e-4, rtol=1e-4)
     b_grad = np.transpose(cell._bias_int2ext(cell._bias_.grad).numpy(), (1, 0, 2)).reshape(-1)
     np.testing.assert_allclose(g_params.cell.b, b_grad, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(g_params.norm_scale, layer.group_norm.weight.grad.numpy(), atol=1e-4, rtol=1e-4)

@@ -1,7 +1,7 @@
 """An independent float64 NumPy reference of every jlstm cell and layer, for the golden files.
 
-Written from the equations (SPEC.md and the cell docstrings), gate by gate, one example and
-one time step at a time, with no code shared with jlstm or with tests/np_reference.py.
+Written from the equations (the cell pages under docs/cells/ and the cell docstrings), gate by gate,
+one example and one time step at a time, with no code shared with jlstm or with tests/np_reference.py.
 Params are plain dicts of NumPy arrays keyed by the field names of jlstm's NamedTuples.
 
 Row-vector convention: ``pre = x @ W_x + h @ W_h + b``.

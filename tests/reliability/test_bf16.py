@@ -1,4 +1,4 @@
-"""bfloat16 end to end (RELIABILITY.md property 10; levanter#569, jax#22045).
+"""bfloat16 end to end (property 10 of docs/testing.md; levanter#569, jax#22045).
 
 ``dtype=jnp.bfloat16`` with ``param_dtype=jnp.bfloat16``: scan and grad run, outputs are
 bf16, gradients have the params' dtype, the carry keeps its dtype across steps and

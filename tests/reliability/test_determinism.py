@@ -1,4 +1,4 @@
-"""Determinism (RELIABILITY.md property 15): same key, same params; same gradients on a repeat;
+"""Determinism (property 15 of docs/testing.md): same key, same params; same gradients on a repeat;
 dropout repeats under the same key, differs under another, and is off without a key."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Golden values (RELIABILITY.md property 2).
+"""Golden values (property 2 of docs/testing.md).
 
 Fixed ``arange``-based weights on ``arange`` inputs; the expected outputs and final states
 were computed once by the float64 NumPy reference (``rel_reference.py``) and stored in

@@ -1,4 +1,4 @@
-"""Finite losses and gradients over 10,000 steps and on extreme inputs (property 11).
+"""Finite losses and gradients over 10,000 steps and on extreme inputs (property 11 of docs/testing.md).
 
 Default initialisation (no perturbation), H = 8, B = 2; the loss reads both the outputs
 and the final state, so gradients flow through all 10,000 steps.

@@ -1,6 +1,6 @@
 """Property tests over drawn shapes, dtypes, lengths and batch shapes (Hypothesis).
 
-RELIABILITY.md properties 1 (scan == a Python loop over ``cell.step``, per example),
+The reliability properties (docs/testing.md) 1 (scan == a Python loop over ``cell.step``, per example),
 5 (a padded batch == each sequence alone; zeros past the length; NaN padding changes
 nothing), 6 (reverse with lengths == reversing each valid prefix by hand) and 7 (edge
 sizes: T = 0, length 0 and T, hidden 1, batch 1, 0..2 batch dimensions). The examples

@@ -1,4 +1,4 @@
-"""Rematerialisation changes memory, never results (RELIABILITY.md property 12; jax#2139).
+"""Rematerialisation changes memory, never results (property 12 of docs/testing.md; jax#2139).
 
 ``remat`` in {None, "step", "segment", int (dividing T or not), True} gives the same
 outputs, final state and gradients as no remat, with lengths and reverse, for every cell

@@ -1,4 +1,4 @@
-"""No retracing: lengths and masks are data, not shapes (RELIABILITY.md property 9; jax#837).
+"""No retracing: lengths and masks are data, not shapes (property 9 of docs/testing.md; jax#837).
 
 A jitted function that calls jlstm with lengths must trace once, whatever the length values.
 """

@@ -1,4 +1,4 @@
-"""Initial states and chunking (RELIABILITY.md property 14).
+"""Initial states and chunking (property 14 of docs/testing.md).
 
 No initial state == zeros. Carrying the state across chunks == one long run, with and
 without lengths (each chunk gets the part of every length that falls inside it).

@@ -1,4 +1,15 @@
-"""fit: progress and per-epoch metrics, a learnable task, early stopping, restore-best, clipping, resume."""
+"""fit: progress and per-epoch metrics, a learnable task, early stopping, restore-best, clipping, resume;
+evaluate."""
+
+import fcntl
+import operator
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +19,7 @@ import pytest
 from jlstm.tasks import adding_problem, copy_first
 
 import jlstm
-from jlstm.train import dense_apply, dense_init, fit, losses
+from jlstm.train import Carry, dense_apply, dense_init, evaluate, fit, losses, progress
 
 ENC = jlstm.recurrent(jlstm.lstm(8))
 
@@ -33,8 +44,10 @@ def test_fit_learns_copy_first_and_reports_progress(capsys):
     params, opt_state, hist = fit(copy_loss, params, optax.adam(2e-2), train, epochs=3, eval_data=val,
                                   progress=True)
     out = capsys.readouterr()
-    assert "epoch 1/3" in out.err and "loss=" in out.err  # the tqdm bar
-    assert "epoch 3/3: train_loss=" in out.out and "eval_acc=" in out.out  # one summary line per epoch
+    # captured output is not a terminal: no bar, one plain summary line per epoch
+    lines = out.out.splitlines()
+    assert out.err == "" and "\r" not in out.out and len(lines) == 3, out
+    assert lines[2].startswith("epoch 3/3: train_loss=") and "eval_acc=" in lines[2] and "(15 steps, " in lines[2]
     assert hist.loss.shape == (45,) and hist.grad_norm.shape == (45,) and hist.steps["acc"].shape == (45,)
     assert np.all(np.isfinite(hist.grad_norm)) and np.all(hist.grad_norm > 0)
     assert [e["epoch"] for e in hist.epochs] == [1, 2, 3] and hist.epochs[-1]["step"] == 45
@@ -139,3 +152,143 @@ def test_bad_arguments():
     # a one-shot iterator is fine for a single epoch
     _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), iter([jnp.ones(2)] * 3), progress=False)
     assert hist.loss.shape == (3,)
+
+
+class Hinted:
+    """An iterable that knows its length only as a hint (``operator.length_hint``), like a sized stream."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __length_hint__(self):
+        return len(self.items)
+
+
+def _bar_totals(err: str) -> list[str]:
+    """The ``done/total`` counts a tqdm bar drew, e.g. ``['0/5', '5/5']`` (``'3'`` when it had no total)."""
+    return re.findall(r"epoch \d+/\d+: +(?:\d+%\|[^|]*\| )?(\d+(?:/\d+)?)", err)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ([jnp.ones(2)] * 3, "3/3"),                                  # a list: its len()
+    (Hinted([jnp.ones(2)] * 3), "3/3"),                          # a length hint
+    (lambda epoch: (jnp.ones(2) for _ in range(3)), "3"),       # a generator: no total
+])
+def test_the_bar_on_a_terminal_shows_the_known_total(monkeypatch, capsys, data, expected):
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    assert operator.length_hint(data, -1) != 0
+    fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), data, epochs=1, progress=True)
+    out = capsys.readouterr()
+    assert _bar_totals(out.err)[-1] == expected, out.err
+    assert out.out.startswith("epoch 1/1: train_loss=")     # the summary line, above the bar
+
+
+def test_steps_per_epoch_caps_an_endless_generator_and_gives_the_total(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+
+    def endless(epoch):
+        while True:
+            yield jnp.full(2, float(epoch))
+
+    _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), endless, epochs=2, steps_per_epoch=4)
+    assert hist.loss.shape == (8,) and [e["step"] for e in hist.epochs] == [4, 8]
+    assert _bar_totals(capsys.readouterr().err)[-1] == "4/4"
+    _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)] * 6, steps_per_epoch=4,
+                     progress=False)
+    assert hist.loss.shape == (4,)
+    with pytest.raises(ValueError, match="steps_per_epoch must be a positive int"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], steps_per_epoch=0)
+
+
+def test_progress_modes_epoch_lines_off_and_bad_values(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "interactive", lambda: True)    # "epoch" prints lines even on a terminal
+    eval_fn, _ = stalling_eval([2.0, 1.0, 1.5])
+    fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)] * 2, epochs=3, eval_fn=eval_fn,
+        monitor="eval_score", progress="epoch")
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert out.err == "" and len(lines) == 3
+    assert re.fullmatch(r"epoch 1/3: train_loss=\S+ train_grad_norm=\S+ eval_score=2 \(2 steps, \d+\.\d s\) \*",
+                        lines[0]), lines[0]
+    assert lines[1].endswith(" *") and not lines[2].endswith(" *")   # eval_score improved, then did not
+    for off in (False, "off", None):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], progress=off)
+        assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="progress must be"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], progress="verbose")
+
+
+def test_evaluate_equals_fits_evaluation():
+    def loss_fn(params, batch, key):
+        err = params["w"] - batch
+        return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
+
+    data = [jnp.ones(2), 3 * jnp.ones(2), jnp.array([0.0, 2.0])]
+    params, _, hist = fit(loss_fn, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], eval_data=data,
+                          progress=False)
+    got = evaluate(loss_fn, params, data)
+    assert set(got) == {"loss", "mae"} and all(isinstance(v, float) for v in got.values())
+    assert got["loss"] == pytest.approx(hist.epochs[-1]["eval_loss"]) and got["mae"] == pytest.approx(
+        hist.epochs[-1]["eval_mae"])
+    w = np.asarray(params["w"])
+    assert got["loss"] == pytest.approx(np.mean([np.mean((w - np.asarray(b)) ** 2) for b in data]), rel=1e-6)
+    assert evaluate(quad, {"w": jnp.zeros(2)}, iter([jnp.ones(2)]), jit=False) == {"loss": 2.0}
+    with pytest.raises(ValueError, match="no batches"):
+        evaluate(quad, {"w": jnp.zeros(2)}, [])
+
+
+def test_evaluate_carries_the_state():
+    """A stateful loss: the state counts the batches seen, so the metric shows it was carried."""
+    def loss_fn(params, state, batch, key):
+        return jnp.sum(params * 0) + state, state + 1.0, {"seen": state}
+
+    carry = Carry(lambda params, batch_shape: jnp.zeros(()), 1)
+    got = evaluate(loss_fn, jnp.zeros(2), [None, None, None, None], carry=carry)
+    assert got == {"loss": 1.5, "seen": 1.5}                     # states 0, 1, 2, 3
+
+
+FIT_SCRIPT = """
+import jax.numpy as jnp, optax
+from jlstm.train import fit
+quad = lambda params, batch, key: jnp.sum((params["w"] - batch) ** 2)
+fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)] * 30, epochs=2)
+"""
+
+
+def _run_fit_script(stdout: int) -> subprocess.Popen:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", FIT_SCRIPT], stdout=stdout, stderr=stdout, env=env)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal from Linux's pty")
+def test_a_log_file_gets_plain_lines_and_a_terminal_gets_the_bar(tmp_path):
+    """fit's default progress=True, in a real process: stdout and stderr to a file, then to a terminal."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        assert _run_fit_script(f.fileno()).wait(timeout=120) == 0
+    text = log.read_text()
+    assert "\r" not in text and "it/s" not in text and len(text.splitlines()) == 2, text
+    assert text.startswith("epoch 1/2: train_loss=") and "(30 steps, " in text
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # 100 columns
+    proc = _run_fit_script(terminal)
+    os.close(terminal)
+    out = b""
+    while chunk := _read(master):             # read as it comes: a full terminal would block the process
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    shown = out.decode()
+    assert "\r" in shown and "30/30 [" in shown and "it/s" in shown, shown      # the bar, with its total
+    assert "epoch 2/2: train_loss=" in shown
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:                 # EIO: the terminal's other end is closed and everything was read
+        return b""

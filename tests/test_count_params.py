@@ -1,0 +1,24 @@
+"""jlstm.count_params: the number of scalars in any parameter pytree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jlstm
+
+
+def test_counts_every_leaf_of_cells_layers_and_plain_pytrees():
+    I, H, P = 5, 7, 3
+    full = jlstm.lstm(H, peephole="full", proj_size=P).init(jax.random.key(0), I)
+    # w_x (I, 4H), w_h (P, 4H) (LSTMP: the recurrence reads the projection), b (4H), w_c (H, 3H), w_p (H, P)
+    assert jlstm.count_params(full) == I * 4 * H + P * 4 * H + 4 * H + H * 3 * H + H * P
+    assert jlstm.count_params(full) == sum(np.size(x) for x in jax.tree.leaves(full))
+    plain = jlstm.lstm(H).init(jax.random.key(0), I)       # w_c and w_p are None: they count nothing
+    assert plain.w_c is None and jlstm.count_params(plain) == I * 4 * H + H * 4 * H + 4 * H
+    gru = jlstm.gru(H).init(jax.random.key(0), I)
+    model = jlstm.stack(jlstm.recurrent(jlstm.gru(H)), jlstm.recurrent(jlstm.lstm(H)))
+    stacked = model.init(jax.random.key(0), I)
+    assert jlstm.count_params(stacked) == jlstm.count_params(gru) + jlstm.count_params(
+        jlstm.lstm(H).init(jax.random.key(1), H))
+    assert jlstm.count_params({"w": jnp.ones((2, 3)), "b": [np.zeros(4), 1.5], "none": None}) == 11
+    assert jlstm.count_params({}) == 0 and isinstance(jlstm.count_params(stacked), int)
