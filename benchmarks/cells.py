@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not a.out:
             return
         doc = {"suite": "cells", "device": device, "backend": jax.default_backend(), "versions": versions(),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "command": command, "cpu_count": os.cpu_count(), "note": a.note, "complete": done,
                "results": results, "speedups": speedups(results), "skipped": skipped}
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

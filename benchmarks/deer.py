@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     import jax
 
     I = 2  # the adding problem's (value, marker) inputs
-    results = {"header": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    results = {"header": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                           "jax": jax.__version__, "platform": platform.platform(), "batch": args.batch,
                           "input_size": I, "dtype": "float32", "timing": f"best of {args.repeats} after a warm-up",

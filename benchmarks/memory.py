@@ -202,7 +202,7 @@ def _header(device: str) -> dict:
             "backend": "gpu" if dev.platform == "gpu" else "cpu",
             "versions": {"jax": jax.__version__, "jaxlib": jax.__version__, "optax": optax.__version__,
                          "jlstm": jlstm.__version__, "python": platform.python_version()},
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def plot(path_json: str, path_png: str) -> None:

@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results, gpu))
     doc = {"suite": args.suite, "device": device, "backend": "gpu" if gpu else "cpu",
-           "versions": vers, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "versions": vers, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "repeats": args.repeats, "peephole": peephole, "host_cores": os.cpu_count(),
            "results": results, "skipped": skipped,
            "notes": "median_ms: median of repeats after one warm-up; compile_s: first call (compile + run); "

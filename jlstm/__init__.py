@@ -56,7 +56,7 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
 
 _SUBMODULES = (
     "checkpoint", "demo", "examples", "interop", "launch", "nnx", "parallel", "population", "streaming", "tasks",
-    "train",
+    "train", "xlstm",
 )
 
 

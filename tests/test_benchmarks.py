@@ -69,3 +69,17 @@ def test_train_long_runs_a_short_sequence_and_reports(tmp_path):
     result = train_long(["--length", "300", "--hidden", "8", "--out", str(out)])
     assert result["finite"] and result["T"] == 300 and result["temp_mib"] >= 0
     assert json.loads(out.read_text())["remat"] == "segment"
+
+
+def test_xlstm_blocks_times_every_form_and_the_package(tmp_path):
+    from benchmarks.xlstm_blocks import main as xlstm_blocks
+
+    out = tmp_path / "xlstm.json"
+    assert xlstm_blocks(["--lengths", "8", "--embedding", "8", "--heads", "2", "--repeats", "1", "--modes", "fwd",
+                         "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "xlstm_blocks" and "xlstm" in doc["versions"]
+    forms = {(r["block"], r["impl"], r["form"]) for r in doc["results"]}
+    assert forms == {("mlstm", "jlstm", f) for f in ("parallel", "chunkwise", "sequential")} | {
+        ("slstm", "jlstm", "sequential"), ("slstm", "xlstm", "vanilla")}
+    assert all(r["median_ms"] > 0 for r in doc["results"]) and len(doc["ratios"]) == 3

@@ -10,8 +10,7 @@ not take, as a fixed signature would.
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Mapping, NamedTuple, TypedDict
+from typing import Any, Mapping, NamedTuple, TypedDict, Unpack
 
 import jax.numpy as jnp
 
@@ -20,11 +19,6 @@ from jlstm.cells.initializers import Initializer
 from jlstm.core import checks as _checks
 from jlstm.core.math import canonical_dtype
 from jlstm.core.types import DTypeLike
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # pragma: no cover - Python 3.10
-    from typing_extensions import Unpack
 
 __all__ = ["CellOptions", "MinCellOptions", "Options", "Unpack", "resolve"]
 

@@ -11,7 +11,9 @@ nothing when torch or keras are not installed.
   :func:`to_keras_gru` (``LSTM``, ``GRU``, ``RNN(LSTMCell)``, ``Bidirectional``).
 * Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
   :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
-* xlstm (NX-AI): :func:`from_xlstm_slstm` (an ``sLSTMLayer`` as a jlstm model).
+* xlstm (NX-AI): :func:`from_xlstm_slstm` and :func:`from_xlstm_mlstm` (the layers),
+  :func:`from_xlstm_block`, :func:`from_xlstm_block_stack`, :func:`from_xlstm_lm` (an
+  ``xLSTMLMModel`` as a :class:`jlstm.train.LanguageModel`) and :func:`to_xlstm_block_stack`.
 """
 
 from jlstm.interop._flax import (
@@ -33,6 +35,8 @@ from jlstm.interop._torch import (
     torch_kwargs,
 )
 from jlstm.interop._xlstm import XLSTMSLSTMLayerParams, from_xlstm_slstm
+from jlstm.interop._xlstm_blocks import from_xlstm_block, from_xlstm_block_stack, from_xlstm_lm, from_xlstm_mlstm
+from jlstm.interop._xlstm_to import to_xlstm_block_stack
 
 __all__ = [
     "XLSTMSLSTMLayerParams",
@@ -44,6 +48,10 @@ __all__ = [
     "from_torch_gru",
     "from_torch_lstm",
     "from_torch_state",
+    "from_xlstm_block",
+    "from_xlstm_block_stack",
+    "from_xlstm_lm",
+    "from_xlstm_mlstm",
     "from_xlstm_slstm",
     "to_flax_carry",
     "to_flax_gru",
@@ -53,5 +61,6 @@ __all__ = [
     "to_torch_gru",
     "to_torch_lstm",
     "to_torch_state",
+    "to_xlstm_block_stack",
     "torch_kwargs",
 ]

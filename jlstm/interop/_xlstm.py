@@ -18,6 +18,9 @@ parameters, so it works for either backend's weights:
 * ``r[k] = recurrent_kernel[k].reshape(d, 4d)`` (external layout ``[heads, d, gates, d]``).
 * ``b = bias.transpose(1, 0, 2).reshape(4H)`` (external layout ``[heads, gates, d]``).
 * ``norm_scale = 1 + group_norm.weight`` (the layer stores a residual weight).
+
+With a causal conv (``conv1d_kernel_size > 0``) the i and f projections read ``silu(conv(x))``; the
+layer then converts into :func:`jlstm.xlstm.slstm_layer` (see ``jlstm/interop/_xlstm_blocks.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from jlstm.core.time import valid_steps
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._common import param_dtype, to_numpy
 from jlstm.layers.dropout import check_key, dropout
+from jlstm.xlstm.norms import multihead_norm
+from jlstm.xlstm.slstm import SLSTMLayerParams
 
 __all__ = ["XLSTMSLSTMLayerParams", "from_xlstm_slstm"]
 
@@ -51,16 +56,6 @@ class XLSTMSLSTMLayerParams(NamedTuple):
     cell: SLSTMParams
     norm_scale: jax.Array
     norm_bias: jax.Array | None
-
-
-def _group_norm(y: jax.Array, scale: jax.Array, bias: jax.Array | None, heads: int, eps: float) -> jax.Array:
-    """Normalise each head's units of ``y [..., H]`` to zero mean and unit variance, then scale."""
-    shape = y.shape
-    yh = y.reshape(shape[:-1] + (heads, shape[-1] // heads))
-    mean = yh.mean(-1, keepdims=True)
-    var = jnp.square(yh - mean).mean(-1, keepdims=True)
-    out = ((yh - mean) * jax.lax.rsqrt(var + eps)).reshape(shape) * scale
-    return out if bias is None else out + bias
 
 
 @renamed_keyword("dropout_rate", "output_dropout")
@@ -94,7 +89,7 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
         final, ys = scan(cell, params.cell, xs, state, lengths=lengths, mask=mask, time_major=time_major)
         if key is not None and output_dropout:
             ys = dropout(key, output_dropout, ys)
-        out = _group_norm(ys, params.norm_scale, params.norm_bias, num_heads, eps)
+        out = multihead_norm(ys, params.norm_scale, num_heads, eps, params.norm_bias)
         if lengths is not None or mask is not None:
             tm = ys if time_major else jnp.moveaxis(ys, -2, 0)
             m = mask if (mask is None or time_major) else jnp.moveaxis(jnp.asarray(mask), -1, 0)
@@ -108,8 +103,8 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
                          name=name, config=config)
 
 
-def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
-    """Convert an ``xlstm.sLSTMLayer`` (``conv1d_kernel_size=0``) into a jlstm model and params.
+def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams | SLSTMLayerParams]:
+    """Convert an ``xlstm.sLSTMLayer`` into a jlstm model and params.
 
     Args:
       layer: an ``xlstm.sLSTMLayer`` (either backend; its weights are read in their
@@ -117,13 +112,18 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
 
     Returns:
       ``(model, params)``: ``model.apply(params, xs)`` with time-major ``xs [T, B, E]``
-      equals ``layer(xs_bt)`` (batch-major) transposed to time-major, and its final
-      :class:`jlstm.SLSTMState` equals the layer's ``slstm_state`` ``(h, c, n, m)``. A
-      state from the layer goes in as ``jlstm.SLSTMState(*slstm_state)``.
+      equals ``layer(xs_bt)`` (batch-major) transposed to time-major.
+
+      Without a conv (``conv1d_kernel_size=0``) the params are :class:`XLSTMSLSTMLayerParams`
+      and the final state is a :class:`jlstm.SLSTMState` equal to the layer's ``slstm_state``
+      ``(h, c, n, m)``; a state from the layer goes in as ``jlstm.SLSTMState(*slstm_state)``.
+      With a conv the model is :func:`jlstm.xlstm.slstm_layer`: params
+      :class:`jlstm.xlstm.SLSTMLayerParams`, state :class:`jlstm.xlstm.SLSTMLayerState` (the
+      conv's window ``[B, K-1, E]``, the layer's ``conv_state``, and the cell's state).
 
     Raises:
       TypeError: ``layer`` is not an ``xlstm.sLSTMLayer``.
-      ValueError: the layer has a causal convolution, or a cell function other than sLSTM.
+      ValueError: the layer's cell computes another function than the sLSTM.
 
     Example::
 
@@ -141,14 +141,23 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
         raise TypeError(f"{where}: layer must be an xlstm sLSTMLayer, got {type(layer).__name__}; for an "
                         f"xLSTM block pass its .xlstm attribute.")
     cfg = layer.config
-    if cfg.conv1d_kernel_size:
-        raise ValueError(
-            f"{where}: the layer has a causal conv1d (conv1d_kernel_size={cfg.conv1d_kernel_size}) feeding "
-            f"its i and f gates, which jlstm's sLSTM does not have; build the layer with "
-            f"sLSTMLayerConfig(..., conv1d_kernel_size=0).")
     if cfg.function != "slstm":
         raise ValueError(f"{where}: the layer's cell computes function={cfg.function!r}; only 'slstm' is "
                          f"converted.")
+    if cfg.conv1d_kernel_size:
+        from jlstm.interop._xlstm_blocks import slstm_layer_from
+
+        return slstm_layer_from(layer, where)
+    cell_params, scale, bias, eps = slstm_weights(layer, where)
+    dt = cell_params.w_h.dtype
+    model = slstm_layer(int(cfg.embedding_dim), int(cfg.num_heads), eps=eps, norm_bias=bias is not None,
+                        output_dropout=float(cfg.dropout), param_dtype=dt)
+    return model, XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=scale, norm_bias=bias)
+
+
+def slstm_weights(layer: Any, where: str) -> tuple[SLSTMParams, jax.Array, jax.Array | None, float]:
+    """An ``sLSTMLayer``'s cell params (head-wise ``w_x``), its group norm's scale and bias, and its eps."""
+    cfg = layer.config
     heads, E = int(cfg.num_heads), int(cfg.embedding_dim)
     d = E // heads
     gates = []
@@ -173,13 +182,10 @@ def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams]:
         scale = 1.0 + scale if gn.residual_weight else scale
     bias = None if gn.bias is None else to_numpy(gn.bias, "group_norm.bias", where)
     dt = param_dtype(r_ext)
-    model = slstm_layer(E, heads, eps=float(gn.eps), norm_bias=bias is not None,
-                        output_dropout=float(cfg.dropout), param_dtype=dt)
     cell_params = SLSTMParams(
         w_x=jnp.asarray(np.concatenate(gates, axis=-1), dt),
         w_h=jnp.asarray(r_ext.reshape(heads, d, 4 * d), dt),
         b=jnp.asarray(np.transpose(b_ext, (1, 0, 2)).reshape(4 * E), dt),
     )
-    params = XLSTMSLSTMLayerParams(cell=cell_params, norm_scale=jnp.asarray(scale, dt),
-                                   norm_bias=None if bias is None else jnp.asarray(bias, dt))
-    return model, params
+    return (cell_params, jnp.asarray(scale, dt), None if bias is None else jnp.asarray(bias, dt),
+            float(gn.eps))

@@ -120,7 +120,8 @@ class Newton(Strategy):
         return self.method
 
     def _key(self) -> tuple:
-        fields = dataclasses.astuple(self) if self.init is None else None
+        # shallow (astuple would deep-copy the mesh); a warm start, an array, has no value hash
+        fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self)) if self.init is None else None
         return fields if fields is not None else (id(self),)
 
     def __eq__(self, other: object) -> bool:

@@ -113,8 +113,9 @@ def test_lengths_equal_the_layer_on_each_prefix():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="conv1d_kernel_size=0"):
-        interop.from_xlstm_slstm(slstm_layer.sLSTMLayer(slstm_layer.sLSTMLayerConfig(
-            embedding_dim=E, num_heads=NH, backend="vanilla", conv1d_kernel_size=4)))
+    # a layer with a conv converts too, into jlstm.xlstm.slstm_layer (tests/interop/test_xlstm_blocks.py)
+    _, params = interop.from_xlstm_slstm(slstm_layer.sLSTMLayer(slstm_layer.sLSTMLayerConfig(
+        embedding_dim=E, num_heads=NH, backend="vanilla", conv1d_kernel_size=4)))
+    assert isinstance(params, jlstm.xlstm.SLSTMLayerParams)
     with pytest.raises(TypeError, match="sLSTMLayer"):
         interop.from_xlstm_slstm(torch.nn.Linear(2, 2))
