@@ -290,8 +290,7 @@ def test_parallel_form_with_resets_equals_episodes_alone(name):
     resets = episodes.random_resets(np.random.default_rng(1), T, B, p=0.15,
                                     at=((0, 1), (5, 0), (6, 0), (T - 1, 2)))
     mask = np.random.default_rng(2).uniform(size=(T, B)) > 0.2
-    episodes.check_scan_against_episodes(cell, params, xs, resets, ("parallel",), state=h0,
-                                         lengths=jnp.array([T, 9, 14]))
-    episodes.check_scan_against_episodes(cell, params, xs, resets, ("parallel",), state=h0, mask=jnp.asarray(mask))
-    episodes.check_scan_against_episodes(cell, params, xs, resets, ("parallel",), state=h0,
-                                         lengths=jnp.array([T, 9, 14]), reverse=True)
+    # minGRU with a mask, minLSTM with lengths and reverse (the form's code is shared: linear_form)
+    ragged = ({"mask": jnp.asarray(mask)} if name == "min_gru"
+              else {"lengths": jnp.array([T, 9, 14]), "reverse": True})
+    episodes.check_scan_against_episodes(cell, params, xs, resets, ("parallel",), state=h0, **ragged)
