@@ -30,6 +30,7 @@ from jlstm.cells.options import CellOptions, MinCellOptions
 from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
+from jlstm.core.linear import linear_recurrence
 from jlstm.core.loop import time_loop
 from jlstm.core.params import count_params
 from jlstm.core.time import reverse_index
@@ -109,6 +110,7 @@ __all__ = [
     "default_unroll",
     "gru",
     "layer_norm_lstm",
+    "linear_recurrence",
     "lstm",
     "lstm_sequence",
     "make_cell",

@@ -1,8 +1,8 @@
 """minGRU and minLSTM: a NumPy transcription, the parallel form against the step loop, long
 sequences with saturated gates, every layer, and the reference package minGRU_pytorch."""
 
-import functools
 
+import episodes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +11,6 @@ from jax.test_util import check_grads
 from np_reference import run, sigmoid
 
 import jlstm
-from jlstm.core.linear import linear_recurrence
 
 # one compiled program per call signature (eager scans dispatch, and compile, op by op)
 scan = jax.jit(jlstm.scan, static_argnums=0,
@@ -166,20 +165,6 @@ def test_min_lstm_gates_below_sigmoid_underflow():
         assert bool(jnp.isfinite(ys).all())
 
 
-@pytest.mark.parametrize("T_", [1, 37, 64])
-def test_linear_recurrence_blocked_and_associative_match_a_loop(T_):
-    rng = np.random.default_rng(T_)
-    a, b, h0 = rng.random((T_, 2, 3)), rng.normal(size=(T_, 2, 3)), rng.normal(size=(2, 3))
-    h, want = h0, []
-    for t in range(T_):
-        h = a[t] * h + b[t]
-        want.append(h)
-    for associative in (False, True) if T_ == 37 else (False,):  # XLA:CPU compiles associative_scan slowly
-        a32, b32, h32 = (jnp.asarray(v, jnp.float32) for v in (a, b, h0))
-        got = jax.jit(functools.partial(linear_recurrence, associative=associative))(a32, b32, h32)
-        np.testing.assert_allclose(got, np.stack(want), atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("name", CELLS)
 def test_jit_vmap_and_auto(name):
     cell, params, xs, h0 = _setup(name)
@@ -295,3 +280,17 @@ def test_matches_minGRU_pytorch(name):
     with jax.enable_x64(True):
         _, y1 = cell.step(params, type(final)(h=jnp.asarray(h.numpy()[:, 0])), xs[0])
     np.testing.assert_allclose(y1, out1.numpy()[:, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_parallel_form_with_resets_equals_episodes_alone(name):
+    """Resets at step 0, on consecutive steps and at random ones; the state argument is not zero, so
+    a reset must start from the cell's initial state (zeros), not from it."""
+    cell, params, xs, h0 = _setup(name)
+    resets = episodes.random_resets(np.random.default_rng(1), T, B, p=0.15,
+                                    at=((0, 1), (5, 0), (6, 0), (T - 1, 2)))
+    mask = np.random.default_rng(2).uniform(size=(T, B)) > 0.2
+    # minGRU with a mask, minLSTM with lengths and reverse (the form's code is shared: linear_form)
+    ragged = ({"mask": jnp.asarray(mask)} if name == "min_gru"
+              else {"lengths": jnp.array([T, 9, 14]), "reverse": True})
+    episodes.check_scan_against_episodes(cell, params, xs, resets, ("parallel",), state=h0, **ragged)

@@ -5,8 +5,10 @@ final states and gradients, with lengths, masks and reverse; and the layers, str
 checkpoints must work with the cell.
 """
 
+import functools
 import math
 
+import episodes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -303,3 +305,68 @@ def test_equal_configs_and_clear_errors():
         jlstm.mlstm_core(q, q, q, jnp.ones((4, 2, 1)), jnp.ones((4, 2)))
     with pytest.raises(ValueError, match="method='fast'"):
         jlstm.mlstm_core(q, q, q, jnp.ones((4, 2)), jnp.ones((4, 2)), method="fast")
+
+
+# --------------------------------------------------------------------------------------------
+# Resets inside a sequence: every form against each episode run alone (tests/episodes.py)
+
+RT = 12
+# resets on the borders of chunks of 4 (4, 8) and of 5 (5, 10), inside chunks (6, 11), at step 0, and on
+# consecutive steps
+RESETS = episodes.random_resets(np.random.default_rng(7), RT, 3, p=0.1,
+                                at=((4, 0), (8, 0), (6, 1), (0, 1), (10, 1), (11, 1), (5, 2), (10, 2)))
+# a chunk size that divides T and one that does not; "sequential" (the step loop) is the scan's own, and
+# mlstm_core's sequential form is checked below
+RESET_METHODS = ("parallel", jlstm.Chunkwise(chunk_size=4), jlstm.Chunkwise(chunk_size=5))
+
+
+def _reset_data(seed=11):
+    cell, p, _ = _data(jnp.float32, seed=seed)
+    xs = jnp.asarray(np.random.default_rng(seed).normal(size=(RT, 3, I)), jnp.float32)
+    s0 = cell.initial_state(p, 3)
+    s0 = jlstm.MLSTMState(s0.C + 0.3, s0.n + 0.2, jnp.zeros_like(s0.m))  # not the zero state: resets ignore it
+    return cell, p, xs, s0
+
+
+def test_resets_every_form_equals_episodes_alone_with_lengths():
+    cell, p, xs, s0 = _reset_data()
+    episodes.check_scan_against_episodes(cell, p, xs, RESETS, RESET_METHODS, state=s0,
+                                         lengths=jnp.array([RT, 9, 11]))
+
+
+def test_resets_with_mask_and_with_reverse():
+    cell, p, xs, s0 = _reset_data(12)
+    mask = np.random.default_rng(3).uniform(size=(RT, 3)) > 0.25
+    episodes.check_scan_against_episodes(cell, p, xs, RESETS, ("parallel",), state=s0, mask=jnp.asarray(mask))
+    episodes.check_scan_against_episodes(cell, p, xs, RESETS, (jlstm.Chunkwise(chunk_size=5),), state=s0,
+                                         lengths=jnp.array([RT, 9, 11]), reverse=True)
+
+
+def test_core_resets_equal_episodes_alone_at_saturated_gates():
+    """mlstm_core with resets, each method, against the NumPy matrix form run on each episode alone,
+    with forget gates at ±30 and input gates up to 20: exact cuts, finite gradients."""
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(a, jnp.float32) for a in rng.normal(size=(3, RT, 2, NH, 4)))
+    i_pre = jnp.asarray(rng.uniform(-5, 20, size=(RT, 2, NH)), jnp.float32)
+    f_pre = jnp.asarray(rng.choice([-30.0, 30.0, 0.5], size=(RT, 2, NH)), jnp.float32)
+    resets = jnp.asarray(RESETS[:, :2])
+    want = np.zeros(q.shape)
+    for b, h in np.ndindex(2, NH):
+        for ep in episodes.episodes_of(RESETS[:, b], np.ones(RT, bool)):
+            sl = slice(ep[0], ep[-1] + 1)
+            args = (np.asarray(a[sl, b, h], np.float64) for a in (q, k, v, i_pre, f_pre))
+            want[sl, b, h] = np_core_parallel(*args)
+    for method, size in (("parallel", 64), ("chunkwise", 4), ("chunkwise", 5), ("sequential", 64)):
+        run = functools.partial(core, method=method, chunk_size=size, resets=resets)
+        np.testing.assert_allclose(run(q, k, v, i_pre, f_pre), want, atol=2e-5, rtol=2e-5, err_msg=method)
+        grads = jax.grad(lambda *a: jnp.sum(jnp.sin(run(*a))), argnums=(0, 3, 4))(q, k, v, i_pre, f_pre)
+        assert all(bool(jnp.isfinite(g).all()) for g in grads), method
+
+
+def test_core_resets_errors():
+    q = jnp.ones((4, 2, 1, 3))
+    g = jnp.ones((4, 2, 1))
+    with pytest.raises(ValueError, match=r"resets must be a bool array of shape \(4, 2\)"):
+        jlstm.mlstm_core(q, q, q, g, g, resets=jnp.zeros((4, 2), jnp.int32))
+    with pytest.raises(ValueError, match=r"resets must be a bool array of shape \(4, 2\)"):
+        jlstm.mlstm_core(q, q, q, g, g, resets=jnp.zeros((4,), bool))

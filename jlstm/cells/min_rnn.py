@@ -22,15 +22,17 @@ Both forms compute the coefficients ``(a_t, b_t)`` with the same function, from 
 that are exact in float32 at pre-activations of ±50 and beyond, so neither overflows:
 
 * ``step`` (and ``method="sequential"``): ``h = a ⊙ h + b``, one step at a time.
-* ``method="parallel"``: :func:`linear_recurrence` composes the pairs ``(a, b)`` over the
-  whole sequence. The composition cannot overflow (``0 < a ≤ 1`` and the weights of the
-  ``b`` sum to at most 1), so it needs no logarithms, and the initial state, which enters
-  linearly, may have any sign (the log-space form of the paper and of ``minGRU_pytorch``
-  needs ``h_0 > 0``).
+* ``method="parallel"``: :func:`jlstm.linear_recurrence` composes the pairs ``(a, b)`` over the
+  whole sequence (the cells declare them as ``CellFast.linear``; :func:`jlstm.core.linear.linear_form`
+  turns that into the form, resets included: a reset sets ``a_t = 0``). The composition cannot
+  overflow (``0 < a ≤ 1`` and the weights of the ``b`` sum to at most 1), so it needs no
+  logarithms, and the initial state, which enters linearly, may have any sign (the log-space
+  form of the paper and of ``minGRU_pytorch`` needs ``h_0 > 0``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -40,12 +42,10 @@ from jlstm.cells import initializers as _initializers
 from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import MinCellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
-from jlstm.core.linear import linear_recurrence
+from jlstm.core.linear import linear_form
 from jlstm.core.math import carry_dtype, matmul, output
 from jlstm.core.plan import current_plan
 from jlstm.core.types import Cell, CellConfig, batch_tuple
-
-"""On GPU and TPU, ``method="auto"`` takes the parallel form from this many steps on."""
 
 
 class MinGRUParams(NamedTuple):
@@ -106,33 +106,6 @@ def _lstm_coeffs(xp: jax.Array) -> tuple[jax.Array, jax.Array]:
     return f_norm, i_norm * g(k_h)
 
 
-def _parallel_form(project: Callable, coeffs: Callable, state_type: type, dtype) -> Callable:
-    """The ``"parallel"`` method of :func:`jlstm.scan` for a min cell."""
-
-    def parallel(params, xs, state, valid, *, unroll=None, remat=None):
-        del unroll  # no loop over single steps to unroll
-
-        def run(params, xs, h0, valid):
-            xp = project(params, xs)
-            wide = jnp.promote_types(xp.dtype, h0.dtype)
-            a, b = coeffs(xp.astype(wide))
-            if valid is not None:  # a padded or masked step keeps h: a = 1, b = 0
-                v = valid[..., None]
-                a = jnp.where(v, a, jnp.ones((), wide))
-                b = jnp.where(v, b, jnp.zeros((), wide))
-            hs = linear_recurrence(a, b, h0.astype(wide))
-            final = hs[-1] if hs.shape[0] else h0.astype(wide)
-            ys = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), wide))
-            return final.astype(h0.dtype), output(ys, dtype)
-
-        if remat is not None:  # one checkpoint around the whole form: the backward pass recomputes it
-            run = jax.checkpoint(run)
-        final, ys = run(params, xs, state.h, valid)
-        return state_type(h=final), ys
-
-    return parallel
-
-
 def _auto(T: int) -> str:
     """The plan's choice: sequential on CPU (the parallel form measured 0.8-1.25x its speed there),
     parallel on accelerators from ``plan.parallel_from_T`` steps."""
@@ -179,21 +152,23 @@ def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state
         h_new = a * h.astype(wide) + b
         return state_type(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    parallel = _parallel_form(project, coeffs, state_type, dtype)
-    return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
-                     output_size=H, name=where, config=config, check=check,
-                     methods=(("parallel", parallel),), auto_method=_auto,
+    cell = make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
+                     output_size=H, name=where, config=config, check=check, auto_method=_auto,
                      step_decoupled=step_projected,   # already elementwise in h
-                     output_of_state=h_output)
+                     output_of_state=h_output, linear=lambda params, xp: coeffs(xp))
+    # the parallel form: jlstm.linear_recurrence over the declared coefficients
+    fast = cell.fast
+    assert fast is not None  # make_cell always builds one
+    return dataclasses.replace(cell, fast=fast._replace(methods=(("parallel", linear_form(cell)),)))
 
 
 def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
     """Build a minGRU cell (see the module docstring for the equations).
 
     ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"`` (a loop over the step),
-    ``"parallel"`` (:func:`linear_recurrence` over the whole sequence) or ``"auto"``
+    ``"parallel"`` (:func:`jlstm.linear_recurrence` over the whole sequence) or ``"auto"``
     (sequential on CPU, where it measured about as fast; parallel from T = 32 on GPU and TPU). Both
-    forms compute the same function, with lengths, masks and reverse, and agree at T = 100,000
+    forms compute the same function, with lengths, masks, resets and reverse, and agree at T = 100,000
     with gate pre-activations of ±50. There is no recurrent matmul, so recurrent dropout
     raises an error.
 

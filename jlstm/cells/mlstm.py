@@ -39,6 +39,7 @@ from jlstm.cells.make_cell import make_cell
 from jlstm.core import checks as _checks
 from jlstm.core.loop import time_loop
 from jlstm.core.math import carry_dtype, cell_sizes, matmul, output
+from jlstm.core.time import join_blocks, split_blocks
 from jlstm.core.types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
 
 NO_MEMORY = -1e30
@@ -94,16 +95,33 @@ def _step(state: MLSTMState, q, k, v, log_f, ig, eps: float) -> tuple[MLSTMState
     return MLSTMState(C, n, m_new), h
 
 
-def _block_outputs(q, k, v, log_f, ig, state: MLSTMState, eps: float) -> jax.Array:
-    """The parallel form over one block of L steps, starting from ``state``: h [L, ..., heads, d]."""
+def _segments(resets: jax.Array | None, L: int) -> jax.Array | None:
+    """The count of resets up to and including each step, ``[L, *batch, 1]`` (broadcasts over heads):
+    steps ``s <= t`` share a segment (no reset in ``(s, t]``) exactly where their counts are equal."""
+    return None if resets is None else jnp.cumsum(resets[..., None].astype(jnp.int32), axis=0)
+
+
+def _block_outputs(q, k, v, log_f, ig, state: MLSTMState, eps: float,
+                   resets: jax.Array | None = None) -> jax.Array:
+    """The parallel form over one block of L steps, starting from ``state``: h [L, ..., heads, d].
+
+    With ``resets`` ([L, *batch]) the decay matrix is cut at every reset: an entry ``(t, s)`` with a
+    reset in ``(s, t]``, and the carried state from the first reset on, are masked out (weight 0).
+    """
     L = q.shape[0]
     # time moves next to the feature axis, so the products below are batched matmuls
     q, k, v = (jnp.moveaxis(a, 0, -2) for a in (q, k, v))  # [..., heads, L, d]
     F = jnp.cumsum(jnp.moveaxis(log_f, 0, -1), axis=-1)  # F_t = Σ_{r<=t} log f_r, [..., heads, L]
     ig = jnp.moveaxis(ig, 0, -1)
     log_d = F[..., :, None] - F[..., None, :] + ig[..., None, :]  # [..., t, s]: Σ_{s<r<=t} log f_r + ĩ_s
-    log_d = jnp.where(jnp.tril(jnp.ones((L, L), bool)), log_d, -jnp.inf)
+    keep = jnp.tril(jnp.ones((L, L), bool))
     log_g = F + state.m[..., None]  # decay of the carried state up to t
+    count = _segments(resets, L)
+    if count is not None:
+        count = jnp.moveaxis(count, 0, -1)  # [..., 1, L]
+        keep = keep & (count[..., :, None] == count[..., None, :])
+        log_g = jnp.where(count > 0, -jnp.inf, log_g)
+    log_d = jnp.where(keep, log_d, -jnp.inf)
     m_row = jnp.maximum(jnp.max(log_d, axis=-1), log_g)
     shift = _finite(m_row)
     scores = (q @ jnp.swapaxes(k, -1, -2)) * jnp.exp(log_d - shift[..., None])
@@ -114,11 +132,16 @@ def _block_outputs(q, k, v, log_f, ig, state: MLSTMState, eps: float) -> jax.Arr
     return jnp.moveaxis(h, -2, 0)
 
 
-def _block_state(k, v, log_f, ig, state: MLSTMState) -> MLSTMState:
-    """The state after one block of steps, from ``state`` at its start."""
+def _block_state(k, v, log_f, ig, state: MLSTMState, resets: jax.Array | None = None) -> MLSTMState:
+    """The state after one block of steps, from ``state`` at its start (after the block's last reset,
+    from the zero state)."""
     F = jnp.cumsum(log_f, axis=0)
     log_w = F[-1] - F + ig  # weight of step s in the final state
     log_g = F[-1] + state.m
+    count = _segments(resets, k.shape[0])
+    if count is not None:  # only the steps from the last reset on, and no carried state after a reset
+        log_w = jnp.where(count == count[-1], log_w, -jnp.inf)
+        log_g = jnp.where(count[-1] > 0, -jnp.inf, log_g)
     m_end = jnp.maximum(jnp.max(log_w, axis=0), log_g)
     shift = _finite(m_end)
     w = jnp.exp(log_w - shift)
@@ -128,26 +151,25 @@ def _block_state(k, v, log_f, ig, state: MLSTMState) -> MLSTMState:
     return MLSTMState(C, n, m_end)
 
 
-def _parallel(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
-    h = _block_outputs(q, k, v, log_f, ig, state, eps)
-    return h, _block_state(k, v, log_f, ig, state)
+def _parallel(q, k, v, log_f, ig, state, eps, chunk_size, unroll, resets):
+    h = _block_outputs(q, k, v, log_f, ig, state, eps, resets)
+    return h, _block_state(k, v, log_f, ig, state, resets)
 
 
-def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
+def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll, resets):
     T, L = q.shape[0], chunk_size
-    n_chunks = -(-T // L)
-    pad = n_chunks * L - T
-    if pad:
-        def widen(a, fill):
-            return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)])
-
-        q, k, v, log_f = (widen(a, 0.0) for a in (q, k, v, log_f))
-        ig = widen(ig, -jnp.inf)
-    q, k, v, log_f, ig = (a.reshape((n_chunks, L) + a.shape[1:]) for a in (q, k, v, log_f, ig))
+    # padding steps keep the state: log f = 0, input gate −inf, no reset
+    q, k, v, log_f = (split_blocks(a, L, 0.0) for a in (q, k, v, log_f))
+    ig = split_blocks(ig, L, -jnp.inf)
+    flags = None if resets is None else split_blocks(resets, L, False)
     zero = _zero_state_like(state)
-    # 1. each chunk's own contribution to the state at its end (from the zero state)
-    local = jax.vmap(lambda k_, v_, f_, i_: _block_state(k_, v_, f_, i_, zero))(k, v, log_f, ig)
+    # 1. each chunk's own contribution to the state at its end (from the zero state; after a reset
+    #    inside the chunk, from that reset on)
+    local = jax.vmap(lambda k_, v_, f_, i_, r_: _block_state(k_, v_, f_, i_, zero, r_))(k, v, log_f, ig, flags)
+    # the decay of the state carried into a chunk: cut (−inf, weight 0) when the chunk holds a reset
     decay = jnp.sum(log_f, axis=1)
+    if flags is not None:
+        decay = jnp.where(jnp.any(flags, axis=1)[..., None], -jnp.inf, decay)
 
     # 2. the state at each chunk's start: a short loop over chunks
     def carry(s: MLSTMState, inp):
@@ -161,18 +183,19 @@ def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
 
     final, starts = jax.lax.scan(carry, state, (decay, local), unroll=unroll)
     # 3. every chunk's outputs from its start state, all chunks at once
-    h = jax.vmap(lambda q_, k_, v_, f_, i_, s_: _block_outputs(q_, k_, v_, f_, i_, s_, eps))(
-        q, k, v, log_f, ig, starts)
-    return h.reshape((n_chunks * L,) + h.shape[2:])[:T], final
+    h = jax.vmap(lambda q_, k_, v_, f_, i_, s_, r_: _block_outputs(q_, k_, v_, f_, i_, s_, eps, r_))(
+        q, k, v, log_f, ig, starts, flags)
+    return join_blocks(h, T), final
 
 
-def _sequential(q, k, v, log_f, ig, state, eps, chunk_size, unroll):
+def _sequential(q, k, v, log_f, ig, state, eps, chunk_size, unroll, resets):
     def step(s, inp):
         q_, k_, v_, f_, i_ = inp
         return _step(s, q_, k_, v_, f_, i_, eps)
 
     # invalid steps already carry log f = 0 and ĩ = −inf, which keep the state
-    final, h = time_loop(step, state, (q, k, v, log_f, ig), None, unroll=unroll)
+    final, h = time_loop(step, state, (q, k, v, log_f, ig), None, unroll=unroll, resets=resets,
+                         reset_state=None if resets is None else _zero_state_like(state))
     return h, final
 
 
@@ -223,6 +246,18 @@ def _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, wh
         check_state(state, q.shape[1:-2], q.shape[-2], q.shape[-1], where)
 
 
+def _check_resets(resets: Any, shape: tuple[int, ...], valid: jax.Array | None, where: str) -> jax.Array | None:
+    """``resets`` checked (bool ``[T, *batch]``) and cleared at invalid steps."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype") or resets.dtype != jnp.bool_ or tuple(resets.shape) != tuple(shape):
+        raise ValueError(f"{where}: resets must be a bool array of shape {tuple(shape)} ([T, *batch], True = the "
+                         f"state restarts from zero before this step), got "
+                         f"{getattr(resets, 'dtype', type(resets).__name__)} "
+                         f"{tuple(getattr(resets, 'shape', ()))}.")
+    return resets if valid is None else resets & valid
+
+
 def check_state(state: Any, batch: tuple[int, ...], heads: int, d: int, where: str) -> None:
     """Check an :class:`MLSTMState` against a batch shape, a head count and a head size."""
     _checks.check_type("state", state, MLSTMState, where,
@@ -250,6 +285,7 @@ def mlstm_core(
     state: MLSTMState | None = None,
     return_state: bool = False,
     unroll: Union[int, bool] = 1,
+    resets: jax.Array | None = None,
 ) -> Union[jax.Array, tuple[jax.Array, MLSTMState]]:
     """The mLSTM's matrix-memory recurrence over a whole sequence, time-major.
 
@@ -271,6 +307,12 @@ def mlstm_core(
         Every form folds it in exactly.
       return_state: also return the final state.
       unroll: loop unrolling of the sequential form and of the chunkwise form's loop over chunks.
+      resets: optional bool ``[T, *batch]``. Where True, the state entering the step is the zero
+        state (``C = 0``, ``n = 0``, ``m = -1e30``), not the carried one nor ``state``. Every form
+        cuts exactly: the parallel form masks the decay entries ``(t, s)`` with a reset in
+        ``(s, t]`` (from a cumulative count of resets, no large negative gate), the chunkwise form
+        also drops the state carried into a chunk that holds a reset. A reset at an invalid step
+        is ignored.
 
     Returns:
       ``h`` of shape ``[T, *batch, heads, d]``, or ``(h, final_state)``.
@@ -286,6 +328,7 @@ def mlstm_core(
     """
     where = "jlstm.mlstm_core"
     _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, where)
+    resets = _check_resets(resets, q.shape[:-2], valid, where)
     dtype = jnp.result_type(q, k, v, i_pre, f_pre, *(jax.tree.leaves(state) if state is not None else ()))
     q, k, v, i_pre, f_pre = (a.astype(dtype) for a in (q, k, v, i_pre, f_pre))
     T, batch, heads, d = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
@@ -304,7 +347,7 @@ def mlstm_core(
     if T == 0:
         h, final = jnp.zeros(q.shape, dtype), start
     else:
-        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll)
+        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll, resets)
     if valid is not None:
         h = jnp.where(valid[..., None, None], h, jnp.zeros((), h.dtype))
     return (h, final) if return_state else h
@@ -454,14 +497,14 @@ def _form(cfg: CellConfig, method: str):
     """The cell's whole-sequence form ``method`` ("parallel" or "chunkwise") for :func:`jlstm.scan`."""
 
     def run(params: MLSTMParams, xs: jax.Array, state: MLSTMState, valid: jax.Array | None, *,
-            unroll: Union[int, bool] = 1, remat: Any = None,
-            chunk_size: int | None = None) -> tuple[MLSTMState, jax.Array]:
+            unroll: Union[int, bool] = 1, remat: Any = None, chunk_size: int | None = None,
+            resets: jax.Array | None = None) -> tuple[MLSTMState, jax.Array]:
         size = cfg.chunk_size if chunk_size is None else chunk_size
 
         def core(params, xs, state):
             q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.C.dtype)
             h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=size, eps=cfg.eps,
-                                  valid=valid, state=state, return_state=True, unroll=unroll)
+                                  valid=valid, state=state, return_state=True, unroll=unroll, resets=resets)
             y = jax.nn.sigmoid(o) * h
             return final, output(y.reshape(y.shape[:-2] + (cfg.hidden_size,)), cfg.dtype)
 

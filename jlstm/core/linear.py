@@ -14,7 +14,8 @@ compiles several times faster). The associative element is the map ``(A, b)``; t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jax import lax
 
 from jlstm.core.plan import current_plan
 from jlstm.core.time import block_count, join_blocks, split_blocks, sqrt_length
+from jlstm.core.types import Cell
 
 
 class Algebra(NamedTuple):
@@ -116,26 +118,242 @@ def reverse_affine_scan(alg: Algebra, A: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.flip(affine_scan(alg, jnp.flip(A, 0), jnp.flip(b, 0)), 0)
 
 
-def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *,
+# --------------------------------------------------------------------------------------------
+# The public diagonal recurrence h_t = a_t ⊙ h_{t-1} + b_t
+
+
+LINEAR_METHODS = ("auto", "loop", "blocked", "associative")
+LOOP_UP_TO = 16
+"""``method="auto"`` takes the plain loop up to this many steps (a blocked or associative scan has
+nothing to gain on so few)."""
+
+
+def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array | None = None, *,
+                      resets: jax.Array | None = None, reverse: bool = False, method: str = "auto",
                       associative: bool | None = None) -> jax.Array:
-    """All ``h_t = a_t h_{t-1} + b_t`` along axis 0, from ``h0`` (any sign): ``[T, ...]``.
+    """All ``h_t = a_t ⊙ h_{t-1} + b_t`` along axis 0 (time), from ``h0``: ``[T, ...]``, differentiable.
 
-    Two evaluations of the compositions ``(A, B) ∘ (a, b) = (A a, B a + b)``:
+    Args:
+      a: the decays, ``[T, ...]`` or anything that broadcasts to ``b.shape`` (NumPy rules: a
+        number, or ``a[:, None]`` for one decay per step). Floating or complex.
+      b: the inputs, ``[T, ...]``; floating or complex.
+      h0: the state before the first step (``None``: zeros); broadcasts to ``b.shape[1:]``.
+      resets: optional bool ``[T]`` or ``[T, *lead]`` (a prefix of ``b.shape``, e.g. ``[T, batch]``
+        for ``b`` of ``[T, batch, D]``): True marks the first step of a segment. The recurrence
+        restarts from zero there: ``h_t = b_t`` (``h_{t-1}`` and ``a_t`` are dropped). ``h0``
+        reaches only the first segment.
+      reverse: run from the end, ``h_t = a_t ⊙ h_{t+1} + b_t`` with ``h0`` entering at the last
+        step. ``resets`` keep their meaning in the original order (segment starts), so each
+        segment runs backwards within itself: where ``resets[t + 1]`` is True, step ``t`` ends its
+        segment and ``h_t = b_t``. Discounted returns over episodes are
+        ``linear_recurrence(γ·(1 - done), rewards, reverse=True)``, or with the episode starts
+        as ``resets``: ``linear_recurrence(γ, rewards, resets=starts, reverse=True)``.
+      method: ``"loop"`` (``lax.scan``, T sequential steps), ``"blocked"`` (blocks of about √T
+        steps: three loops of √T), ``"associative"`` (``lax.associative_scan``, depth O(log T)) or
+        ``"auto"``: the loop up to :data:`LOOP_UP_TO` steps, else the backend's routing table
+        (:func:`jlstm.core.plan.current_plan`: blocked on CPU, associative on GPU and TPU).
+      associative: deprecated; ``True`` is ``method="associative"``, ``False`` ``method="blocked"``.
 
-    * ``associative=True``: ``lax.associative_scan`` over all T steps, depth ``O(log T)``;
-      the default on GPU and TPU.
-    * ``associative=False`` (the default on CPU): blocks of about √T steps. A loop of √T
-      steps composes every block at once (vectorised over the blocks), a loop over the
-      blocks carries ``h`` from block to block, and a last loop of √T steps fills the blocks
-      in from their starting states, again all blocks at once. XLA:CPU takes seconds to
-      compile ``associative_scan`` for any T and runs it slower than this.
+    Returns:
+      ``h`` of ``b``'s shape, in the dtype ``a``, ``b`` and ``h0`` promote to. All methods give the
+      same values to rounding, and gradients with respect to ``a``, ``b`` and ``h0``.
+
+    Example:
+      >>> a = jnp.full((5, 2), 0.5)
+      >>> b = jnp.ones((5, 2))
+      >>> resets = jnp.array([False, False, True, False, False])
+      >>> jlstm.linear_recurrence(a, b, resets=resets)[:, 0]
+      Array([1.  , 1.5 , 1.  , 1.5 , 1.75], dtype=float32)
+      >>> jlstm.linear_recurrence(a, b, resets=resets, reverse=True)[:, 0]
+      Array([1.5 , 1.  , 1.75, 1.5 , 1.  ], dtype=float32)
     """
-    if associative is None:
-        associative = current_plan().associative
-    T = a.shape[0]
-    h0 = jnp.broadcast_to(h0, a.shape[1:]).astype(b.dtype)
-    if T == 0:
+    where = "jlstm.linear_recurrence"
+    method = _legacy_method(method, associative, where)
+    a, b, h0, resets = _check_linear(a, b, h0, resets, reverse, method, where)
+    if b.shape[0] == 0:
         return b
-    if associative:  # h0 folded into the first step, as affine_scan expects
-        return affine_scan(Algebra(dense=False), a, b.at[0].add(a[0] * h0), associative=True)
-    return blocked_affine_scan(Algebra(dense=False), a, b, h0)
+    if resets is not None:
+        r = resets.reshape(resets.shape + (1,) * (b.ndim - resets.ndim))
+        if reverse:  # step t ends a segment where step t + 1 starts the next one
+            r = jnp.concatenate([r[1:], jnp.zeros_like(r[:1])])
+        a = jnp.where(r, jnp.zeros((), a.dtype), a)
+    if reverse:
+        a, b = jnp.flip(a, 0), jnp.flip(b, 0)
+    h = _solve(a, b, h0, method)
+    return jnp.flip(h, 0) if reverse else h
+
+
+def _solve(a: jax.Array, b: jax.Array, h0: jax.Array, method: str) -> jax.Array:
+    """``h_t = a_t h_{t-1} + b_t`` forwards by ``method`` (``a``, ``b`` of one shape, T >= 1)."""
+    if method == "auto":
+        method = "loop" if b.shape[0] <= LOOP_UP_TO else "associative" if current_plan().associative else "blocked"
+    diag = Algebra(dense=False)
+    if method == "blocked":
+        return blocked_affine_scan(diag, a, b, h0)
+    if method == "associative":  # h0 folded into the first step, as affine_scan expects
+        return affine_scan(diag, a, b.at[0].add(a[0] * h0), associative=True)
+
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return lax.scan(step, h0, (a, b))[1]
+
+
+def _legacy_method(method: Any, associative: bool | None, where: str) -> Any:
+    """``method`` from the deprecated ``associative=`` flag, with a ``DeprecationWarning``."""
+    if associative is None:
+        return method
+    if method != "auto":
+        raise TypeError(f"{where}: got both method={method!r} and associative={associative!r}, its deprecated "
+                        f"former spelling; pass only method=.")
+    new = "associative" if associative else "blocked"
+    warnings.warn(f"{where}: associative= is deprecated and will be removed; pass method={new!r} instead.",
+                  DeprecationWarning, stacklevel=3)
+    return new
+
+
+def _inexact(name: str, x: Any, where: str) -> jax.Array:
+    if isinstance(x, (int, float, complex)) and not isinstance(x, bool):  # a Python number, weakly typed
+        return jnp.asarray(x)
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}; "
+                        f"wrap it with jnp.asarray(...).")
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(f"{where}: {name} must hold floating point (or complex) numbers, got dtype {dtype}; "
+                        f"convert it with {name}.astype(jnp.float32).")
+    return jnp.asarray(x)
+
+
+def _check_linear(a, b, h0, resets, reverse, method, where):
+    """Check :func:`linear_recurrence`'s arguments; returns ``(a, b, h0, resets)`` broadcast to one dtype."""
+    b = _inexact("b", b, where)
+    a = _inexact("a", a, where)
+    if b.ndim < 1:
+        raise ValueError(f"{where}: b must have a leading time axis, shape [T, ...], got a scalar; use b[None].")
+    if not _broadcasts(a.shape, b.shape):
+        raise ValueError(f"{where}: a has shape {tuple(a.shape)}, which does not broadcast to b's shape "
+                         f"{tuple(b.shape)} ([T, ...], NumPy rules: one decay per step is a[:, None]).")
+    h0 = jnp.zeros(b.shape[1:], b.dtype) if h0 is None else _inexact("h0", h0, where)
+    if not _broadcasts(h0.shape, b.shape[1:]):
+        raise ValueError(f"{where}: h0 has shape {tuple(h0.shape)}, which does not broadcast to "
+                         f"{tuple(b.shape[1:])} (b's shape without its time axis).")
+    if resets is not None:
+        if not hasattr(resets, "dtype") or resets.dtype != jnp.bool_:
+            raise TypeError(f"{where}: resets must be a bool array (True = a segment starts at this step), got "
+                            f"{getattr(resets, 'dtype', type(resets).__name__)}; pass resets.astype(bool).")
+        if resets.ndim < 1 or tuple(resets.shape) != tuple(b.shape[:resets.ndim]):
+            raise ValueError(f"{where}: resets has shape {tuple(resets.shape)}, expected a leading part of b's "
+                             f"shape {tuple(b.shape)}: [T] or [T, *batch].")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{where}: reverse must be True or False, got {reverse!r}.")
+    if method not in LINEAR_METHODS:
+        raise ValueError(f"{where}: method={method!r} is not one of {', '.join(map(repr, LINEAR_METHODS))}.")
+    dtype = jnp.result_type(a, b, h0)
+    return (jnp.broadcast_to(a.astype(dtype), b.shape), b.astype(dtype),
+            jnp.broadcast_to(h0.astype(dtype), b.shape[1:]), resets)
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return jnp.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# A cell that declares its recurrence diagonal-linear (CellFast.linear)
+
+
+def linear_form(cell: Cell) -> Callable[..., tuple[Any, jax.Array]]:
+    """The whole-sequence form of a cell that declares ``CellFast.linear``, evaluated by
+    :func:`linear_recurrence`: ``form(params, xs, state, valid, *, unroll, remat, resets=None)``.
+
+    The coefficients ``(a, b) = cell.fast.linear(params, xp)`` come for all steps at once from
+    ``xp = cell.fast.project(params, xs)`` (``xs`` itself for a cell without ``project``), promoted
+    to the state's precision. Invalid steps keep the state (``a = 1``, ``b = 0``) and output zeros;
+    a reset restarts from ``cell.initial_state``: ``h_t = a_t ⊙ h_init + b_t``. The state is one
+    array ``h`` and the outputs are ``y_t = h_t`` in the step's output dtype. Forms the same
+    function as a loop over ``cell.step``, to rounding.
+
+    Example, a minGRU's parallel form called directly:
+      >>> from jlstm.core.linear import linear_form
+      >>> cell = jlstm.min_gru(8)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs, h0 = jnp.ones((20, 2, 3)), cell.initial_state(params, 2)
+      >>> resets = jnp.zeros((20, 2), bool).at[7].set(True)
+      >>> final, ys = linear_form(cell)(params, xs, h0, None, unroll=1, remat=None, resets=resets)
+      >>> ys.shape, final.h.shape
+      ((20, 2, 8), (2, 8))
+    """
+    fast = cell.fast
+    if not isinstance(cell, Cell) or fast is None or fast.linear is None:
+        raise ValueError(f"linear_form: {getattr(cell, 'name', cell)!r} declares no diagonal-linear recurrence "
+                         f"(CellFast.linear); build it with jlstm.CellFast(linear=...).")
+    coefficients, project = fast.linear, fast.project
+
+    def form(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, *, unroll: Any = None,
+             remat: Any = None, resets: jax.Array | None = None) -> tuple[Any, jax.Array]:
+        del unroll  # no loop over single steps to unroll
+
+        def run(params, xs, state, valid, resets):
+            leaves, treedef = jax.tree.flatten(state)
+            h, y_dtype = _linear_state(cell, params, state, xs, leaves)
+            xp = project(params, xs) if project is not None else xs
+            xp = jax.tree.map(lambda v: v.astype(jnp.promote_types(v.dtype, h.dtype)), xp)
+            a, b = _linear_coefficients(cell, coefficients(params, xp), (xs.shape[0],) + h.shape)
+            a, b = _mask_linear(cell, params, a, b, valid, resets, h.ndim - (xs.ndim - 2))
+            hs = linear_recurrence(a, b, h)
+            final = hs[-1] if hs.shape[0] else h
+            if valid is not None:
+                hs = jnp.where(valid.reshape(valid.shape + (1,) * (hs.ndim - valid.ndim)), hs, 0)
+            return treedef.unflatten([final.astype(h.dtype)]), hs.astype(y_dtype)
+
+        # remat: one checkpoint around the whole form, which the backward pass recomputes
+        return (jax.checkpoint(run) if remat else run)(params, xs, state, valid, resets)
+
+    form.__name__ = f"{cell.name}_linear"
+    return form
+
+
+def _linear_state(cell: Cell, params: Any, state: Any, xs: jax.Array, leaves: list) -> tuple[jax.Array, Any]:
+    """The state's one array ``h`` and the step's output dtype, after checking that ``y_t = h_t``."""
+    where = f"{cell.name} (CellFast.linear)"
+    if len(leaves) != 1:
+        raise ValueError(f"{where}: a diagonal-linear cell's state is one array h, got {len(leaves)} arrays.")
+    h = leaves[0]
+    y = jax.eval_shape(cell.step, params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))[1]
+    if tuple(y.shape) != tuple(h.shape):
+        raise ValueError(f"{where}: the linear form outputs y_t = h_t of shape {tuple(h.shape)}, but the step "
+                         f"returns y of shape {tuple(y.shape)}; apply a read-out after the scan instead.")
+    return h, y.dtype
+
+
+def _linear_coefficients(cell: Cell, ab: Any, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """``(a, b)`` from ``CellFast.linear``, checked and broadcast to ``[T, *h.shape]``."""
+    if not isinstance(ab, (tuple, list)) or len(ab) != 2:
+        raise TypeError(f"{cell.name}: CellFast.linear must return a pair (a, b), got {type(ab).__name__}.")
+    a, b = ab
+    for name, c in (("a", a), ("b", b)):
+        if not _broadcasts(jnp.shape(c), shape):
+            raise ValueError(f"{cell.name}: CellFast.linear returned {name} of shape {jnp.shape(c)}, which does "
+                             f"not broadcast to {shape} ([T, *batch, ...], the state's shape after time).")
+    dtype = jnp.result_type(a, b)
+    return jnp.broadcast_to(a, shape).astype(dtype), jnp.broadcast_to(b, shape).astype(dtype)
+
+
+def _mask_linear(cell: Cell, params: Any, a: jax.Array, b: jax.Array, valid: jax.Array | None,
+                 resets: jax.Array | None, trailing: int) -> tuple[jax.Array, jax.Array]:
+    """Invalid steps keep the state (``a = 1, b = 0``); a reset starts from the initial state."""
+    def flags(f):
+        return f.reshape(f.shape + (1,) * trailing)
+
+    if valid is not None:
+        a = jnp.where(flags(valid), a, jnp.ones((), a.dtype))
+        b = jnp.where(flags(valid), b, jnp.zeros((), b.dtype))
+    if resets is not None:
+        h_init = jax.tree.leaves(cell.initial_state(params, resets.shape[1:]))[0]
+        b = jnp.where(flags(resets), a * h_init.astype(b.dtype) + b, b)
+        a = jnp.where(flags(resets), jnp.zeros((), a.dtype), a)
+    return a, b

@@ -172,6 +172,12 @@ class CellFast(NamedTuple):
         a cell whose output is its ``h`` returns the zoned ``h``). ``None``: the output stays.
       mixable_state: whether a convex mix of two states is a state. False for states that carry
         a log-space stabiliser (sLSTM, mLSTM): zoneout, which mixes them, then refuses the cell.
+      linear: ``linear(params, xp) -> (a, b)``: declares the recurrence diagonal-linear,
+        ``h_t = a_t ⊙ h_{t-1} + b_t`` with outputs ``y_t = h_t``, on a state that is one array
+        ``h``. ``xp = project(params, xs)`` for the whole sequence (``xs`` itself without
+        ``project``); ``a`` and ``b`` broadcast to ``[T, *h.shape]``. The step must compute the same
+        update. :func:`jlstm.core.linear.linear_form` then evaluates the whole sequence with
+        :func:`jlstm.linear_recurrence` (minGRU, minLSTM, a user's RG-LRU or LRU).
     """
 
     project: ProjectFn | None = None
@@ -183,6 +189,7 @@ class CellFast(NamedTuple):
     step_decoupled: Callable[[Params, State, Any], tuple[State, Array]] | None = None
     output_of_state: Callable[[State, Array], Array] | None = None
     mixable_state: bool = True
+    linear: Callable[[Params, Any], tuple[Array, Array]] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
