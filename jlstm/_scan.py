@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jlstm.core import checks as _checks
 from jlstm.core.loop import time_loop
@@ -209,17 +210,20 @@ def _request(cell: Cell, params: Any, batch: tuple[int, ...], T: int, valid: jax
 def _reverse_resets(resets: jax.Array, valid: jax.Array | None, lengths: jax.Array | None) -> jax.Array:
     """Resets for a backward pass over each segment, in processing (reversed) order.
 
-    Going backwards, a segment ``[a, b)`` (a reset at ``a``, the next at ``b``) starts at step
-    ``b - 1``: a reset there, where the original order has one at the following step. The
-    first step processed (the last valid one) starts from the ``state`` argument, as without resets.
+    Going backwards, a segment ``[a, b)`` (a reset at ``a``, the next at ``b``) starts at its last
+    valid step before ``b``: a reset there, where the original order has one at the next valid
+    step. The first step processed (the last valid one) starts from the ``state`` argument, as
+    without resets.
     """
     T = resets.shape[0]
-    nxt = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], 0)
-    if lengths is not None:  # the step after a sequence's last valid step is padding
-        t = jnp.arange(T).reshape((T,) + (1,) * (resets.ndim - 1))
-        nxt = nxt & (t + 1 < lengths[None])
-    if valid is not None:
-        nxt = nxt & valid
+    t = jnp.arange(T).reshape((T,) + (1,) * (resets.ndim - 1))
+    v = jnp.ones_like(resets) if valid is None else valid   # False past each length too
+    # the next valid step after t (T where there is none): invalid steps between t and a reset
+    # do not hide it, since they keep the state
+    first_valid = lax.cummin(jnp.where(v, t, T), axis=0, reverse=True)
+    after = jnp.concatenate([first_valid[1:], jnp.full_like(first_valid[:1], T)], 0)
+    padded = jnp.concatenate([resets, jnp.zeros_like(resets[:1])], 0)
+    nxt = v & jnp.take_along_axis(padded, after, axis=0)
     return flip_time(nxt, lengths)
 
 

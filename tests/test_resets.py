@@ -108,6 +108,7 @@ def test_resets_compose_with_lengths_mask_and_reverse():
     lengths = jnp.array([T, 8, 6])
     mask = np.ones((T, B), bool)
     mask[2, 0] = False                      # a missing step inside the first episode of row 0
+    mask[[2, 6], 1] = False                 # missing steps just before row 1's resets (at 3 and 7)
     got = jlstm.scan(cell, params, xs, lengths=lengths, mask=jnp.asarray(mask), resets=jnp.asarray(RESETS),
                      reverse=True)[1]
     for b in range(B):

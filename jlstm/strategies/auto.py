@@ -28,6 +28,8 @@ class Auto(Strategy):
       form up to ``parallel_max_length`` and its chunkwise form beyond; the min cells take
       their parallel form on accelerators from ``plan.parallel_from_T``) gets it, unless the
       layers' step regularisers need the loop.
+    * A cell that declares its recurrence diagonal-linear (``CellFast.linear``) takes the
+      parallel form where the plan does (``plan.parallel_from_T``).
     * Everything else runs :class:`Sequential` with the caller's loop options.
 
     Example:
@@ -46,15 +48,22 @@ class Auto(Strategy):
         """The strategy this cell gets for ``T`` steps (``loop``: the caller's loop options)."""
         loop = loop if loop is not None else Sequential()
         fast = cell.fast
-        if regularised or fast is None or fast.auto_method is None:
+        if regularised or fast is None:
             return loop
-        name = fast.auto_method(T)
-        return FORMS[name]() if name in FORMS else loop
+        if fast.auto_method is not None:
+            name = fast.auto_method(T)
+            return FORMS[name]() if name in FORMS else loop
+        start = self.resolve_plan().parallel_from_T
+        if fast.linear is not None and start is not None and T >= start:
+            return Parallel()                  # a declared linear recurrence: the plan's threshold
+        return loop
 
     def check(self, cell: Cell, request: Request, where: str) -> None:
         """Any cell and any request: the regularisers act inside this loop."""
 
     def evaluate(self, cell: Cell, params: Any, xs: jax.Array, state: Any,
                  request: Request) -> tuple[Any, jax.Array, Any]:
+        if self.plan is not None:                      # an explicit plan reaches the kernels too
+            request = request._replace(plan=self.plan)
         chosen = self.choose(cell, xs.shape[0], request.loop, request.regularisers.active)
         return chosen.evaluate(cell, params, xs, state, request)

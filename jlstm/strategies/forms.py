@@ -7,13 +7,21 @@ from typing import Any
 
 import jax
 
+from jlstm.core.linear import linear_form
 from jlstm.core.types import Cell
 from jlstm.strategies.base import Request, Strategy
 
 
 def cell_forms(cell: Cell) -> dict[str, Any]:
-    """The whole-sequence forms a cell declares (``CellFast.methods``), by name."""
-    return dict(cell.fast.methods) if cell.fast is not None else {}
+    """The whole-sequence forms a cell declares (``CellFast.methods``), by name. A cell that declares
+    its recurrence diagonal-linear (``CellFast.linear``) has a ``"parallel"`` form by that alone:
+    :func:`jlstm.linear_recurrence` over the whole sequence."""
+    if cell.fast is None:
+        return {}
+    forms = dict(cell.fast.methods)
+    if cell.fast.linear is not None:
+        forms.setdefault("parallel", linear_form(cell))
+    return forms
 
 
 class _Form(Strategy):
