@@ -16,13 +16,16 @@ block once, keeps it on chip for all T steps (one launch for the sequence), and 
 * Derivatives: a ``custom_jvp``. Its rule runs the forward kernel and a linear tangent
   recurrence, a primitive of this module whose evaluation (forward mode, and under ``vmap``) is
   an XLA scan and whose transpose (reverse mode) is the backward kernel. ``jax.jvp``, ``grad``
-  and ``vmap`` all work; nothing picks a path by catching an error. Higher-order derivatives are
-  not supported on this route.
+  and ``vmap`` all work; nothing picks a path by catching an error. Higher-order derivatives
+  (``jax.hessian``) are not supported on this route (Pallas cannot differentiate the kernels
+  themselves): take the step loop for them, ``jlstm.scan(..., fast=False)``.
 
 Valid steps and resets as in :func:`jlstm.scan`: an invalid step keeps the state and outputs zeros;
 a reset starts the step from the initial state (zeros, the stabiliser too) and passes no gradient
 to the steps before it; a reset at an invalid step does nothing. bf16 (``dtype=jnp.bfloat16``):
-bf16 weights and matmul operands, float32 accumulation, gating and state, as in the cell's step.
+bf16 weights and matmul operands, float32 accumulation, gating and state, as in the cell's step
+(the backward kernel rounds ``dZ`` to bf16 for its ``dZ Wᵀ`` product, where the step loop's
+derivative rounds the product: the gradients agree to bf16 precision).
 
 Shared memory (one SM of an H100/H200: 232,448 bytes): :func:`shared_bytes` counts a program's
 weight block (``4·d²`` elements), its matmul operands and the gate results' layout change. With
@@ -110,8 +113,9 @@ def stabilised_update(pre, c, n, m, exponential: bool):
     return g.h, g.c, g.n, g.m
 
 
-def tangent_step(g: Gating, c, n, dz, ds):
-    """The step's tangent: ``dz`` (4 pre-activation tangents) and ``ds = (dc, dn, dm)`` entering it."""
+def _tangent_step(g: Gating, c, n, dz, ds):
+    """The step's tangent from ``dz`` (the 4 pre-activations') and ``ds = (dc, dn, dm)`` (the entering
+    state's), with ``g`` the step's :func:`gating` and ``c, n`` the entering cell and normaliser."""
     dzi, dzf, dzz, dzo = dz
     dc, dn, dm = ds
     dlf = g.lfp * dzf
@@ -125,8 +129,8 @@ def tangent_step(g: Gating, c, n, dz, ds):
     return dh_new, dc_new, dn_new, dm_new
 
 
-def cotangent_step(g: Gating, c, n, ct):
-    """The transpose of :func:`tangent_step`: from ``ct = (ḡh, ḡc, ḡn, ḡm)`` of the new state, the
+def _cotangent_step(g: Gating, c, n, ct):
+    """The transpose of :func:`_tangent_step`: from ``ct = (ḡh, ḡc, ḡn, ḡm)`` of the new state, the
     four pre-activation cotangents and those of the entering ``(c, n, m)``."""
     gh, gc, gn, gm = ct
     u = g.c / g.n
@@ -202,7 +206,7 @@ def _backward_kernel(*refs, T: int, st: Static):
                 for sr, s0 in zip(seq_refs, s0_refs)]
         h, c, n, m = (jnp.where(r, 0.0, a) for a in prev)
         g = gating(_pre(xp_ref, w, h, k, t, rows), c, n, m, st.exponential)
-        gz, (gc, gn, gm) = cotangent_step(g, c, n, (ct[0] + gys_ref[k, t, rows, :],) + tuple(ct[1:]))
+        gz, (gc, gn, gm) = _cotangent_step(g, c, n, (ct[0] + gys_ref[k, t, rows, :],) + tuple(ct[1:]))
         gz = [jnp.where(v, a, 0.0) for a in gz]
         gh = jnp.zeros_like(gc)
         for q in range(4):
@@ -278,7 +282,7 @@ def _tangent_scan(xp, w, h0, c0, n0, m0, v, r, hs, cs, ns, ms, drive, dh0, dc0, 
         d_t, g_t, c_t, n_t, v_t, r_t = inp
         dh, dc, dn, dm = (jnp.where(r_t > 0, 0.0, a) for a in ds)
         dz = d_t + _gate_products(dh, w)
-        new = tangent_step(g_t, c_t, n_t, tuple(dz[:, q] for q in range(4)), (dc, dn, dm))
+        new = _tangent_step(g_t, c_t, n_t, tuple(dz[:, q] for q in range(4)), (dc, dn, dm))
         new = tuple(jnp.where(v_t > 0, a, b) for a, b in zip(new, ds))
         return new, jnp.where(v_t > 0, new[0], 0.0)
 
