@@ -1,7 +1,8 @@
 """Correctness on a GPU: the paths that only a GPU takes, against jlstm's reference scan.
 
-The CPU test suite runs the Pallas kernel in interpret mode and the Newton methods with the CPU's
-blocked affine recurrence. On a GPU the kernel is compiled by Triton, and the Newton methods use
+The CPU test suite runs the Pallas kernels (the LSTM's and the sLSTM's) in interpret mode and the
+Newton methods with the CPU's blocked affine recurrence. On a GPU the kernels are compiled by
+Triton, and the Newton methods use
 ``lax.associative_scan``; this script compares both with the reference (``fast=False``, or the
 sequential scan) in float32, values and gradients, and writes JSON. The LSTM paths are compared at
 full matmul precision; the Newton methods at the default one (TF32 on a GPU), as a user runs them.
@@ -37,6 +38,19 @@ def _loss_grads(run, params, xs, state, ct):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
 
 
+def _compare(runs: dict, params, xs, state, ct, ref) -> dict:
+    """Each run's largest difference from ``ref`` in values and gradients, or its error."""
+    out = {}
+    for name, run in runs.items():
+        try:
+            got = _loss_grads(run, params, xs, state, ct)
+            out[name] = {"max_abs_diff_values": _max_diff(got[0], ref[0]),
+                         "max_abs_diff_grads": _max_diff(got[1], ref[1])}
+        except Exception as e:                       # recorded, so the other checks still run
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    return out
+
+
 def lstm_paths(T: int, B: int, I: int, H: int) -> dict:
     """``jlstm.lstm`` on its default GPU path (Pallas where it fits), the Pallas kernel called directly,
     and the fused scan, against ``fast=False``, with a mask."""
@@ -62,13 +76,7 @@ def lstm_paths(T: int, B: int, I: int, H: int) -> dict:
         return jlstm.LSTMState(hT, cT), ys
 
     runs = {"default": lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask), "pallas": kernel}
-    for name, run in runs.items():
-        try:
-            got = _loss_grads(run, params, xs, state, ct)
-            out[name] = {"max_abs_diff_values": _max_diff(got[0], ref[0]),
-                         "max_abs_diff_grads": _max_diff(got[1], ref[1])}
-        except Exception as e:                       # recorded, so the other checks still run
-            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    out.update(_compare(runs, params, xs, state, ct, ref))
     os.environ["JLSTM_PALLAS"] = "0"
     try:
         got = _loss_grads(runs["default"], params, xs, state, ct)
@@ -78,6 +86,50 @@ def lstm_paths(T: int, B: int, I: int, H: int) -> dict:
         out["fused"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     finally:
         del os.environ["JLSTM_PALLAS"]
+    return out
+
+
+def slstm_paths(T: int, B: int, H: int, heads: int, dtype: str) -> dict:
+    """The sLSTM on its default GPU route (the Pallas kernels where the plan allows them), the kernels
+    forced where it does not (any head size that fits by the estimate), and the backward kernel forced
+    where the estimate says it does not fit (its error names the shared memory asked for), against
+    the step loop (``fast=False``), with a mask and resets."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jlstm
+    from jlstm.core.plan import current_plan
+    from jlstm.kernels import pallas_slstm as ps
+
+    dt, d = (jnp.bfloat16 if dtype == "bfloat16" else jnp.float32), H // heads
+    cell = jlstm.slstm(H, num_heads=heads, dtype=dt if dtype == "bfloat16" else None)
+    k = jax.random.split(jax.random.key(d), 4)
+    params, xs, ct = cell.init(k[0], H), jax.random.normal(k[1], (T, B, H)), jax.random.normal(k[2], (T, B, H))
+    state = cell.initial_state(params, B)
+    rng = np.random.default_rng(0)
+    mask, resets = jnp.asarray(rng.random((T, B)) < 0.9), jnp.asarray(rng.random((T, B)) < 0.05)
+    ref = _loss_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, resets=resets, fast=False),
+                      params, xs, state, ct)
+    plan = current_plan()._replace(pallas_slstm=True, pallas_slstm_max_head=max(d, 64))
+    routed, forced = ps.route(current_plan(), d, dt) is not None, ps.route(plan, d, dt)
+    out = {"shape": [T, B, H], "heads": heads, "d": d, "dtype": dtype, "routed": routed,
+           "forced": None if forced is None else forced._asdict()}
+
+    def kernels(backward_kernel):
+        st = ps.Static(False, plan.pallas_slstm_tile, plan.backend != "gpu", backward_kernel)
+
+        def run(p, x, s):
+            final, ys = ps.slstm_pallas(cell.fast.project(p, x), p.w_h.astype(dt), tuple(s), mask, resets, st)
+            return jlstm.SLSTMState(*final), ys.astype(dt)
+        return run
+
+    runs = {"default": lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, resets=resets)}
+    if forced is not None and not routed:
+        runs["kernels"] = kernels(forced.backward_kernel)
+    if forced is not None and not forced.backward_kernel:
+        runs["backward_kernel"] = kernels(True)
+    out.update(_compare(runs, params, xs, state, ct, ref))
     return out
 
 
@@ -120,7 +172,7 @@ def main(argv=None) -> None:
     from benchmarks.deer import write
 
     results = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-               "jax": jax.__version__, "lstm": [], "newton": []}
+               "jax": jax.__version__, "lstm": [], "slstm": [], "newton": []}
     def exact(fn):  # the LSTM paths compared at full matmul precision: the maths, not TF32 rounding
         def run():
             with jax.default_matmul_precision("highest"):
@@ -131,6 +183,10 @@ def main(argv=None) -> None:
     # full precision themselves, and their results differ from the TF32 sequential scan by its rounding.
     shapes = ((64, 8, 16, 64), (50, 3, 8, 128), (40, 96, 8, 32))
     checks = [("lstm", exact(lambda s=s: lstm_paths(*s))) for s in shapes]
+    # the sLSTM kernels: d = 64 and 32 (routed), d = 128 (bf16: forced; float32: does not fit)
+    slstm_cases = ((64, 8, 128, 2, "float32"), (64, 8, 128, 4, "bfloat16"), (32, 20, 256, 2, "bfloat16"),
+                   (32, 20, 256, 2, "float32"))
+    checks += [("slstm", exact(lambda c=c: slstm_paths(*c))) for c in slstm_cases]
     checks += [("newton", lambda c=c, m=m: newton(c, m, 2048, 4, 8))
                for m in ("deer", "quasi_deer", "quasi_elk") for c in ("gru", "lstm")]
     checks += [("newton", lambda c=c: newton(c, "elk", 256, 4, 8)) for c in ("gru", "lstm")]   # dense ELK last

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# One device call on an H100/H200, under 9 minutes: correctness of the GPU-only paths (70 s), parallel in
-# time (160 s), the perf suite (peers included, 170 s), the modern cells' forms (60 s) and DeepBench (30 s);
-# each section is cut by its own timeout, and each writes its JSON as it goes.
+# One device call on an H100/H200, about 8 minutes: correctness of the GPU-only paths (100 s), the perf suite
+# (peers included, 170 s) and the anchor shapes (the LSTM at (16,1024,768,768) against cuDNN, B=1 per-step
+# latency, the sLSTM's Pallas kernels at FlashRNN's head sizes; 180 s). Each section is cut by its own
+# timeout and writes its JSON as it goes. The sections run last time and not repeated by default (parallel
+# in time, DeepBench, the cells' forms; results/deer_gpu*.json, cells_gpu.json) run when named:
+#   SECTIONS="deer deepbench cells" bash benchmarks/gpu_run.sh
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
-# Writes $OUT/gpu_perf.json, $OUT/gpu_deepbench.json, PNGs and logs (OUT defaults to benchmarks/results).
+# Writes $OUT/check_gpu.json, gpu_perf.json, gpu_anchors.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
 OUT="${OUT:-benchmarks/results}"
+SECTIONS="${SECTIONS:-check perf anchors}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:-}:."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # torch and JAX share the card
 export KERAS_BACKEND=jax
+want() { case " $SECTIONS " in *" $1 "*) return 0;; *) return 1;; esac; }
 echo "== device"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
 echo "== versions"
 python - <<'PY' 2>&1
 import importlib
-for m in ("jax", "jaxlib", "flax", "equinox", "torch", "keras"):
+for m in ("jax", "jaxlib", "flax", "equinox", "torch", "keras", "triton", "xlstm"):
     try:
         print(m, importlib.import_module(m).__version__)
     except Exception as e:
@@ -25,24 +30,39 @@ try:
 except Exception as e:
     print("torch:", e)
 PY
-echo "== correctness of the GPU-only paths (Pallas kernel, fused scan, Newton methods' associative scans)"
-timeout 70 python -m benchmarks.gpu_check --out "$OUT/check_gpu.json" 2>&1 | tee "$OUT/check_gpu.log"
-echo "== parallel in time: DEER / quasi-DEER against sequential, B=1, T from 1k to 131k, then T=1M"
-timeout 120 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072 --Hs 4,16 --cells gru,lstm \
-  --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
-timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
-  --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
-echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
-# jlstm = the automatic choice (the Pallas kernel where B <= 64), jlstm_pallas / jlstm_fused / jlstm_ref =
-# the Pallas kernel, the fused scan and the reference scan forced; cuDNN from JAX and from PyTorch; Flax;
-# gemm_floor = the same GEMMs alone. float32, plus bf16 for 64,256,512,512.
-timeout 170 python -m benchmarks.scan --suite perf --repeats 10 \
-  --peers jlstm_pallas,jlstm_fused,jlstm_ref,jax_cudnn,torch,flax --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
-echo "== deepbench (training + inference, float32), if time remains"
-timeout 30 python -m benchmarks.scan --suite deepbench --repeats 3 \
-  --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
-echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
-timeout 60 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
-  --lengths 1024,16384,65536 --repeats 3 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
-python -m benchmarks.plot "$OUT"/gpu_*.json --out-dir "$OUT" 2>&1 || true
+if want check; then
+  echo "== correctness of the GPU-only paths (Pallas LSTM and sLSTM kernels, fused scan, Newton methods)"
+  timeout 100 python -m benchmarks.gpu_check --out "$OUT/check_gpu.json" 2>&1 | tee "$OUT/check_gpu.log"
+fi
+if want perf; then
+  echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
+  # jlstm = the automatic choice (the Pallas kernel where B <= 64), jlstm_pallas / jlstm_fused / jlstm_ref =
+  # the Pallas kernel, the fused scan and the reference scan forced; cuDNN from JAX and from PyTorch; Flax;
+  # gemm_floor = the same GEMMs alone. float32, plus bf16 for 64,256,512,512.
+  timeout 170 python -m benchmarks.scan --suite perf --repeats 10 \
+    --peers jlstm_pallas,jlstm_fused,jlstm_ref,jax_cudnn,torch,flax --out "$OUT/gpu_perf.json" 2>&1 | tee "$OUT/gpu_perf.log"
+fi
+if want anchors; then
+  echo "== anchors: LSTM (16,1024,768,768) f32/bf16 vs cuDNN; B=1 latency H=256/512/1024; sLSTM H=768, d=64/32/128"
+  timeout 180 python -m benchmarks.anchors --out "$OUT/gpu_anchors.json" 2>&1 | tee "$OUT/gpu_anchors.log"
+fi
+if want deer; then
+  echo "== parallel in time: DEER / quasi-DEER against sequential, B=1, T from 1k to 131k, then T=1M"
+  timeout 120 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072 --Hs 4,16 --cells gru,lstm \
+    --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
+  timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
+    --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
+fi
+if want deepbench; then
+  echo "== deepbench (training + inference, float32)"
+  timeout 30 python -m benchmarks.scan --suite deepbench --repeats 3 \
+    --peers flax,torch,jax_cudnn --out "$OUT/gpu_deepbench.json" 2>&1 | tail -60 | tee "$OUT/gpu_deepbench.log"
+fi
+if want cells; then
+  echo "== cells: sequential against parallel/chunkwise forms, T from 128 to 65536"
+  timeout 60 python -m benchmarks.scan --cells lstm,slstm,mlstm,min_lstm,min_gru \
+    --lengths 1024,16384,65536 --repeats 3 --out "$OUT/cells_gpu.json" 2>&1 | tail -60 | tee "$OUT/cells_gpu.log"
+fi
+plots=$(ls "$OUT"/gpu_perf.json "$OUT"/gpu_deepbench.json 2>/dev/null)
+[ -n "$plots" ] && { python -m benchmarks.plot $plots --out-dir "$OUT" 2>&1 || true; }
 echo "== done"

@@ -171,8 +171,10 @@ def _peak(device: str, dtype: str) -> float | None:
     return PEAK_TFLOPS.get(dtype) if any(k in device for k in PEAK_DEVICES) else None
 
 
-def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, noted=None):
+def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, noted=None, builders=None):
     """Time every implementation on every case; returns (results, skipped).
+
+    ``builders`` maps implementation names to builders (default: :data:`benchmarks.peers.BUILDERS`).
 
     Within a case the timed calls run in three rounds of blocks (jlstm, peer 1, ...,
     jlstm, peer 1, ...), so a slow spell of the machine hits every implementation alike
@@ -182,6 +184,7 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
     """
     from benchmarks.peers import BUILDERS, Data, Unavailable
 
+    builders = BUILDERS if builders is None else builders
     results, skipped = [], []
     noted = set() if noted is None else noted
     gpu = backend in ("gpu", "cuda", "rocm")
@@ -195,7 +198,7 @@ def run_suite(cases, impls, repeats: int, device: str, backend: str, log=print, 
         runners, compile_s = {}, {}
         for impl in impls:
             try:
-                run = BUILDERS[impl](case, data)
+                run = builders[impl](case, data)
                 compile_s[impl] = first_call(run)
                 runners[impl] = run
             except Unavailable as e:

@@ -83,3 +83,27 @@ def test_xlstm_blocks_times_every_form_and_the_package(tmp_path):
     assert forms == {("mlstm", "jlstm", f) for f in ("parallel", "chunkwise", "sequential")} | {
         ("slstm", "jlstm", "sequential"), ("slstm", "xlstm", "vanilla")}
     assert all(r["median_ms"] > 0 for r in doc["results"]) and len(doc["ratios"]) == 3
+
+
+def test_anchors_smoke_runs_every_section_and_builder(tmp_path):
+    """``python -m benchmarks.anchors --smoke``: each section, jlstm and its peers, at tiny sizes."""
+    anchors = pytest.importorskip("benchmarks.anchors")
+    out = tmp_path / "anchors.json"
+    assert anchors.main(["--smoke", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "anchors" and doc["smoke"] is True and doc["device"] and doc["reference"]["cudnn_ms"]
+    rows = doc["results"]
+    for section in ("lstm", "latency", "slstm"):
+        mine = [r for r in rows if r["section"] == section]
+        assert any(r["impl"] == "jlstm" for r in mine), section
+        assert all(r["median_ms"] > 0 and r["ratio"] > 0 for r in mine)
+    assert {r["mode"] for r in rows if r["section"] == "slstm"} == {"fwd", "fwd+bwd"}
+    assert all(r["us_per_step"] > 0 for r in rows if r["section"] == "latency")
+    slstm = {r["impl"] for r in rows if r["section"] == "slstm"}
+    assert {"jlstm", "jlstm_ref"} <= slstm and all(r["heads"] == 2 for r in rows if r["section"] == "slstm")
+    timed_or_skipped = slstm | {s["impl"] for s in doc["skipped"] if s["section"] == "slstm"}
+    assert timed_or_skipped == set(anchors.SLSTM_IMPLS)          # every builder ran or said why not
+    assert all(s["reason"] for s in doc["skipped"])
+    if doc["backend"] == "cpu":       # the kernels in interpret mode; cuDNN from JAX skipped with a reason
+        assert "jlstm_pallas" in slstm
+        assert any(s["impl"] == "jax_cudnn" for s in doc["skipped"])

@@ -38,6 +38,7 @@ from jlstm.cells.options import CellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, matmul, output
 from jlstm.core.types import BatchShape, Cell, CellConfig, batch_tuple
+from jlstm.kernels import pallas_slstm as _pallas_slstm
 
 ForgetGate = Literal["sigmoid", "exponential"]
 GATES = ("i", "f", "z", "o")
@@ -139,10 +140,12 @@ def slstm(
         forget_bias=float(forget_bias), **resolve("slstm", options).config())
 
     check = functools.partial(_check, config, default_where=where)
+    project, step_projected = functools.partial(_project, config), functools.partial(_step_projected, config)
+    sequence = _pallas_slstm.make_sequence(heads=heads, d=H // heads, exponential=forget_gate == "exponential",
+                                           dtype=config.dtype, project=project, step_projected=step_projected)
     return make_cell(init=functools.partial(_init, config),
                      initial_state=functools.partial(_initial_state, config),
-                     project=functools.partial(_project, config),
-                     step_projected=functools.partial(_step_projected, config),
+                     project=project, step_projected=step_projected, sequence=sequence,
                      output_size=H, name=where, config=config, check=check, mixable_state=False)
 
 
@@ -232,18 +235,9 @@ def _step_projected(cfg: CellConfig, params: SLSTMParams, state: SLSTMState, xp:
     h_in = h if recurrent_mask is None else h * recurrent_mask
     hp = _heads_to_gates(_headwise(h_in, params.w_h, dtype), heads, d)
     wide = jnp.promote_types(jnp.promote_types(xp.dtype, hp.dtype), c.dtype)
-    i_pre, f_pre, z_pre, o_pre = jnp.split(xp.astype(wide) + hp.astype(wide), 4, axis=-1)
-    log_f = jax.nn.log_sigmoid(f_pre) if cfg.forget_gate == "sigmoid" else f_pre
-    m = m.astype(wide)
-    fresh = n == 0
-    m_new = jnp.where(fresh, i_pre, jnp.maximum(log_f + m, i_pre))
-    # Both exponents are <= 0 except f's in a fresh unit, whose c = n = 0: clamping it there
-    # (as the reference's min(f, 1) does) keeps exp finite without changing anything.
-    i = jnp.exp(jnp.minimum(i_pre - m_new, 0.0))
-    f = jnp.exp(jnp.minimum(log_f + m - m_new, 0.0))
-    c_new = f * c.astype(wide) + i * jnp.tanh(z_pre)
-    n_new = f * n.astype(wide) + i
-    h_new = jax.nn.sigmoid(o_pre) * c_new / n_new
+    pre = jnp.split(xp.astype(wide) + hp.astype(wide), 4, axis=-1)
+    h_new, c_new, n_new, m_new = _pallas_slstm.stabilised_update(
+        pre, c.astype(wide), n.astype(wide), m.astype(wide), cfg.forget_gate == "exponential")
     sd = c.dtype
     new = SLSTMState(h=h_new.astype(sd), c=c_new.astype(sd), n=n_new.astype(sd), m=m_new.astype(sd))
     return new, output(h_new, dtype)

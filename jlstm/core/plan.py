@@ -11,7 +11,9 @@ GEMM of the fused LSTM loses to T small in-loop ones from batch 8 (10-11 ms agai
 T=128, B=32, I=128, H=256); the min cells' parallel form ran at 0.8-1.25x the loop there, so the
 loop stays; the blocked affine scan ran as fast as ``associative_scan`` and compiled 5-6x faster. On an
 H200 a while-loop iteration costs several microseconds (unroll 8 amortises it), and the Pallas kernel
-fits one SM's shared memory up to H=64 (H=128 asked for 532,480 of 232,448 bytes).
+fits one SM's shared memory up to H=64 (H=128 asked for 532,480 of 232,448 bytes). The Pallas sLSTM
+kernel holds one head's ``d × 4d`` block per program; its head-size limit is derived in
+:mod:`jlstm.kernels.pallas_slstm` (not yet timed on a GPU: the GPU plan caps it at d = 64).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Plan(NamedTuple):
       pallas_max_hidden, pallas_max_batch: the largest shapes it serves.
       parallel_from_T: the min cells take their parallel form from this T on (``None``: never).
       associative: affine recurrences use ``lax.associative_scan`` (else √T blocks).
+      pallas_slstm: whether the sLSTM's Pallas kernel may run (off a GPU: in interpret mode).
+      pallas_slstm_max_head: the largest head size ``d`` it serves (also bounded by shared memory).
+      pallas_slstm_tile: the batch rows of one program (a power of two ≥ 16 on a GPU).
     """
 
     backend: str
@@ -43,11 +48,15 @@ class Plan(NamedTuple):
     pallas_max_batch: int = 64
     parallel_from_T: int | None = None
     associative: bool = False
+    pallas_slstm: bool = False
+    pallas_slstm_max_head: int = 64
+    pallas_slstm_tile: int = 16
 
 
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, lstm_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False),
-    "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, pallas=True, parallel_from_T=32, associative=True),
+    "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, pallas=True, parallel_from_T=32, associative=True,
+                pallas_slstm=True),
     "tpu": Plan("tpu", unroll=8, lstm_inloop_from_batch=None, pallas=False, parallel_from_T=32, associative=True),
 }
 _ALIASES = {"cuda": "gpu", "rocm": "gpu", "METAL": "gpu"}
