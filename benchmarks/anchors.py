@@ -261,7 +261,7 @@ def run(smoke: bool, repeats: int, slstm_repeats: int, names: Sequence[str], sav
 
 
 def _document(smoke: bool, device: str, gpu: bool, vers: dict, repeats: dict) -> dict:
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return {"suite": "anchors", "smoke": smoke, "device": device, "backend": "gpu" if gpu else "cpu",
             "versions": vers, "date": date, "repeats": repeats, "results": [], "skipped": [],
             "reference": FLASHRNN_H100,
