@@ -97,7 +97,7 @@ def test_step_matches_numpy_transcription():
         ys.append(y)
     want, (C, n, m) = np_mlstm_sequence(p.w_x, p.b_x, xs, NH)
     np.testing.assert_allclose(np.stack(ys), want, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(state.C, C, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(state.c, C, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(state.n, n, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(state.m, m, atol=1e-5, rtol=1e-5)
 
@@ -127,7 +127,7 @@ def _run_all(p, xs, lengths, mask):
     for method in FORMS:
         def loss(p, xs, method=method):
             s, ys = jlstm.scan(cell, p, xs, lengths=lengths, mask=mask, reverse=True, method=method)
-            return jnp.sum(ys * w) + jnp.sum(s.n) + jnp.sum(jnp.tanh(s.C)), (s, ys)
+            return jnp.sum(ys * w) + jnp.sum(s.n) + jnp.sum(jnp.tanh(s.c)), (s, ys)
 
         (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs)
         out[method] = (aux, grads)
@@ -186,7 +186,7 @@ def _halves_and_padding(q, k, v, i_pre, f_pre, valid):
         def padded(q, method=method):
             h, s = jlstm.mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=4, valid=valid,
                                     return_state=True)
-            return jnp.sum(h) + jnp.sum(s.C), (h, s)
+            return jnp.sum(h) + jnp.sum(s.c), (h, s)
 
         g, (h, s) = jax.grad(padded, has_aux=True)(nan_q)
         out[method] = (jnp.concatenate([h1, h2]), s2, h, s, g)
@@ -296,7 +296,7 @@ def test_equal_configs_and_clear_errors():
         jlstm.scan(cell, p, xs, method="associative")
     with pytest.raises(ValueError, match="recurrent dropout"):
         jlstm.recurrent(cell, recurrent_dropout=0.5).apply(p, xs, key=jax.random.key(0))
-    with pytest.raises(ValueError, match=r"state.C has shape"):
+    with pytest.raises(ValueError, match=r"state.c has shape"):
         jlstm.scan(cell, p, xs, cell.initial_state(p, 3))
     with pytest.raises(ValueError, match="input_size=3"):
         cell.step(p, cell.initial_state(p, B), xs[0, :, :2])
@@ -324,7 +324,7 @@ def _reset_data(seed=11):
     cell, p, _ = _data(jnp.float32, seed=seed)
     xs = jnp.asarray(np.random.default_rng(seed).normal(size=(RT, 3, I)), jnp.float32)
     s0 = cell.initial_state(p, 3)
-    s0 = jlstm.MLSTMState(s0.C + 0.3, s0.n + 0.2, jnp.zeros_like(s0.m))  # not the zero state: resets ignore it
+    s0 = jlstm.MLSTMState(s0.c + 0.3, s0.n + 0.2, jnp.zeros_like(s0.m))  # not the zero state: resets ignore it
     return cell, p, xs, s0
 
 

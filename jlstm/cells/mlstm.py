@@ -34,13 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm.cells import initializers as _initializers
 from jlstm.cells.make_cell import make_cell
+from jlstm.cells.options import MinCellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.loop import time_loop
-from jlstm.core.math import carry_dtype, cell_sizes, matmul, output
+from jlstm.core.math import carry_dtype, matmul, output
 from jlstm.core.time import join_blocks, split_blocks
-from jlstm.core.types import BatchShape, Cell, CellConfig, DTypeLike, batch_tuple
+from jlstm.core.types import BatchShape, Cell, CellConfig, batch_tuple
 
 NO_MEMORY = -1e30
 """The stabiliser ``m`` of the zero state: a finite stand-in for −∞."""
@@ -49,13 +49,14 @@ CORE_METHODS = ("parallel", "chunkwise", "sequential")
 
 
 class MLSTMState(NamedTuple):
-    """mLSTM state per head: ``C`` [*batch, heads, d, d] (key index, value index), ``n``
-    [*batch, heads, d] and the log-space stabiliser ``m`` [*batch, heads].
+    """mLSTM state per head: the matrix memory ``c`` [*batch, heads, d, d] (key index, value
+    index; ``C`` in the papers, and the field's name before 0.2), ``n`` [*batch, heads, d] and
+    the log-space stabiliser ``m`` [*batch, heads].
 
-    ``C`` and ``n`` are stored divided by ``exp(m)``; the zero state has ``m = -1e30``.
+    ``c`` and ``n`` are stored divided by ``exp(m)``; the zero state has ``m = -1e30``.
     """
 
-    C: jax.Array
+    c: jax.Array
     n: jax.Array
     m: jax.Array
 
@@ -87,7 +88,7 @@ def _step(state: MLSTMState, q, k, v, log_f, ig, eps: float) -> tuple[MLSTMState
     shift = _finite(m_new)
     f = jnp.exp(log_f + state.m - shift)
     i = jnp.exp(ig - shift)
-    C = f[..., None, None] * state.C + i[..., None, None] * (k[..., :, None] * v[..., None, :])
+    C = f[..., None, None] * state.c + i[..., None, None] * (k[..., :, None] * v[..., None, :])
     n = f[..., None] * state.n + i[..., None] * k
     num = jnp.einsum("...i,...ij->...j", q, C)
     qn = jnp.einsum("...i,...i->...", q, n)
@@ -126,7 +127,7 @@ def _block_outputs(q, k, v, log_f, ig, state: MLSTMState, eps: float,
     shift = _finite(m_row)
     scores = (q @ jnp.swapaxes(k, -1, -2)) * jnp.exp(log_d - shift[..., None])
     g = jnp.exp(log_g - shift)
-    num = scores @ v + g[..., None] * (q @ state.C)
+    num = scores @ v + g[..., None] * (q @ state.c)
     qn = jnp.sum(scores, axis=-1) + g * jnp.einsum("...ti,...i->...t", q, state.n)
     h = num / (jnp.maximum(jnp.abs(qn), jnp.exp(-shift)) + eps)[..., None]
     return jnp.moveaxis(h, -2, 0)
@@ -146,7 +147,7 @@ def _block_state(k, v, log_f, ig, state: MLSTMState, resets: jax.Array | None = 
     shift = _finite(m_end)
     w = jnp.exp(log_w - shift)
     g = jnp.exp(log_g - shift)
-    C = g[..., None, None] * state.C + jnp.einsum("s...,s...i,s...j->...ij", w, k, v)
+    C = g[..., None, None] * state.c + jnp.einsum("s...,s...i,s...j->...ij", w, k, v)
     n = g[..., None] * state.n + jnp.einsum("s...,s...i->...i", w, k)
     return MLSTMState(C, n, m_end)
 
@@ -177,7 +178,7 @@ def _chunkwise(q, k, v, log_f, ig, state, eps, chunk_size, unroll, resets):
         m_new = jnp.maximum(dec + s.m, loc.m)
         shift = _finite(m_new)
         a, b = jnp.exp(dec + s.m - shift), jnp.exp(loc.m - shift)
-        new = MLSTMState(a[..., None, None] * s.C + b[..., None, None] * loc.C,
+        new = MLSTMState(a[..., None, None] * s.c + b[..., None, None] * loc.c,
                          a[..., None] * s.n + b[..., None] * loc.n, m_new)
         return new, s
 
@@ -203,12 +204,12 @@ _FORMS = {"parallel": _parallel, "chunkwise": _chunkwise, "sequential": _sequent
 
 
 def _zero_state_like(state: MLSTMState) -> MLSTMState:
-    return MLSTMState(jnp.zeros_like(state.C), jnp.zeros_like(state.n), jnp.full_like(state.m, NO_MEMORY))
+    return MLSTMState(jnp.zeros_like(state.c), jnp.zeros_like(state.n), jnp.full_like(state.m, NO_MEMORY))
 
 
 def zero_state(batch_shape: tuple[int, ...], heads: int, d: int, dtype: Any) -> MLSTMState:
     """The zero mLSTM state: ``C = 0``, ``n = 0``, ``m = -1e30``."""
-    return MLSTMState(C=jnp.zeros(batch_shape + (heads, d, d), dtype),
+    return MLSTMState(c=jnp.zeros(batch_shape + (heads, d, d), dtype),
                       n=jnp.zeros(batch_shape + (heads, d), dtype),
                       m=jnp.full(batch_shape + (heads,), NO_MEMORY, dtype))
 
@@ -262,7 +263,7 @@ def check_state(state: Any, batch: tuple[int, ...], heads: int, d: int, where: s
     """Check an :class:`MLSTMState` against a batch shape, a head count and a head size."""
     _checks.check_type("state", state, MLSTMState, where,
                        "build the state with cell.initial_state(params, batch_shape) or pass None.")
-    want = {"C": batch + (heads, d, d), "n": batch + (heads, d), "m": batch + (heads,)}
+    want = {"c": batch + (heads, d, d), "n": batch + (heads, d), "m": batch + (heads,)}
     for field, shape in want.items():
         got = _checks.shape_of(getattr(state, field))
         if got != shape:
@@ -307,12 +308,11 @@ def mlstm_core(
         Every form folds it in exactly.
       return_state: also return the final state.
       unroll: loop unrolling of the sequential form and of the chunkwise form's loop over chunks.
-      resets: optional bool ``[T, *batch]``. Where True, the state entering the step is the zero
-        state (``C = 0``, ``n = 0``, ``m = -1e30``), not the carried one nor ``state``. Every form
-        cuts exactly: the parallel form masks the decay entries ``(t, s)`` with a reset in
-        ``(s, t]`` (from a cumulative count of resets, no large negative gate), the chunkwise form
-        also drops the state carried into a chunk that holds a reset. A reset at an invalid step
-        is ignored.
+      resets: optional bool ``[T, *batch]``: where True the step starts from the zero state, not
+        the carried one nor ``state``. Every form cuts exactly: the parallel form masks the decay
+        entries ``(t, s)`` with a reset in ``(s, t]`` (a cumulative count of resets, no large
+        negative gate); the chunkwise form also drops the state carried into a chunk that holds
+        a reset. A reset at an invalid step is ignored.
 
     Returns:
       ``h`` of shape ``[T, *batch, heads, d]``, or ``(h, final_state)``.
@@ -329,14 +329,26 @@ def mlstm_core(
     where = "jlstm.mlstm_core"
     _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, where)
     resets = _check_resets(resets, q.shape[:-2], valid, where)
+    q, k, v, log_f, ig, start = _core_inputs(q, k, v, i_pre, f_pre, valid, state)
+    if q.shape[0] == 0:
+        h, final = jnp.zeros(q.shape, q.dtype), start
+    else:
+        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll, resets)
+    if valid is not None:
+        h = jnp.where(valid[..., None, None], h, jnp.zeros((), h.dtype))
+    return (h, final) if return_state else h
+
+
+def _core_inputs(q, k, v, i_pre, f_pre, valid, state):
+    """The recurrence's inputs in one dtype: scaled keys, log forget gates, the input gates and the
+    start state; invalid steps get ``log f = 0`` and an input gate of −∞ (they keep the state)."""
     dtype = jnp.result_type(q, k, v, i_pre, f_pre, *(jax.tree.leaves(state) if state is not None else ()))
     q, k, v, i_pre, f_pre = (a.astype(dtype) for a in (q, k, v, i_pre, f_pre))
-    T, batch, heads, d = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    batch, heads, d = tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     start: MLSTMState = zero_state(batch, heads, d, dtype) if state is None else MLSTMState(
         *(jnp.asarray(a).astype(dtype) for a in state))
     k = k / jnp.asarray(math.sqrt(d), dtype)
-    log_f = jax.nn.log_sigmoid(f_pre)
-    ig = i_pre
+    log_f, ig = jax.nn.log_sigmoid(f_pre), i_pre
     if valid is not None:
         def keep(a, fill):
             vm = valid.reshape(valid.shape + (1,) * (a.ndim - valid.ndim))
@@ -344,13 +356,7 @@ def mlstm_core(
 
         q, k, v, log_f = (keep(a, 0.0) for a in (q, k, v, log_f))
         ig = keep(ig, -jnp.inf)
-    if T == 0:
-        h, final = jnp.zeros(q.shape, dtype), start
-    else:
-        h, final = _FORMS[method](q, k, v, log_f, ig, start, float(eps), int(chunk_size), unroll, resets)
-    if valid is not None:
-        h = jnp.where(valid[..., None, None], h, jnp.zeros((), h.dtype))
-    return (h, final) if return_state else h
+    return q, k, v, log_f, ig, start
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,18 +370,16 @@ def mlstm(
     chunk_size: int = 64,
     parallel_max_length: int = 64,
     eps: float = 1e-6,
-    kernel_init: _initializers.Initializer = _initializers.glorot_uniform,
     forget_bias: tuple[float, float] = (3.0, 6.0),
-    dtype: DTypeLike | None = None,
-    param_dtype: DTypeLike = jnp.float32,
+    **options: Unpack[MinCellOptions],
 ) -> Cell:
     """Build an mLSTM cell (xLSTM's matrix-memory LSTM; equations in the module docstring).
 
-    ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"`` (a loop over
-    ``step``), ``"parallel"`` (O(T²) in time and memory, no loop), ``"chunkwise"`` (O(T·L))
-    or ``"auto"`` (parallel up to ``parallel_max_length`` steps, chunkwise beyond: on CPU the
-    O(T²) form was already slower than the loop at T = 256). All give
-    the same values and final state, with lengths, masks and reverse.
+    ``jlstm.scan(cell, params, xs, method=...)`` takes ``"sequential"``, ``"parallel"`` (O(T²) in
+    time and memory, no loop), ``"chunkwise"`` (O(T·L)) or ``"auto"`` (parallel up to
+    ``parallel_max_length`` steps, chunkwise beyond: on CPU the O(T²) form was already slower than
+    the loop at T = 256). All give the same values and final state, with lengths, masks, resets
+    and reverse.
 
     Args:
       hidden_size: H, the size of ``y``; ``num_heads`` heads of size ``d = H / num_heads``.
@@ -383,27 +387,34 @@ def mlstm(
       chunk_size: chunk length L of the chunkwise form.
       parallel_max_length: the longest T for which ``method="auto"`` picks the parallel form.
       eps: added to the normaliser, as in the reference.
-      kernel_init: initialiser of ``w_x``.
-      forget_bias: the forget-gate biases, spread linearly over the heads from the first
-        value to the second (as xLSTM does), so memory starts long. Other biases are 0.
-      dtype: dtype of the input projection and of ``y``; ``None`` follows the inputs. The
-        recurrence runs in the state's dtype (float32 or wider).
-      param_dtype: dtype of the parameters.
-
-    Returns:
-      A :class:`jlstm.Cell` whose ``step(params, state, x)`` returns ``(MLSTMState, y_t)``,
-      ``y_t`` of shape ``[*batch, H]``. Params: :class:`MLSTMParams`.
+      forget_bias: the forget-gate biases, spread linearly over the heads from the first value to
+        the second (as xLSTM does), added to ``bias_init``'s (zeros by default).
+      **options: ``kernel_init`` (of ``w_x``), ``bias_init``, ``dtype`` (of the input projection
+        and ``y``; the recurrence runs in float32 or wider) and ``param_dtype``: see
+        :class:`jlstm.MinCellOptions`.
 
     Example:
       >>> cell = jlstm.mlstm(16, num_heads=2)
       >>> params = cell.init(jax.random.key(0), 4)
-      >>> xs = jnp.ones((100, 3, 4))
-      >>> state, ys = jlstm.scan(cell, params, xs, method="chunkwise")
-      >>> state2, ys2 = jlstm.scan(cell, params, xs, method="sequential")
-      >>> ys.shape, state.C.shape, bool(jnp.allclose(ys, ys2, atol=1e-5))
-      ((100, 3, 16), (3, 2, 8, 8), True)
+      >>> state, ys = jlstm.scan(cell, params, jnp.ones((100, 3, 4)), method="chunkwise")
+      >>> ys.shape, state.c.shape
+      ((100, 3, 16), (3, 2, 8, 8))
     """
-    H, dt, pdt = cell_sizes(hidden_size, dtype, param_dtype)
+    cfg = _config(hidden_size, num_heads, chunk_size, parallel_max_length, eps, forget_bias, options)
+    where = f"mlstm({cfg.hidden_size}, num_heads={cfg.num_heads})"
+    check = functools.partial(_check, cfg, default_where=where)
+    return make_cell(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
+                     project=functools.partial(_project, cfg),
+                     step_projected=functools.partial(_step_projected, cfg),
+                     output_size=cfg.hidden_size, name=where, config=cfg, check=check,
+                     methods=(("parallel", _form(cfg, "parallel")), ("chunkwise", _form(cfg, "chunkwise"))),
+                     auto_method=functools.partial(_auto_method, cfg), mixable_state=False)
+
+
+def _config(hidden_size: int, num_heads: int, chunk_size: int, parallel_max_length: int, eps: float,
+            forget_bias: Any, options: Any) -> CellConfig:
+    """The checked options of :func:`mlstm` as its config."""
+    _checks.check_size("hidden_size", hidden_size)
     _checks.check_size("num_heads", num_heads)
     _checks.check_size("chunk_size", chunk_size)
     _checks.check_size("parallel_max_length", parallel_max_length, minimum=0)
@@ -417,18 +428,10 @@ def mlstm(
     except (TypeError, IndexError, ValueError):
         raise TypeError(f"mlstm: forget_bias must be a pair of floats (first head, last head), got "
                         f"{forget_bias!r}; e.g. forget_bias=(3.0, 6.0).") from None
-    where = f"mlstm({H}, num_heads={int(num_heads)})"
-    cfg = CellConfig(
-        "mlstm", hidden_size=H, num_heads=int(num_heads), chunk_size=int(chunk_size),
-        parallel_max_length=int(parallel_max_length), eps=float(eps), kernel_init=kernel_init,
-        forget_bias=forget_bias, dtype=dt, param_dtype=pdt)
-    check = functools.partial(_check, cfg, default_where=where)
-    return make_cell(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
-                     project=functools.partial(_project, cfg),
-                     step_projected=functools.partial(_step_projected, cfg),
-                     output_size=H, name=where, config=cfg, check=check,
-                     methods=(("parallel", _form(cfg, "parallel")), ("chunkwise", _form(cfg, "chunkwise"))),
-                     auto_method=functools.partial(_auto_method, cfg), mixable_state=False)
+    opts = resolve("mlstm", options, MinCellOptions)
+    return CellConfig("mlstm", hidden_size=int(hidden_size), num_heads=int(num_heads), chunk_size=int(chunk_size),
+                      parallel_max_length=int(parallel_max_length), eps=float(eps), forget_bias=forget_bias,
+                      **opts.config())
 
 
 def _sizes(cfg: CellConfig) -> tuple[int, int, int, int]:
@@ -440,10 +443,10 @@ def _sizes(cfg: CellConfig) -> tuple[int, int, int, int]:
 def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> MLSTMParams:
     _checks.check_size("input_size", input_size)
     H, NH, _, width = _sizes(cfg)
-    b = np.zeros(width)
-    b[4 * H + NH:] = np.linspace(cfg.forget_bias[0], cfg.forget_bias[1], NH)
-    return MLSTMParams(w_x=cfg.kernel_init(key, (input_size, width), cfg.param_dtype),
-                       b_x=jnp.asarray(b, cfg.param_dtype))
+    forget = np.zeros(width)
+    forget[4 * H + NH:] = np.linspace(cfg.forget_bias[0], cfg.forget_bias[1], NH)
+    b = cfg.bias_init(jax.random.fold_in(key, 1), (width,), cfg.param_dtype) + jnp.asarray(forget, cfg.param_dtype)
+    return MLSTMParams(w_x=cfg.kernel_init(key, (input_size, width), cfg.param_dtype), b_x=b)
 
 
 def _check(cfg: CellConfig, params, state=None, x=None, where: str | None = None, *,
@@ -486,7 +489,7 @@ def _step_projected(cfg: CellConfig, params: MLSTMParams, state: MLSTMState, xp:
         raise ValueError(f"mlstm({H}, num_heads={NH}): recurrent dropout masks h_(t-1) in a recurrent matmul, "
                          f"and the mLSTM has none (its gates read only x); use input dropout instead "
                          f"(jlstm.recurrent(cell, dropout=...)).")
-    q, k, v, o, i_pre, f_pre = _split(cfg, xp, state.C.dtype)
+    q, k, v, o, i_pre, f_pre = _split(cfg, xp, state.c.dtype)
     k = k / jnp.asarray(math.sqrt(d), k.dtype)
     state, h = _step(state, q, k, v, jax.nn.log_sigmoid(f_pre), i_pre, float(cfg.eps))
     y = jax.nn.sigmoid(o) * h
@@ -502,7 +505,7 @@ def _form(cfg: CellConfig, method: str):
         size = cfg.chunk_size if chunk_size is None else chunk_size
 
         def core(params, xs, state):
-            q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.C.dtype)
+            q, k, v, o, i_pre, f_pre = _split(cfg, _project(cfg, params, xs), state.c.dtype)
             h, final = mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=size, eps=cfg.eps,
                                   valid=valid, state=state, return_state=True, unroll=unroll, resets=resets)
             y = jax.nn.sigmoid(o) * h

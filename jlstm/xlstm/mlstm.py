@@ -155,12 +155,12 @@ def _core(inner: int, heads: int, chunk_size: int, parallel_max_length: int, eps
     cfg = CellConfig("xlstm_mlstm_core", inner_size=inner, num_heads=heads, chunk_size=chunk_size,
                      parallel_max_length=parallel_max_length, eps=eps)
 
-    def run(method: str, params, xs, state, valid, unroll=1):
+    def run(method: str, params, xs, state, valid, unroll=1, resets=None, size=None):
         lead, d = xs.shape[:-1], inner // heads
         q, k, v = (xs[..., j * inner:(j + 1) * inner].reshape(lead + (heads, d)) for j in range(3))
         i_pre, f_pre = xs[..., 3 * inner:3 * inner + heads], xs[..., 3 * inner + heads:]
-        h, final = jlstm.mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=chunk_size, eps=eps,
-                                    valid=valid, state=state, return_state=True, unroll=unroll)
+        h, final = jlstm.mlstm_core(q, k, v, i_pre, f_pre, method=method, chunk_size=size or chunk_size, eps=eps,
+                                    valid=valid, state=state, return_state=True, unroll=unroll, resets=resets)
         return final, h.reshape(lead + (inner,))
 
     def step(params, state, x, recurrent_mask=None):
@@ -168,8 +168,8 @@ def _core(inner: int, heads: int, chunk_size: int, parallel_max_length: int, eps
         return final, h[0]
 
     def form(method: str):
-        def whole(params, xs, state, valid, *, unroll=1, remat=None):
-            body = functools.partial(run, method, unroll=unroll)
+        def whole(params, xs, state, valid, *, unroll=1, remat=None, resets=None, chunk_size=None):
+            body = functools.partial(run, method, unroll=unroll, resets=resets, size=chunk_size)
             return (jax.checkpoint(body) if remat else body)(params, xs, state, valid)
 
         return whole

@@ -80,7 +80,7 @@ def test_final_state_equals_recurrent_steps_and_chunkwise_from_a_state():
         h, state = core(*args, method=method, chunk_size=5, return_state=True)
         np.testing.assert_allclose(np.moveaxis(np.asarray(h), 0, 2), np.concatenate(hs, axis=2),
                                    atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(state.C, C.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(state.c, C.numpy(), atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(state.n, n.numpy()[..., 0], atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(state.m, m.numpy()[..., 0, 0], atol=1e-5, rtol=1e-5)
         # streaming: the second half from the first half's state, against chunkwise_simple, whose
@@ -90,9 +90,9 @@ def test_final_state_equals_recurrent_steps_and_chunkwise_from_a_state():
         ref_h2, (rC, rn, rm) = backends.chunkwise_simple(
             *(torch.tensor(a[:, :, half:]) for a in (q, k, v)),
             torch.tensor(i_pre[:, :, half:, 0]), torch.tensor(f_pre[:, :, half:, 0]),
-            initial_C=torch.tensor(np.asarray(s1.C) * scale), initial_n=torch.tensor(np.asarray(s1.n) * scale),
+            initial_C=torch.tensor(np.asarray(s1.c) * scale), initial_n=torch.tensor(np.asarray(s1.n) * scale),
             initial_m=torch.tensor(np.asarray(s1.m)), chunk_size=4, return_last_state=True)
         np.testing.assert_allclose(np.moveaxis(np.asarray(h2), 0, 2), ref_h2.numpy(), atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(s2.C * scale, rC.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(s2.c * scale, rC.numpy(), atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(s2.n * scale, rn.numpy(), atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(s2.m, rm.numpy()[..., 0, 0], atol=1e-5, rtol=1e-5)
