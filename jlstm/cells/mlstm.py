@@ -298,16 +298,12 @@ def mlstm_core(
       q, k, v: ``[T, *batch, heads, d]``.
       i_pre, f_pre: input and forget gate pre-activations, ``[T, *batch, heads]``.
       method: ``"parallel"`` (O(T²) matrix), ``"chunkwise"`` (parallel inside chunks of
-        ``chunk_size`` steps, state carried between them) or ``"sequential"`` (a loop over
-        the recurrent step). All three give the same values.
-      chunk_size: the chunk length L of ``"chunkwise"``; T need not be a multiple of it.
-      eps: added to the normaliser.
-      valid: optional bool ``[T, *batch]``. At invalid steps the state is kept (log f = 0,
-        input gate −∞) and h is 0; values there, NaN included, do not matter.
+        ``chunk_size`` steps, any T) or ``"sequential"`` (a loop): the same values.
+      chunk_size, eps: the chunk length L of ``"chunkwise"``; added to the normaliser.
+      valid: optional bool ``[T, *batch]``: invalid steps keep the state (log f = 0, input gate
+        −∞) and give h = 0; values there, NaN included, do not matter.
       state: the initial :class:`MLSTMState` (``None``: the zero state), for streaming.
-        Every form folds it in exactly.
-      return_state: also return the final state.
-      unroll: loop unrolling of the sequential form and of the chunkwise form's loop over chunks.
+      return_state, unroll: also return the final state; the loops' unrolling.
       resets: optional bool ``[T, *batch]``: where True the step starts from the zero state, not
         the carried one nor ``state``. Every form cuts exactly: the parallel form masks the decay
         entries ``(t, s)`` with a reset in ``(s, t]`` (a cumulative count of resets, no large

@@ -110,8 +110,8 @@ def slstm_layer(embedding_dim: int, *, num_heads: int = 4, conv1d_kernel_size: i
                            name=f"xlstm.slstm_core({embedding_dim})",
                            config=CellConfig("xlstm_slstm_core", base=base))
     cfg = CellConfig("xlstm_slstm_layer", embedding_dim=int(embedding_dim), num_heads=int(num_heads),
-                     conv1d_kernel_size=int(conv1d_kernel_size), bias_init=bias_init, recurrent_init=recurrent_init,
-                     dropout=float(dropout), norm_eps=float(norm_eps), norm_bias=bool(norm_bias),
+                     conv1d_kernel_size=int(conv1d_kernel_size), bias_init=bias_init, dropout=float(dropout),
+                     recurrent_init=recurrent_init, norm_eps=float(norm_eps), norm_bias=bool(norm_bias),
                      block_index=int(block_index), num_blocks=int(num_blocks), method=method, remat=remat,
                      unroll=unroll, param_dtype=jnp.dtype(param_dtype), where=where, core=core)
     return SequenceModel(init=functools.partial(_init, cfg), apply=functools.partial(_apply, cfg),
