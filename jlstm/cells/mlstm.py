@@ -290,9 +290,8 @@ def mlstm_core(
 ) -> Union[jax.Array, tuple[jax.Array, MLSTMState]]:
     """The mLSTM's matrix-memory recurrence over a whole sequence, time-major.
 
-    Computes what ``xlstm.blocks.mlstm.backends.parallel_stabilized_simple`` computes: keys
-    scaled by 1/√d, a log-sigmoid forget gate, an exponential input gate and the normaliser
-    ``max(|q·n|, exp(−m)) + eps`` (equations in the module docstring).
+    What ``xlstm.blocks.mlstm.backends.parallel_stabilized_simple`` computes (keys scaled by 1/√d,
+    log-sigmoid forget and exponential input gates; equations in the module docstring).
 
     Args:
       q, k, v: ``[T, *batch, heads, d]``.
