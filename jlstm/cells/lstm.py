@@ -127,7 +127,8 @@ def lstm(
         init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg, check),
         project=functools.partial(_project, cfg), step_projected=functools.partial(_step_projected, cfg),
         output_size=_recurrent_size(cfg), name=name, config=cfg, check=check, sequence=fused,
-        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None)
+        step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if proj_size is None else None,
+        jacobian_blocks=2 if proj_size is None else None)
 
 
 def _check_clip(cell_clip: Any) -> None:

@@ -31,6 +31,8 @@ def make_cell(
     methods: tuple[tuple[str, Callable[..., Any]], ...] = (),
     auto_method: Callable[[int], str] | None = None,
     step_decoupled: Callable[..., Any] | None = None,
+    jacobian_blocks: int | None = None,
+    jacobian_exact: bool = False,
 ) -> Cell:
     """A cell whose ``step`` is derived: ``step(p, s, x) = step_projected(p, s, project(p, x))``.
 
@@ -48,6 +50,7 @@ def make_cell(
       sequence, methods, auto_method: optional whole-sequence forms (:class:`jlstm.CellFast`).
       step_decoupled: optional step with a diagonal state Jacobian, for quasi-DEER
         (:class:`jlstm.CellFast`).
+      jacobian_blocks, jacobian_exact: the Jacobian's per-unit block structure (:class:`jlstm.CellFast`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -73,6 +76,6 @@ def make_cell(
 
     fast = CellFast(project=project, step_projected=step_projected, sequence=sequence, check=check,
                     methods=tuple(methods), auto_method=auto_method,
-                    step_decoupled=step_decoupled)
+                    step_decoupled=step_decoupled, jacobian_blocks=jacobian_blocks, jacobian_exact=jacobian_exact)
     return Cell(init=init, initial_state=initial_state, step=step, output_size=output_size, name=name,
                 config=config, fast=fast)

@@ -183,7 +183,8 @@ def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state
     return make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
                      output_size=H, name=where, config=config, check=check,
                      methods=(("parallel", parallel),), auto_method=_auto,
-                     step_decoupled=step_projected)   # already elementwise in h
+                     step_decoupled=step_projected,   # already elementwise in h
+                     jacobian_blocks=1, jacobian_exact=True)
 
 
 def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:

@@ -91,4 +91,5 @@ class SimpleCell:
         cfg = CellConfig(self.kind, hidden_size=self.hidden_size, **config, **self.options.config())
         return make_cell(init=self.init, initial_state=self.initial_state, project=self.project,
                          step_projected=step_projected, output_size=self.hidden_size, name=self.where,
-                         config=cfg, check=self.check, step_decoupled=step_decoupled)
+                         config=cfg, check=self.check, step_decoupled=step_decoupled,
+                         jacobian_blocks=None if step_decoupled is None else 1)

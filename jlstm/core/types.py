@@ -161,6 +161,14 @@ class CellFast(NamedTuple):
         no other entry within a state leaf (:mod:`jlstm.cells.decouple`): ``method="quasi_deer"``
         and ``"quasi_elk"`` then read the diagonal with one JVP per state leaf instead of a
         full ``jax.jacfwd``.
+      jacobian_blocks: ``k`` where the state's Jacobian groups into one ``k×k`` block per unit:
+        the state has ``k`` leaves of ``U`` units each (the LSTM's ``h`` and ``c``: ``k = 2``), and
+        ``step_decoupled``'s Jacobian links entry ``j`` of a leaf only to entry ``j`` of the
+        leaves. The quasi-Newton methods then keep each unit's exact ``k×k`` block (read with
+        ``k`` JVPs) instead of the diagonal alone. ``None``: the diagonal.
+      jacobian_exact: the step's true Jacobian has no entry outside those blocks (``step_decoupled``
+        is the step itself, as in ParaRNN's cells and the min cells): every Newton method is then
+        exact Newton at the cost of the blocks, and the gradient's adjoint uses them too.
     """
 
     project: ProjectFn | None = None
@@ -170,6 +178,8 @@ class CellFast(NamedTuple):
     methods: tuple[tuple[str, Callable[..., tuple[State, Array]]], ...] = ()
     auto_method: Callable[[int], str] | None = None
     step_decoupled: Callable[[Params, State, Any], tuple[State, Array]] | None = None
+    jacobian_blocks: int | None = None
+    jacobian_exact: bool = False
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
