@@ -1,8 +1,8 @@
 """jlstm: recurrent networks as pure JAX functions.
 
 The classic cells (the founding article's peephole LSTM, the peephole-free LSTM of PyTorch, Keras and
-Flax, GRU, plain RNN), the modern ones (sLSTM, mLSTM, minGRU, minLSTM) and parallel-in-time evaluation
-of any of them by Newton's method (DEER, quasi-DEER, ELK).
+Flax, GRU, plain RNN), the modern ones (sLSTM, mLSTM, minGRU, minLSTM, ParaRNN's ParaGRU and ParaLSTM) and
+parallel-in-time evaluation of any of them by Newton's method (DEER, quasi-DEER, ELK).
 
 Where things live (``docs/architecture.md`` draws the flow of a call):
 
@@ -27,6 +27,7 @@ from jlstm.cells.make_cell import make_cell
 from jlstm.cells.min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
 from jlstm.cells.mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
 from jlstm.cells.options import CellOptions, MinCellOptions
+from jlstm.cells.para_rnn import ParaGRUParams, ParaLSTMParams, para_gru, para_lstm
 from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
@@ -39,7 +40,7 @@ from jlstm.layers.bidirectional import (
 )
 from jlstm.layers.recurrent import recurrent
 from jlstm.layers.stack import stack
-from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo
+from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo, NewtonResult
 
 try:  # the version is written once, in pyproject.toml, and read from the installed package's metadata
     __version__ = _metadata.version("jlstm")
@@ -79,6 +80,9 @@ __all__ = [
     "Newton",
     "NewtonConvergenceError",
     "NewtonInfo",
+    "NewtonResult",
+    "ParaGRUParams",
+    "ParaLSTMParams",
     "MinGRUParams",
     "MinGRUState",
     "MinLSTMParams",
@@ -103,6 +107,8 @@ __all__ = [
     "min_lstm",
     "mlstm",
     "mlstm_core",
+    "para_gru",
+    "para_lstm",
     "recurrent",
     "reverse_index",
     "scan",
