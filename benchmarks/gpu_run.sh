@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call on an H100/H200, under 9 minutes: correctness of the GPU-only paths (70 s), parallel in
-# time (160 s), the perf suite (peers included, 170 s), the modern cells' forms (60 s) and DeepBench (30 s);
-# each section is cut by its own timeout, and each writes its JSON as it goes.
+# One device call on an H100/H200, about 13 minutes: correctness of the GPU-only paths (70 s), parallel in
+# time (160 s; ParaRNN's cells and the block method to T=1M, 150 s; DEER's README case, 60 s), the perf suite
+# (peers included, 170 s), the modern cells' forms (60 s) and DeepBench (30 s); each section is cut by its
+# own timeout, and each writes its JSON as it goes. Split it across two calls where a call is limited to 10 min.
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
 # Writes $OUT/gpu_perf.json, $OUT/gpu_deepbench.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
@@ -32,6 +33,14 @@ timeout 120 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131
   --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
 timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
   --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
+echo "== parallel in time: ParaRNN's cells and the block method (quasi_deer vs quasi_deer_diag), B=1, T to 1M"
+timeout 150 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072,1048576 --Hs 16 \
+  --cells para_gru,para_lstm,lstm --states untrained,trained --methods quasi_deer,quasi_deer_diag,deer --repeats 3 \
+  --out "$OUT/deer_gpu_pararnn.json" 2>&1 | tail -30 | tee "$OUT/deer_gpu_pararnn.log"
+echo "== DEER's README case: GRU, input 2, batch 16, T=10,000 (68x the sequential scan on a V100, published)"
+timeout 60 python -m benchmarks.deer --device gpu --batch 16 --Ts 10000 --Hs 1,32 --cells gru,para_gru \
+  --states untrained --methods deer,quasi_deer --repeats 5 --out "$OUT/deer_gpu_readme.json" 2>&1 \
+  | tail -10 | tee "$OUT/deer_gpu_readme.log"
 echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
 # jlstm = the automatic choice (the Pallas kernel where B <= 64), jlstm_pallas / jlstm_fused / jlstm_ref =
 # the Pallas kernel, the fused scan and the reference scan forced; cuDNN from JAX and from PyTorch; Flax;
