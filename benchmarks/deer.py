@@ -1,9 +1,12 @@
 """Parallel-in-time Newton methods against the sequential scan: iterations and wall time vs T and H.
 
-For each cell (``gru``, ``lstm``), each state (``untrained``: the initialisers' params;
-``trained``: 150 Adam steps on the adding problem at T=64, B=32), each hidden size H and each
-length T, one forward pass ``jlstm.scan(cell, params, xs, method=m)`` at batch B is timed for
-``m`` in ``sequential``, ``quasi_deer``, ``deer``, ``quasi_elk`` and ``elk``; a method is skipped
+For each cell (``gru``, ``lstm``, and ParaRNN's ``para_gru``, ``para_lstm``), each state
+(``untrained``: the initialisers' params; ``trained``: 150 Adam steps on the adding problem at T=64,
+B=32), each hidden size H and each length T, one forward pass
+``jlstm.scan(cell, params, xs, method=m)`` at batch B is timed for ``m`` in ``sequential``,
+``quasi_deer``, ``deer``, ``quasi_elk``, ``elk`` and ``quasi_deer_diag`` (quasi-DEER keeping only
+the diagonal where the cell declares k×k Jacobian blocks, as the LSTM's 2×2 ``(h, c)``: the
+comparison for the block method); a method is skipped
 where its per-iteration data (T·B·D² dense, T·B·D diagonal) exceed its limit in
 ``--max-elements`` (:data:`LIMITS`). Every method runs in the same process and the same case,
 so the ratios ``speedup = t_sequential / t_method`` are measured side by side. Newton runs use
@@ -42,7 +45,8 @@ def make_params(cell_name: str, H: int, I: int, trained: bool):
 
     import jlstm
 
-    cell = jlstm.gru(H) if cell_name == "gru" else jlstm.lstm(H)
+    factories = {"gru": jlstm.gru, "lstm": jlstm.lstm, "para_gru": jlstm.para_gru, "para_lstm": jlstm.para_lstm}
+    cell = factories[cell_name](H)
     params = {"cell": cell.init(jax.random.key(0), I), "w": jnp.zeros((H,))}
     if not trained:
         return cell, params["cell"]
@@ -88,7 +92,16 @@ def _time(fn, *args, repeats: int) -> tuple[float, object]:
 # methods, T·B·D for the diagonal ones. ELK's Kalman smoother solves a D×D system per step and scan
 # level, and on the CPU it is far slower than DEER: measured at ~0.65 s an iteration for quasi-ELK on an
 # LSTM(64) at T = 65,536 (quasi-DEER: 0.13 s), and minutes for dense ELK on a GRU(4) at T = 16,384.
-LIMITS = {"deer": 3e7, "elk": 1e5, "quasi_elk": 2e6, "quasi_deer": float("inf")}
+LIMITS = {"deer": 3e7, "elk": 1e5, "quasi_elk": 2e6, "quasi_deer": float("inf"), "quasi_deer_diag": float("inf")}
+
+
+def newton(method: str):
+    """The :class:`jlstm.Newton` of a benchmark method name (``quasi_deer_diag``: without the blocks)."""
+    import jlstm
+
+    if method == "quasi_deer_diag":
+        return jlstm.Newton("quasi_deer", blocks=False, on_failure="ignore", max_iters=200)
+    return jlstm.Newton(method, on_failure="ignore", max_iters=200)
 
 
 def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, limits: dict) -> dict:
@@ -107,12 +120,12 @@ def run_case(cell, params, T: int, B: int, I: int, methods, repeats: int, limits
             out[m] = {"skipped": f"{'T·B·D' if m.startswith('quasi') else 'T·B·D²'} = {size:.3g} > the limit "
                                  f"{limits[m]:.3g} (--max-elements)"}
             continue
-        newton = jlstm.Newton(m, on_failure="ignore", max_iters=200)
-        run = jax.jit(lambda p, x, n=newton: jlstm.scan(cell, p, x, method=n, return_info=True))
+        options = newton(m)
+        run = jax.jit(lambda p, x, n=options: jlstm.scan(cell, p, x, method=n, return_info=True))
         t, (_, ys, info) = _time(run, params, xs, repeats=repeats)
         out[m] = {"seconds": t, "speedup_vs_sequential": t_seq / t, "iterations": int(info.iterations),
                   "residual": float(info.residual), "converged": bool(info.converged),
-                  "max_abs_diff_vs_sequential": _max_diff(ys, y_seq)}
+                  "error_estimate": float(info.error), "max_abs_diff_vs_sequential": _max_diff(ys, y_seq)}
     return out
 
 

@@ -3,7 +3,9 @@
 # (peers included, 170 s) and the anchor shapes (the LSTM at (16,1024,768,768) against cuDNN, B=1 per-step
 # latency, the sLSTM's Pallas kernels at FlashRNN's head sizes; 180 s). Each section is cut by its own
 # timeout and writes its JSON as it goes. The sections run last time and not repeated by default (parallel
-# in time, DeepBench, the cells' forms; results/deer_gpu*.json, cells_gpu.json) run when named:
+# in time, DeepBench, the cells' forms; results/deer_gpu*.json, cells_gpu.json) run when named, in a second
+# call (about 7 minutes: DEER/quasi-DEER to T=1M, ParaRNN's cells and the block method to T=1M, DEER's README
+# case, then DeepBench and the cells' forms):
 #   SECTIONS="deer deepbench cells" bash benchmarks/gpu_run.sh
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
 # Writes $OUT/check_gpu.json, gpu_perf.json, gpu_anchors.json, PNGs and logs (OUT defaults to benchmarks/results).
@@ -52,6 +54,14 @@ if want deer; then
     --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
   timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
     --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
+  echo "== parallel in time: ParaRNN's cells and the block method (quasi_deer vs quasi_deer_diag), B=1, T to 1M"
+  timeout 150 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072,1048576 --Hs 16 \
+    --cells para_gru,para_lstm,lstm --states untrained,trained --methods quasi_deer,quasi_deer_diag,deer --repeats 3 \
+    --out "$OUT/deer_gpu_pararnn.json" 2>&1 | tail -30 | tee "$OUT/deer_gpu_pararnn.log"
+  echo "== DEER's README case: GRU, input 2, batch 16, T=10,000 (68x the sequential scan on a V100, published)"
+  timeout 60 python -m benchmarks.deer --device gpu --batch 16 --Ts 10000 --Hs 1,32 --cells gru,para_gru \
+    --states untrained --methods deer,quasi_deer --repeats 5 --out "$OUT/deer_gpu_readme.json" 2>&1 \
+    | tail -10 | tee "$OUT/deer_gpu_readme.log"
 fi
 if want deepbench; then
   echo "== deepbench (training + inference, float32)"

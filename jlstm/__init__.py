@@ -1,8 +1,8 @@
 """jlstm: recurrent networks as pure JAX functions.
 
 The classic cells (the founding article's peephole LSTM, the peephole-free LSTM of PyTorch, Keras and
-Flax, GRU, plain RNN), the modern ones (sLSTM, mLSTM, minGRU, minLSTM) and parallel-in-time evaluation
-of any of them by Newton's method (DEER, quasi-DEER, ELK).
+Flax, GRU, plain RNN), the modern ones (sLSTM, mLSTM, minGRU, minLSTM, ParaRNN's ParaGRU and ParaLSTM) and
+parallel-in-time evaluation of any of them by Newton's method (DEER, quasi-DEER, ELK).
 
 Where things live (``docs/architecture.md`` draws the flow of a call):
 
@@ -27,6 +27,7 @@ from jlstm.cells.make_cell import make_cell
 from jlstm.cells.min_rnn import MinGRUParams, MinGRUState, MinLSTMParams, MinLSTMState, min_gru, min_lstm
 from jlstm.cells.mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_core
 from jlstm.cells.options import CellOptions, MinCellOptions
+from jlstm.cells.para_rnn import ParaGRUParams, ParaLSTMParams, para_gru, para_lstm
 from jlstm.cells.simple_rnn import RNNParams, RNNState, simple_rnn
 from jlstm.cells.slstm import SLSTMParams, SLSTMState, slstm
 from jlstm.core import aliases as _aliases
@@ -43,7 +44,7 @@ from jlstm.layers.bidirectional import (
 )
 from jlstm.layers.recurrent import recurrent
 from jlstm.layers.stack import stack
-from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo
+from jlstm.newton.method import Newton, NewtonConvergenceError, NewtonInfo, NewtonResult
 from jlstm.strategies.auto import Auto
 from jlstm.strategies.base import Strategy
 from jlstm.strategies.forms import Chunkwise, Parallel
@@ -92,6 +93,9 @@ __all__ = [
     "Newton",
     "NewtonConvergenceError",
     "NewtonInfo",
+    "NewtonResult",
+    "ParaGRUParams",
+    "ParaLSTMParams",
     "MinGRUParams",
     "MinGRUState",
     "MinLSTMParams",
@@ -118,6 +122,8 @@ __all__ = [
     "min_lstm",
     "mlstm",
     "mlstm_core",
+    "para_gru",
+    "para_lstm",
     "recurrent",
     "reverse_index",
     "scan",

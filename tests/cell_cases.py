@@ -29,6 +29,9 @@ CASES = {
     "layer_norm_lstm": (lambda H: jlstm.layer_norm_lstm(H),
                         lambda p: (lambda s, x: ref.layer_norm_lstm_step(p, s[0], s[1], x)),
                         ("h", "c")),
+    "para_gru": (lambda H: jlstm.para_gru(H), lambda p: (lambda s, x: (ref.para_gru_step(p, s[0], x),)), ("h",)),
+    "para_lstm": (lambda H: jlstm.para_lstm(H), lambda p: (lambda s, x: ref.para_lstm_step(p, s[0], s[1], x)),
+                  ("h", "c")),
 }
 CASES.pop("relu_rnn")
 NAMES = sorted(CASES)

@@ -96,3 +96,36 @@ def run(step, state, xs, lengths=None):
             ys[t, b] = s[0]
         finals.append(s)
     return tuple(np.stack(f) for f in zip(*finals)), ys
+
+
+def _para_projection(p, x, heads):
+    """ParaRNN's input projection gate by gate: head k maps its inputs to its units of every gate."""
+    w, b = np.asarray(p.w_x, np.float64), np.asarray(p.b, np.float64)
+    x = np.asarray(x, np.float64)
+    H = b.shape[0] // 3
+    Ih, Hh = w.shape[0] // heads, H // heads
+    gates = np.zeros(x.shape[:-1] + (3, H))
+    for k in range(heads):
+        out = x[..., k * Ih:(k + 1) * Ih] @ w[k * Ih:(k + 1) * Ih]          # [..., 3·Hh]
+        for g in range(3):
+            gates[..., g, k * Hh:(k + 1) * Hh] = out[..., g * Hh:(g + 1) * Hh]
+    return [gates[..., g, :] + b[g * H:(g + 1) * H] for g in range(3)]
+
+
+def para_gru_step(p, h, x, heads=1):
+    xz, xr, xn = _para_projection(p, x, heads)
+    a = np.asarray(p.a, np.float64)
+    h = np.asarray(h, np.float64)
+    z, r = sigmoid(xz + a[0] * h), sigmoid(xr + a[1] * h)
+    n = np.tanh(xn + a[2] * (r * h))
+    return z * n + (1.0 - z) * h
+
+
+def para_lstm_step(p, h, c, x, heads=1):
+    xf, xo, xc = _para_projection(p, x, heads)
+    a, w_p = np.asarray(p.a, np.float64), np.asarray(p.p, np.float64)
+    h, c = np.asarray(h, np.float64), np.asarray(c, np.float64)
+    f = sigmoid(xf + a[0] * h + w_p[0] * c)
+    c_t = f * c + (1.0 - f) * np.tanh(xc + a[2] * h)
+    h_t = sigmoid(xo + a[1] * h + w_p[1] * c_t) * np.tanh(c_t)
+    return h_t, c_t

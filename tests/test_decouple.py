@@ -28,6 +28,8 @@ CELLS = {
     "simple_rnn": lambda: jlstm.simple_rnn(5),
     "min_gru": lambda: jlstm.min_gru(5),
     "min_lstm": lambda: jlstm.min_lstm(5),
+    "para_gru": lambda: jlstm.para_gru(5),
+    "para_lstm": lambda: jlstm.para_lstm(5),
 }
 
 
@@ -105,3 +107,19 @@ def test_quasi_deer_through_the_surrogate_reaches_the_sequential_answer(name):
     np.testing.assert_allclose(ys_q, ys, atol=1e-8)
     for a, b in zip(jax.tree.leaves(final_q), jax.tree.leaves(final)):
         np.testing.assert_allclose(a, b, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm_full", "lstm_diagonal", "lstm_clip", "para_lstm"])
+def test_blocks_equal_each_units_part_of_the_jacobian(name):
+    """``FlatStep.block``: entry ``[j, a, b]`` is ``∂leaf_a'[j] / ∂leaf_b[j]`` of the real step's Jacobian."""
+    cell, params, spec, s, xs, valid = _case(name)
+    f = flat_step(cell, spec)
+    assert f.block is not None
+    _, _, blocks = evaluate(f, params, s, xs, valid, "block")
+    _, _, dense = evaluate(f._replace(diag=None, block=None), params, s, xs, valid, "dense")
+    H = 5
+    want = np.stack([np.stack([np.diagonal(np.asarray(dense)[..., a * H:(a + 1) * H, b * H:(b + 1) * H],
+                                           axis1=-2, axis2=-1) for b in range(2)], -1) for a in range(2)], -2)
+    np.testing.assert_allclose(blocks, want, rtol=1e-10, atol=1e-12)
+    assert float(np.max(np.abs(want[..., 0, 1]))) > 1e-3          # h and c are coupled inside a unit
+    np.testing.assert_array_equal(blocks[1, 2], np.broadcast_to(np.eye(2), (H, 2, 2)))

@@ -37,13 +37,16 @@ CELLS = {
     "mlstm": lambda: jlstm.mlstm(4, num_heads=2),
     "min_gru": lambda: jlstm.min_gru(3),
     "min_lstm": lambda: jlstm.min_lstm(3),
+    "para_gru": lambda: jlstm.para_gru(3),
+    "para_lstm": lambda: jlstm.para_lstm(3),
 }
 # Every cell runs one undamped method, deer and quasi_deer in turn, so each method meets every
 # cell family (a method per cell keeps the compile time of this file within the suite's budget);
 # the damped methods run on a cell of each family.
 UNDAMPED = {c: ("deer",) if k % 2 == 0 else ("quasi_deer",) for k, c in enumerate(CELLS)}
 UNDAMPED["lstm"] = ("deer", "quasi_deer")  # the plain LSTM runs both
-DAMPED = {"lstm_full_peephole": ("elk",), "slstm": ("elk",), "gru": ("quasi_elk",), "simple_rnn": ("quasi_elk",)}
+DAMPED = {"lstm_full_peephole": ("elk",), "slstm": ("elk",), "gru": ("quasi_elk",), "simple_rnn": ("quasi_elk",),
+          "para_lstm": ("elk",)}
 CASES = {c: UNDAMPED[c] + DAMPED.get(c, ()) for c in CELLS}
 
 
@@ -224,7 +227,7 @@ def test_warm_start_from_a_previous_trajectory():
     _, y0, info0 = jlstm.scan(cell, params, xs, state, lengths=lengths, method="quasi_deer", return_info=True)
     newton = jlstm.Newton("quasi_deer", init=info0.trajectory)
     _, y1, info1 = jlstm.scan(cell, params, xs, state, lengths=lengths, method=newton, return_info=True)
-    assert int(info0.iterations) > 5 and int(info1.iterations) == 0 and bool(info1.converged)
+    assert int(info0.iterations) > 5 and int(info1.iterations) <= 3 and bool(info1.converged)
     assert_close(y1, y0, 1e-12)
 
 

@@ -64,3 +64,66 @@ def test_block_length_is_about_the_square_root():
     for T in range(1, 300):
         L = block_length(T)
         assert 1 <= L <= T and L * L >= T
+
+
+@pytest.mark.parametrize("T", [1, 2, 10, 50])            # 10 = 3 blocks of 4, padded
+def test_blocked_prefix_scan_matches_a_loop(T):
+    """prefix_scan's blocked form keeps the order of a non-commutative composition (matrix products)."""
+    from jlstm.core.linear import prefix_scan
+
+    rng = np.random.default_rng(T)
+    A, c = rng.normal(size=(T, B, D, D)), rng.normal(size=(T, B))
+    with jax.enable_x64(True):
+        got = jax.jit(lambda e: prefix_scan(lambda x, y: (x[0] @ y[0], x[1] + y[1]), e, associative=False))((A, c))
+    prod, total = np.broadcast_to(np.eye(D), (B, D, D)), np.zeros(B)
+    for t in range(T):
+        prod, total = prod @ A[t], total + c[t]
+        np.testing.assert_allclose(np.asarray(got[0][t]), prod, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(got[1][t]), total, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+def test_gauss_jordan_matches_numpy_solve(n):
+    """The pure-XLA solve of the damped (ELK) step, with a zero leading entry that needs a row swap."""
+    from jlstm.core.linear import gauss_jordan
+
+    rng = np.random.default_rng(n)
+    m, x = rng.normal(size=(4, 3, n, n)), rng.normal(size=(4, 3, n, 2))
+    if n > 1:
+        m[0, 0, 0, 0] = 0.0
+    want = np.linalg.solve(m, x)
+    with jax.enable_x64(True):
+        got = jax.jit(gauss_jordan)(m, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-9)
+
+
+_ELK_SCRIPT = """
+import jax, jlstm
+cell = jlstm.gru(8)
+params = cell.init(jax.random.key(0), 2)
+xs = jax.random.normal(jax.random.key(1), (2048, 4, 2))
+run = jax.jit(lambda p, x: jlstm.scan(cell, p, x, method=jlstm.Newton("elk", on_failure="ignore"),
+                                      return_info=True))
+for _ in range(3):
+    _, ys, info = run(params, xs)
+    jax.block_until_ready(ys)
+    assert bool(info.converged), info
+print("done")
+"""
+
+
+def test_dense_elk_does_not_hang_on_two_cores():
+    """Dense ELK on a GRU(8), T=2048, B=4: two concurrent batched LAPACK solves once deadlocked XLA:CPU's
+    2-thread pool (7 runs of 8 hung at 0% CPU). Three calls in each of two fresh processes must finish."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    for _ in range(2):
+        try:
+            proc = subprocess.run([sys.executable, "-c", _ELK_SCRIPT], env=env, capture_output=True, text=True,
+                                  timeout=150)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"dense ELK did not finish within {e.timeout} s: a hang ({e.stderr!r})")
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), proc.stderr[-2000:]

@@ -154,21 +154,32 @@ def per_gate(init: Initializer, key: jax.Array, rows: int, units: int, gates: in
 
 def uniform(scale: float) -> Initializer:
     """U(-scale, scale), PyTorch's default for recurrent layers with scale = 1/sqrt(H)."""
+    return _scaled_draws("uniform", "uniform", scale)
+
+
+def normal(stddev: float) -> Initializer:
+    """N(0, stddev²), drawn like the other initialisers (no compile per shape)."""
+    return _scaled_draws("normal", "normal", stddev)
+
+
+def _scaled_draws(name: str, kind: str, scale: float) -> Initializer:
+    """An initialiser of ``scale`` times standard draws of ``kind`` (see :func:`_draw`)."""
 
     def init(key: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
-        shape = _shape("uniform", shape)
+        shape = _shape(name, shape)
         out = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
         def host(u: np.ndarray) -> np.ndarray:
             return (np.asarray(u, np.float64) * scale).reshape(shape).astype(out)
 
-        return _finish(host, _draw(key, math.prod(shape), "uniform"), shape, dtype)
+        return _finish(host, _draw(key, math.prod(shape), kind), shape, dtype)
 
     return init
 
 
-def add_to_slice(x: jax.Array, start: int, stop: int, value: float) -> jax.Array:
-    """``x.at[..., start:stop].add(value)`` (e.g. a forget-gate bias) without a compile per shape when concrete."""
+def add_to_slice(x: jax.Array, start: int, stop: int, value: float | np.ndarray) -> jax.Array:
+    """``x.at[..., start:stop].add(value)`` (e.g. a forget-gate bias; a number or an array of the slice's
+    shape) without a compile per shape when concrete."""
     if _is_traced(x):
         return x.at[..., start:stop].add(jnp.asarray(value, x.dtype))
     out = np.array(x)

@@ -133,7 +133,7 @@ def _build(cfg: CellConfig) -> Cell:
         output_size=_recurrent_size(cfg), name=name, config=cfg, check=check,
         sequence=make_fused(cfg.dtype, cfg.peephole) if plain else None,
         step_decoupled=functools.partial(_step_projected, cfg, decoupled=True) if cfg.proj_size is None else None,
-        output_of_state=h_output)
+        output_of_state=h_output, jacobian_blocks=2 if cfg.proj_size is None else None)
 
 
 def _check_clip(cell_clip: Any) -> None:

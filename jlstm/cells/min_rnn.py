@@ -155,7 +155,8 @@ def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state
     cell = make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
                      output_size=H, name=where, config=config, check=check, auto_method=_auto,
                      step_decoupled=step_projected,   # already elementwise in h
-                     output_of_state=h_output, linear=lambda params, xp: coeffs(xp))
+                     output_of_state=h_output, linear=lambda params, xp: coeffs(xp),
+                     jacobian_blocks=1, jacobian_exact=True)
     # the parallel form: jlstm.linear_recurrence over the declared coefficients
     fast = cell.fast
     assert fast is not None  # make_cell always builds one

@@ -92,4 +92,5 @@ class SimpleCell:
         return make_cell(init=self.init, initial_state=self.initial_state, project=self.project,
                          step_projected=step_projected, output_size=self.hidden_size, name=self.where,
                          config=cfg, check=self.check, step_decoupled=step_decoupled,
-                         output_of_state=h_output)
+                         output_of_state=h_output,
+                         jacobian_blocks=None if step_decoupled is None else 1)

@@ -178,6 +178,14 @@ class CellFast(NamedTuple):
         ``project``); ``a`` and ``b`` broadcast to ``[T, *h.shape]``. The step must compute the same
         update. :func:`jlstm.core.linear.linear_form` then evaluates the whole sequence with
         :func:`jlstm.linear_recurrence` (minGRU, minLSTM, a user's RG-LRU or LRU).
+      jacobian_blocks: ``k`` where the state's Jacobian groups into one ``k×k`` block per unit:
+        the state has ``k`` leaves of ``U`` units each (the LSTM's ``h`` and ``c``: ``k = 2``), and
+        ``step_decoupled``'s Jacobian links entry ``j`` of a leaf only to entry ``j`` of the
+        leaves. The quasi-Newton methods then keep each unit's exact ``k×k`` block (read with
+        ``k`` JVPs) instead of the diagonal alone. ``None``: the diagonal.
+      jacobian_exact: the step's true Jacobian has no entry outside those blocks (``step_decoupled``
+        is the step itself, as in ParaRNN's cells and the min cells): every Newton method is then
+        exact Newton at the cost of the blocks, and the gradient's adjoint uses them too.
     """
 
     project: ProjectFn | None = None
@@ -190,6 +198,8 @@ class CellFast(NamedTuple):
     output_of_state: Callable[[State, Array], Array] | None = None
     mixable_state: bool = True
     linear: Callable[[Params, Any], tuple[Array, Array]] | None = None
+    jacobian_blocks: int | None = None
+    jacobian_exact: bool = False
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

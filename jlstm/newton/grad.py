@@ -20,14 +20,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jlstm.core.linear import Algebra, reverse_affine_scan
-from jlstm.newton.step import evaluate
+from jlstm.core.linear import reverse_affine_scan
+from jlstm.newton.step import Structure, evaluate
+
+DENSE = Structure("dense")
 
 
-def implicit_solve(f: Callable, forward: Callable, chunk: int, *, zero_on_failure: bool, tol: float) -> Callable:
-    """Wrap ``forward(params, xs, valid, s0, guess) -> (S, iterations, residual)`` in a custom VJP.
+def implicit_solve(f: Callable, forward: Callable, chunk: int, st: Structure, *,
+                   zero_on_failure: bool) -> Callable:
+    """Wrap ``forward(params, xs, valid, s0, guess) -> (S, iterations, residual, error, converged)`` in a
+    custom VJP.
 
-    The VJP treats ``S`` as the exact solution of ``S_t = f(S_{t-1}, x_t)``. With
+    The VJP treats ``S`` as the exact solution of ``S_t = f(S_{t-1}, x_t)``; its adjoint recurrence
+    keeps the Jacobians of ``st``, which must be exact (dense, or a cell's exact blocks). With
     ``zero_on_failure`` the gradients of an unconverged solve are zeros (the caller then
     differentiates its sequential fallback instead), so NaNs of a diverged iterate never leak.
     """
@@ -37,12 +42,12 @@ def implicit_solve(f: Callable, forward: Callable, chunk: int, *, zero_on_failur
         return forward(params, xs, valid, s0, guess)
 
     def fwd(params, xs, valid, s0, guess):
-        S, k, r = forward(params, xs, valid, s0, guess)
-        return (S, k, r), (params, xs, valid, s0, S, r <= tol)
+        out = forward(params, xs, valid, s0, guess)
+        return out, (params, xs, valid, s0, out[0], out[4])
 
     def bwd(res, cot):
         params, xs, valid, s0, S, ok = res
-        grads = adjoint(f, params, xs, valid, s0, S, cot[0], chunk)
+        grads = adjoint(f, params, xs, valid, s0, S, cot[0], chunk, st)
         if zero_on_failure:
             grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
         dparams, dxs, ds0 = grads
@@ -53,7 +58,7 @@ def implicit_solve(f: Callable, forward: Callable, chunk: int, *, zero_on_failur
 
 
 def adjoint(f: Callable, params: Any, xs: jax.Array, valid: jax.Array, s0: jax.Array, S: jax.Array,
-            g: jax.Array, chunk: int) -> tuple[Any, jax.Array, jax.Array]:
+            g: jax.Array, chunk: int, st: Structure = DENSE) -> tuple[Any, jax.Array, jax.Array]:
     """``(θ̄, x̄ [T,B,I], s̄_0 [B,D])`` for the cotangent ``g [T,B,D]`` of the trajectory ``S``."""
     T = S.shape[0]
     n = -(-T // chunk)
@@ -64,14 +69,14 @@ def adjoint(f: Callable, params: Any, xs: jax.Array, valid: jax.Array, s0: jax.A
         a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
         return a.reshape((n, chunk) + a.shape[1:])
 
-    alg = Algebra(dense=True)
+    alg = st.alg
 
     def one_chunk(carry, inp):
         dparams, lam_next = carry                     # lam_next = J_{t+1}ᵀ λ_{t+1} from the later chunk
         sp, x, v, gc = inp
-        _, _, J = evaluate(f, params, sp, x, v, "dense")
-        A = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])], 0)
-        lam = reverse_affine_scan(alg, A, gc.at[-1].add(lam_next))
+        _, _, J = evaluate(f, params, sp, x, v, st.kind)
+        A = jnp.concatenate([alg.t(J[1:]), jnp.zeros_like(J[:1])], 0)
+        lam = st.back(reverse_affine_scan(alg, A, st.to(gc.at[-1].add(lam_next))))
         _, vjp = jax.vjp(lambda p, s, xx: evaluate(f, p, s, xx, v)[0], params, sp, x)
         dp, dsp, dx = vjp(lam)
         return (jax.tree.map(jnp.add, dparams, dp), dsp[0]), dx

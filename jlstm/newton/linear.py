@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jlstm.core.linear import Algebra, reverse_affine_scan
+from jlstm.core.linear import Algebra, prefix_scan, reverse_affine_scan
 
 
 def damped_solve(alg: Algebra, A: jax.Array, b: jax.Array, y: jax.Array, damping: float) -> jax.Array:
@@ -56,7 +55,7 @@ def _kalman_filter(alg: Algebra, elems: tuple) -> tuple[jax.Array, jax.Array]:
                 alg.mv(Ai_t_ninv, etaj - alg.mv(Jj, bi)) + etai,
                 alg.mm(alg.mm(Ai_t_ninv, Jj), Ai) + Ji)
 
-    out = lax.associative_scan(combine, elems, axis=0)
+    out = prefix_scan(combine, elems)
     return out[1], out[2]
 
 

@@ -10,9 +10,10 @@ linear recurrence is solved by an associative scan in O(log T) depth:
 * ``"elk"`` / ``"quasi_elk"``: the same steps with Levenberg–Marquardt damping λ, solved as a
   parallel Kalman smoother; it stays stable where the undamped iteration blows up.
 
-Convergence is measured inside ``jit`` by the residual
-``max_t,i |s_t − f(s_{t−1})|_i / (1 + |f(s_{t−1})|_i)``; a NaN counts as not converged. On failure
-the default is to return the sequential scan's answer (``lax.cond``), never a wrong trajectory.
+A trajectory counts as converged when its estimated distance to the true solution is below
+``tol`` (:func:`progress`): a per-step residual alone does not bound that distance when the
+dynamics contract slowly. A NaN counts as not converged. On failure the default is to return the
+sequential scan's answer (``lax.cond``), never a wrong trajectory.
 Gradients use the implicit-function theorem at the solution (:mod:`jlstm.newton.grad`): one
 transposed linear recurrence, never a derivative through the Newton iterations.
 """
@@ -20,6 +21,7 @@ transposed linear recurrence, never a derivative through the Newton iterations.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 from typing import Any, Callable, NamedTuple
@@ -28,14 +30,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 
-from jlstm.core.linear import Algebra, affine_scan
+from jlstm.core.linear import affine_scan
 from jlstm.core.plan import current_plan
 from jlstm.newton import grad as _deer_grad
 from jlstm.newton.linear import damped_solve
 from jlstm.newton.resets import append_resets, with_reset_input
 from jlstm.newton.shard import sharded_forward
-from jlstm.newton.step import FlatState, evaluate, flat_step, residual
+from jlstm.newton.step import (
+    FlatState,
+    Structure,
+    evaluate,
+    flat_step,
+    progress,
+    residual,
+    step_size,
+    structure,
+)
+from jlstm.newton.step import converged as _converged
 from jlstm.strategies.base import NO_REGULARISERS, Request, Strategy
 from jlstm.strategies.sequential import Sequential
 
@@ -45,8 +58,40 @@ CLIP = 1e8                                           # iterates are clipped to �
 DENSE_CHUNK_ELEMENTS = 1 << 25                       # the gradient's dense Jacobians: 128 MiB of f32 a chunk
 
 
-class NewtonConvergenceError(RuntimeError):
-    """A Newton method did not converge and ``on_failure="raise"`` was asked for."""
+class NewtonResult(enum.IntEnum):
+    """How a Newton solve ended: ``NewtonInfo.result`` holds one of these codes as an int32 array.
+
+    Example:
+      >>> jlstm.NewtonResult(0).name, int(jlstm.NewtonResult.max_iters)
+      ('converged', 1)
+    """
+
+    converged = 0
+    """The estimated error of the trajectory is within ``tol``."""
+    max_iters = 1
+    """``max_iters`` iterations ran without reaching ``tol``."""
+    non_finite = 2
+    """The step's values or residual were not finite (NaN or inf)."""
+
+
+class _SeenThroughJax(type):
+    """``isinstance`` also recognises the error when JAX has wrapped it (see :class:`NewtonConvergenceError`)."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return type.__instancecheck__(cls, obj) or (
+            isinstance(obj, jax.errors.JaxRuntimeError) and f"{cls.__name__}: " in str(obj))
+
+
+class NewtonConvergenceError(RuntimeError, metaclass=_SeenThroughJax):
+    """A Newton method did not converge and ``on_failure="raise"`` was asked for.
+
+    Called eagerly, :func:`jlstm.scan` raises it itself. Inside ``jax.jit`` (or under a transform)
+    the check runs in the compiled program through ``jax.debug.callback``, and JAX re-raises what a
+    callback raises as a ``jax.errors.JaxRuntimeError`` whose message holds this error's. Such an
+    error is an instance of this class for ``isinstance`` (and so for ``pytest.raises``);
+    ``except jlstm.NewtonConvergenceError`` catches only the eager one, since ``except`` compares
+    types directly: catch ``jax.errors.JaxRuntimeError`` too under ``jit``.
+    """
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,6 +112,9 @@ class Newton(Strategy):
         a warm start).
       on_failure: ``"fallback"`` (return the sequential scan's result), ``"raise"`` (raise
         :class:`NewtonConvergenceError` at run time, also under ``jit``) or ``"ignore"``.
+      blocks: the quasi methods keep each unit's exact ``k×k`` Jacobian block where the cell
+        declares them (``CellFast.jacobian_blocks``: 2×2 ``(h, c)`` for the LSTM); ``False`` keeps
+        only the diagonal, as in Gonzalez et al.
       adapt, shrink, grow: ELK only. With ``adapt`` (the default) a step is taken only if it
         lowers the squared residual, and λ is multiplied by ``shrink`` after a taken step and by
         ``grow`` after a refused one (Levenberg–Marquardt). Without it λ stays fixed and every
@@ -90,6 +138,7 @@ class Newton(Strategy):
     damping: float | None = None
     init: Any = None
     on_failure: str = "fallback"
+    blocks: bool = True
     adapt: bool = True
     shrink: float = 0.1
     grow: float = 10.0
@@ -170,17 +219,23 @@ class NewtonInfo(NamedTuple):
     Attributes:
       iterations: Newton iterations run (int32).
       residual: the final residual ``max |s_t − f(s_{t−1})| / (1 + |f(s_{t−1})|)``.
-      converged: ``residual <= tol`` (False for NaN). With ``on_failure="fallback"`` a False
-        here means the returned values are the sequential scan's.
+      converged: the trajectory is within ``tol`` of the true solution, as estimated by
+        ``error`` (False for NaN; see :func:`jlstm.newton.step.progress`). With
+        ``on_failure="fallback"`` a False here means the returned values are the sequential scan's.
       trajectory: the Newton trajectory (state pytree, leading axis T, in processing order,
         i.e. time-reversed under ``reverse=True``), without gradient: pass it as
         ``Newton(init=...)`` to warm-start the next call.
+      result: a :class:`NewtonResult` code (int32): converged, max_iters or non_finite.
+      error: the estimated distance ``max |s_t − s*_t| / (1 + |s_t|)`` of the trajectory to the
+        true solution ``s*``; ``inf`` where it could not be estimated yet.
     """
 
     iterations: jax.Array
     residual: jax.Array
     converged: jax.Array
     trajectory: Any
+    result: jax.Array
+    error: jax.Array
 
 
 def as_newton(method: Any) -> Newton:
@@ -217,29 +272,32 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
     if T == 0:
         y = jax.eval_shape(cell.step, params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))[1]
         empty = spec.unravel(jnp.zeros((0,) + s0.shape, s0.dtype), (0,))
-        info = NewtonInfo(jnp.int32(0), jnp.zeros((), spec.dtype), jnp.bool_(True), empty)
+        zero = jnp.zeros((), spec.dtype)
+        info = NewtonInfo(jnp.int32(0), zero, jnp.bool_(True), empty, jnp.int32(NewtonResult.converged), zero)
         return state, jnp.zeros((0,) + y.shape, y.dtype), info
     guess = jnp.broadcast_to(s0, (T, B, spec.size)) if opts.init is None else spec.ravel(opts.init, (T,))
     f = flat_step(cell, spec)
+    st = structure(cell, spec, dense=opts.jacobian == "dense", blocks=opts.blocks)
     if opts.mesh is None:
-        forward = functools.partial(_newton_loop, f, opts, tol)
+        forward = functools.partial(_newton_loop, f, opts, st, tol)
     else:
-        forward = sharded_forward(f, opts, tol, CLIP)
-    solve = _deer_grad.implicit_solve(f, forward, _chunk(T, remat, B * spec.size ** 2),
-                                      zero_on_failure=opts.on_failure == "fallback",
-                                      tol=tol)
-    traj, iters, residual = solve(params, x, v, s0, lax.stop_gradient(guess))
+        forward = sharded_forward(f, opts, st, tol, CLIP)
+    adjoint_st = st if st.exact else Structure("dense")
+    solve = _deer_grad.implicit_solve(f, forward, _chunk(T, remat, B * spec.size ** 2), adjoint_st,
+                                      zero_on_failure=opts.on_failure == "fallback")
+    traj, iters, residual, error, converged = solve(params, x, v, s0, lax.stop_gradient(guess))
     S, ys, _ = evaluate(f, params, _shift(s0, traj), x, v)
-    converged = residual <= tol
     final = spec.unravel(S[-1])
     ys = ys.reshape((T,) + batch + ys.shape[2:])
     if opts.on_failure == "raise":
-        raise_unless = functools.partial(_raise_unless, method=opts.method, tol=tol)
-        jax.debug.callback(raise_unless, converged, iters, residual)
+        _raise(converged, iters, error, method=opts.method, tol=tol)
     elif opts.on_failure == "fallback":
         final, ys = lax.cond(converged, lambda: (final, ys), fallback or functools.partial(
             _sequential, cell, params, xs, state, valid, unroll, remat))
-    info = NewtonInfo(iters, residual, converged, spec.unravel(lax.stop_gradient(S), (T,)))
+    result = jnp.where(converged, NewtonResult.converged,
+                       jnp.where(jnp.isfinite(residual), NewtonResult.max_iters, NewtonResult.non_finite))
+    info = NewtonInfo(iters, residual, converged, spec.unravel(lax.stop_gradient(S), (T,)),
+                      result.astype(jnp.int32), error)
     return final, ys, info
 
 
@@ -261,40 +319,66 @@ def _shift(s0: jax.Array, traj: jax.Array) -> jax.Array:
     return jnp.concatenate([s0[None], traj[:-1]], 0)
 
 
-def _newton_loop(f, opts: Newton, tol: float, params, xs, valid, s0, guess):
-    """Newton iterations from ``guess`` until the residual is below ``tol``: ``(S, iterations, residual)``.
+def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, s0, guess):
+    """Newton iterations from ``guess`` until converged (:func:`progress`): ``(S, iterations, residual,
+    error, converged)``.
 
-    The damped methods adapt λ as Levenberg–Marquardt does: a step that lowers
-    ``Σ|s_t − f(s_{t−1})|²`` is taken and λ shrinks; a step that does not is refused and λ grows.
+    The solves run in the layout of ``st`` (the kept Jacobian). A value of an update that is not finite
+    (products of Jacobians that overflow, as DEER's first step on a saturated LSTM) keeps the last
+    iterate's value, so that the steps before it, which are exact, are kept. The damped methods adapt λ
+    as Levenberg–Marquardt does: a step that lowers ``Σ|s_t − f(s_{t−1})|²`` is taken and λ shrinks; a
+    step that does not is refused and λ grows. They end with one undamped step from their last iterate:
+    its size is a first-order estimate of that iterate's error that the damping cannot shrink (the
+    error estimate is the larger of the two), and it is kept where it lowers the residual. (Measured,
+    float32, decays near 1: the Kalman solve's rounding left ELK's converged trajectory 1e-5 from the
+    sequential one, the undamped step 2e-6.)
     """
-    alg = Algebra(dense=opts.jacobian == "dense")
-    damped = opts.damped
+    alg, damped, s0 = st.alg, opts.damped, st.to(s0)
+    exact = st.exact and not damped
 
     def assess(S):
-        Fs, _, J = evaluate(f, params, _shift(s0, S), xs, valid, opts.jacobian)
+        Fs, _, J = evaluate(f, params, st.back(_shift(s0, S)), xs, valid, st.kind)
+        Fs = st.to(Fs)
         return Fs, J, residual(S, Fs), jnp.sum((S - Fs) ** 2)
 
-    def body(carry):
-        k, S, Fs, J, r, merit, lam = carry
+    def update(S, Fs, J, lam, damp=damped):
         b = (Fs - alg.mv(J, _shift(s0, S))).at[0].set(Fs[0])     # s_0 folded into step 1
         A = J.at[0].set(0)
-        S_new = damped_solve(alg, A, b, S, lam) if damped else affine_scan(alg, A, b)
-        S_new = jnp.clip(S_new, -CLIP, CLIP)
+        S_new = damped_solve(alg, A, b, S, lam) if damp else affine_scan(alg, A, b)
+        return jnp.clip(jnp.where(jnp.isfinite(S_new), S_new, S), -CLIP, CLIP)
+
+    def body(carry):
+        k, S, Fs, J, r, merit, lam, step = carry[:8]
+        S_new = update(S, Fs, J, lam)
         new = (S_new,) + assess(S_new)
+        new_step = step_size(S, S_new)
+        new = new + (new_step,) + progress(new_step, step, new[3], exact, tol)
         if not damped or not opts.adapt:
-            return (k + 1,) + new + (lam,)
+            return (k + 1,) + new[:5] + (lam,) + new[5:]
         take = new[4] < merit                         # False for NaN
-        kept = tuple(jnp.where(take, n, o) for n, o in zip(new, (S, Fs, J, r, merit)))
-        lam = jnp.where(take, lam * opts.shrink, lam * opts.grow) if opts.adapt else lam
-        return (k + 1,) + kept + (lam,)
+        kept = tuple(jnp.where(take, n, o) for n, o in zip(new, carry[1:6] + carry[7:]))
+        lam = jnp.where(take, lam * opts.shrink, lam * opts.grow)
+        return (k + 1,) + kept[:5] + (lam,) + kept[5:]
 
     def cond(carry):
-        k, r = carry[0], carry[4]
-        return (k < opts.max_iters) & (r > tol)      # a NaN residual stops the loop, unconverged
+        k, r, ok = carry[0], carry[4], carry[-1]
+        return (k < opts.max_iters) & ~ok & ~jnp.isnan(r)    # a NaN residual stops the loop, unconverged
 
-    lam0 = jnp.asarray(opts.lam(), guess.dtype)
-    k, S, _, _, r, _, _ = lax.while_loop(cond, body, (jnp.int32(0), guess) + assess(guess) + (lam0,))
-    return S, k, r
+    guess = st.to(guess)
+    first = assess(guess)
+    inf = jnp.asarray(jnp.inf, guess.dtype)
+    lam, nan = jnp.asarray(opts.lam(), guess.dtype), jnp.asarray(jnp.nan, guess.dtype)
+    start = (jnp.int32(0), guess) + first + (lam, nan, inf, _converged(first[2], inf, tol))
+    k, S, Fs, J, r, merit, _, _, err, ok = lax.while_loop(cond, body, start)
+    if damped:                                        # verify with one undamped step (see the docstring)
+        S_p = update(S, Fs, J, 0.0, damp=False)
+        _, _, r_p, merit_p = assess(S_p)
+        p_step = step_size(S, S_p)
+        take = merit_p <= merit
+        S, r = jnp.where(take, S_p, S), jnp.where(take, r_p, r)
+        err = jnp.maximum(err, p_step)
+        ok = ok & _converged(r, err, tol)
+    return st.back(S), k, r, err, ok
 
 
 def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Any,
@@ -304,10 +388,19 @@ def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
     return request.loop.evaluate(cell, params, xs, state, request)[:2]
 
 
-def _raise_unless(converged, iterations, residual, *, method: str, tol: float) -> None:
+def _raise(converged: jax.Array, iterations: jax.Array, error: jax.Array, *, method: str, tol: float) -> None:
+    """Raise :class:`NewtonConvergenceError` now where the values are concrete, else from the compiled program."""
+    raise_unless = functools.partial(_raise_unless, method=method, tol=tol)
+    if any(isinstance(a, Tracer) for a in (converged, iterations, error)):
+        jax.debug.callback(raise_unless, converged, iterations, error)
+    else:
+        raise_unless(converged, iterations, error)
+
+
+def _raise_unless(converged, iterations, error, *, method: str, tol: float) -> None:
     if not np.all(converged):
         raise NewtonConvergenceError(
-            f"jlstm.scan(method={method!r}): Newton's method did not converge: residual "
-            f"{np.max(residual):.3g} > tol {tol:g} after {np.max(iterations)} iterations. Raise max_iters, "
+            f"jlstm.scan(method={method!r}): Newton's method did not converge: estimated error "
+            f"{np.max(error):.3g} > tol {tol:g} after {np.max(iterations)} iterations. Raise max_iters, "
             f"use method='elk' (damped), or pass jlstm.Newton(..., on_failure='fallback') to get the "
             f"sequential scan's result instead.")

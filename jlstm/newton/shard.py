@@ -9,7 +9,8 @@ Each device holds ``T/n`` consecutive steps. One Newton iteration on device ``d`
    totals of the devices before it onto ``s_0`` to get its incoming state, and apply its
    prefix maps to that state. This is the associative scan's carry across devices.
 
-The residual is reduced with ``pmax``, so every device runs the same number of iterations.
+The residual and the update's size are reduced with ``pmax``, so every device runs the same
+number of iterations and judges convergence as :func:`jlstm.newton.step.progress` does unsplit.
 Only the undamped methods (``deer``, ``quasi_deer``) are split this way. The solved trajectory
 is then gathered (replicated), and readout, fallback and gradients are those of
 :func:`jlstm.newton.method.newton_scan`, unsplit.
@@ -26,38 +27,45 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jlstm.core.linear import Algebra
-from jlstm.newton.step import evaluate, residual
+from jlstm.newton.step import Structure, converged, evaluate, progress, residual, step_size
 
 
-def sharded_forward(f: Callable, opts: Any, tol: float, clip: float) -> Callable:
-    """``forward(params, xs, valid, s0, guess) -> (S, iterations, residual)`` split over ``opts.mesh``."""
+def sharded_forward(f: Callable, opts: Any, st: Structure, tol: float, clip: float) -> Callable:
+    """``forward(params, xs, valid, s0, guess) -> (S, iterations, residual, error, converged)`` split over
+    ``opts.mesh``, in the layout of ``st``."""
     mesh, axis = opts.mesh, opts.axis
     n = mesh.shape[axis]
-    alg = Algebra(dense=opts.jacobian == "dense")
+    alg = st.alg
 
     def local(params, xs, valid, s0, guess):
         d = lax.axis_index(axis)
+        s0, guess = st.to(s0), st.to(guess)
 
         def shift(S):
             incoming = lax.ppermute(S[-1], axis, [(i, i + 1) for i in range(n - 1)])
             return jnp.concatenate([jnp.where(d == 0, s0, incoming)[None], S[:-1]], 0)
 
         def assess(S):
-            Fs, _, J = evaluate(f, params, shift(S), xs, valid, opts.jacobian)
-            r = residual(S, Fs)                       # NaN where this segment is not finite
-            r = lax.pmax(jnp.where(jnp.isnan(r), jnp.inf, r), axis)   # a NaN on any device wins
-            return Fs, J, jnp.where(jnp.isinf(r), jnp.nan, r)
+            Fs, _, J = evaluate(f, params, st.back(shift(S)), xs, valid, st.kind)
+            Fs = st.to(Fs)
+            return Fs, J, _pmax(residual(S, Fs), axis)
 
         def body(carry):
-            k, S, Fs, J, _ = carry
+            k, S, Fs, J, _, step, _, _ = carry
             S_new = _solve(alg, J, Fs - alg.mv(J, shift(S)), s0, d, axis, clip)
-            return (k + 1, S_new) + assess(S_new)
+            S_new = jnp.where(jnp.isfinite(S_new), S_new, S)
+            new = assess(S_new)
+            new_step = _pmax(step_size(S, S_new), axis)
+            return (k + 1, S_new) + new + (new_step,) + progress(new_step, step, new[2], st.exact, tol)
 
         def cond(carry):
-            return (carry[0] < opts.max_iters) & (carry[4] > tol)
+            return (carry[0] < opts.max_iters) & ~carry[-1] & ~jnp.isnan(carry[4])
 
-        k, S, _, _, r = lax.while_loop(cond, body, (jnp.int32(0), guess) + assess(guess))
-        return S, k, r
+        first = assess(guess)
+        nan, inf = jnp.asarray(jnp.nan, guess.dtype), jnp.asarray(jnp.inf, guess.dtype)
+        start = (jnp.int32(0), guess) + first + (nan, inf, converged(first[2], inf, tol))
+        k, S, _, _, r, _, err, ok = lax.while_loop(cond, body, start)
+        return st.back(S), k, r, err, ok
 
     def forward(params, xs, valid, s0, guess):
         T = xs.shape[0]
@@ -68,11 +76,18 @@ def sharded_forward(f: Callable, opts: Any, tol: float, clip: float) -> Callable
         specs = (P(), P(axis), P(axis), P(), P(axis))
         args = [jax.reshard(a, NamedSharding(mesh, spec)) for a, spec in
                 zip((params, xs, valid, s0, guess), specs)]
-        run = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(axis), P(), P()), check_vma=False)
-        S, k, r = run(*args)
-        return jax.reshard(S, NamedSharding(mesh, P()))[:T], k, r
+        run = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(axis), P(), P(), P(), P()),
+                            check_vma=False)
+        S, k, r, err, ok = run(*args)
+        return jax.reshard(S, NamedSharding(mesh, P()))[:T], k, r, err, ok
 
     return forward
+
+
+def _pmax(r: jax.Array, axis: str) -> jax.Array:
+    """The max over the devices of a per-device max that is NaN where not finite: a NaN on any device wins."""
+    r = lax.pmax(jnp.where(jnp.isnan(r), jnp.inf, r), axis)
+    return jnp.where(jnp.isinf(r), jnp.nan, r)
 
 
 def _solve(alg: Algebra, A: jax.Array, b: jax.Array, s0: jax.Array, d: jax.Array, axis: str,
