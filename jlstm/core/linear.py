@@ -71,7 +71,7 @@ def solve(m: jax.Array, x: jax.Array) -> jax.Array:
     T=2048, B=4 hung in 7 runs of 8). The elimination is pure XLA, so nothing blocks, and for the
     small matrices of a Newton step it is also faster than a batched LAPACK call.
     """
-    if m.shape[-1] <= XLA_SOLVE_MAX or jax.default_backend() == "cpu":
+    if m.shape[-1] <= XLA_SOLVE_MAX or not current_plan().lapack_solve:
         return gauss_jordan(m, x)
     return jnp.linalg.solve(m, x)
 
@@ -174,7 +174,7 @@ def prefix_scan(combine: Callable, elems: Any, *, associative: bool | None = Non
     The padding of a last partial block is zeros; it reaches only the dropped outputs.
     """
     if associative is None:
-        associative = jax.default_backend() != "cpu"
+        associative = current_plan().associative
     T = jax.tree.leaves(elems)[0].shape[0]
     if associative or T <= 1:
         return lax.associative_scan(combine, elems, axis=0)

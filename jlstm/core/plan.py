@@ -34,7 +34,10 @@ class Plan(NamedTuple):
       pallas: whether the Pallas LSTM kernel may run at all.
       pallas_max_hidden, pallas_max_batch: the largest shapes it serves.
       parallel_from_T: the min cells take their parallel form from this T on (``None``: never).
-      associative: affine recurrences use ``lax.associative_scan`` (else √T blocks).
+      associative: affine recurrences and ELK's Kalman filter use ``lax.associative_scan`` (else √T blocks).
+      lapack_solve: the damped solve may call LAPACK/cuSOLVER for matrices wider than 64 (else
+        Gauss-Jordan elimination in XLA: on XLA:CPU two concurrent batched LAPACK solves
+        deadlocked a 2-thread pool).
       pallas_slstm: whether the sLSTM's Pallas kernel may run (off a GPU: in interpret mode).
       pallas_slstm_max_head: the largest head size ``d`` it serves (also bounded by shared memory).
       pallas_slstm_tile: the batch rows of one program (a power of two ≥ 16 on a GPU).
@@ -48,6 +51,7 @@ class Plan(NamedTuple):
     pallas_max_batch: int = 64
     parallel_from_T: int | None = None
     associative: bool = False
+    lapack_solve: bool = False
     pallas_slstm: bool = False
     pallas_slstm_max_head: int = 64
     pallas_slstm_tile: int = 16
@@ -56,8 +60,10 @@ class Plan(NamedTuple):
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, lstm_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False),
     "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, pallas=True, parallel_from_T=32, associative=True,
+                lapack_solve=True,
                 pallas_slstm=True),
-    "tpu": Plan("tpu", unroll=8, lstm_inloop_from_batch=None, pallas=False, parallel_from_T=32, associative=True),
+    "tpu": Plan("tpu", unroll=8, lstm_inloop_from_batch=None, pallas=False, parallel_from_T=32, associative=True,
+                lapack_solve=True),
 }
 _ALIASES = {"cuda": "gpu", "rocm": "gpu", "METAL": "gpu"}
 
