@@ -29,5 +29,5 @@ pip=("$scratch/venv/bin/python" -m pip --quiet --disable-pip-version-check)
 # LSTM's custom_jvp under grad, remat and scan (test_reverse_and_remat), typed PRNG keys, flax
 # serialization and optax state (test_checkpoint), flax NNX (test_nnx).
 JLSTM_QUICK=1 "$scratch/venv/bin/python" -m pytest -q -p no:cacheprovider -n 2 \
-    tests/test_deer_shard.py tests/test_deer.py::test_reverse_and_remat tests/test_checkpoint.py \
-    tests/test_nnx.py tests/test_layers.py::test_layers_under_jit_and_grad
+    tests/newton/test_deer_shard.py tests/newton/test_deer.py::test_reverse_and_remat tests/test_checkpoint.py \
+    tests/test_nnx.py tests/layers/test_layers.py::test_layers_under_jit_and_grad

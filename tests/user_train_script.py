@@ -1,4 +1,4 @@
-"""A training script as a user writes it for several hosts, used by tests/test_distributed.py.
+"""A training script as a user writes it for several hosts, used by tests/distributed/test_distributed.py.
 
 It runs unchanged alone (``python user_train_script.py out.npz``) or as every process of a
 ``python -m jlstm.launch --local 2 -- user_train_script.py out.npz`` run: each process loads its

@@ -38,7 +38,7 @@ these pieces with ``jax.make_array_from_process_local_data`` (automatic when
 ``jax.process_count() > 1``). Parameters must start equal in every process: initialise
 them from the same key; :func:`replicate` and the steps then build global arrays from each
 process's copy. Metrics come back replicated, so every process can read them; write
-checkpoints from process 0 only. ``tests/test_distributed.py`` checks 2 and 4 processes
+checkpoints from process 0 only. ``tests/distributed/test_distributed.py`` checks 2 and 4 processes
 against one process on the whole batch.
 
 Model axis (wide layers). For a wide LSTM the 4H columns of ``w_x``, ``w_h`` and ``b`` can

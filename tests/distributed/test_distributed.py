@@ -1,7 +1,7 @@
 """jlstm.launch + jlstm.parallel across processes: a jax.distributed run of 2 and 4 processes on the
 loopback address trains exactly like one process on the whole batch, and a failing run leaves no process.
 
-This file is also the worker: ``python -m jlstm.launch ... -- tests/test_distributed.py train`` runs
+This file is also the worker: ``python -m jlstm.launch ... -- tests/distributed/test_distributed.py train`` runs
 :func:`worker` in every process (``__main__`` at the bottom).
 """
 
@@ -24,7 +24,7 @@ import jlstm
 from jlstm import launch, parallel
 from jlstm.train import make_train_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, T, B, STEPS = 4, 6, 8, 3           # B divides over 1, 2 and 4 processes (and 2 x 2 devices)
 model = jlstm.recurrent(jlstm.lstm(H))
 opt = optax.adam(3e-2)
@@ -191,7 +191,8 @@ def _check_against_reference(stdouts: dict[int, str], reference, n_proc: int, lo
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    paths = [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]   # the tests' helpers too
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(paths))
     env["XLA_FLAGS"] = os.environ.get(xla_flags.ENV, "")   # no device count: --local-device-count sets it
     return env
 
