@@ -33,6 +33,7 @@ that are exact in float32 at pre-activations of ±50 and beyond, so neither over
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -113,54 +114,87 @@ def _auto(T: int) -> str:
     return "parallel" if start is not None and T >= start else "sequential"
 
 
-def _min_cell(kind: str, hidden_size: int, blocks: int, params_type: type, state_type: type,
-              coeffs: Callable, options: Mapping[str, Any]) -> Cell:
+class _Kind(NamedTuple):
+    """What distinguishes minGRU from minLSTM: gate blocks, the tuples, the coefficients."""
+
+    blocks: int
+    params_type: type
+    state_type: type
+    coeffs: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def _kinds() -> dict[str, _Kind]:
+    return {"min_gru": _Kind(2, MinGRUParams, MinGRUState, _gru_coeffs),
+            "min_lstm": _Kind(3, MinLSTMParams, MinLSTMState, _lstm_coeffs)}
+
+
+def _min_cell(kind: str, hidden_size: int, options: Mapping[str, Any]) -> Cell:
     _checks.check_size("hidden_size", hidden_size)
     opts = resolve(kind, options, MinCellOptions)
-    kernel_init, bias_init, dtype, param_dtype = opts.kernel_init, opts.bias_init, opts.dtype, opts.param_dtype
-    H = int(hidden_size)
-    where = f"{kind}({H})"
-    config = CellConfig(kind, hidden_size=H, **opts.config())
-
-    def init(key: jax.Array, input_size: int):
-        _checks.check_size("input_size", input_size)
-        kx, kb = jax.random.split(key)
-        return params_type(w_x=_initializers.per_gate(kernel_init, kx, input_size, H, blocks, param_dtype),
-                           b=bias_init(kb, (blocks * H,), param_dtype))
-
-    def check(params, state=None, x=None, where: str = where) -> None:
-        def shapes(n: int) -> dict:
-            return {"w_x": (n, blocks * H), "b": (blocks * H,)}
-
-        _checks.check_cell_args(where, params, params_type, shapes, state, state_type, {"h": H}, x)
-
-    def initial_state(params, batch_shape=()):
-        check(params, where=where + ".initial_state")
-        return state_type(h=jnp.zeros(batch_tuple(batch_shape) + (H,), carry_dtype(params.w_x.dtype, dtype)))
-
-    def project(params, x: jax.Array) -> jax.Array:
-        return matmul(x, params.w_x, dtype) + params.b.astype(dtype or params.b.dtype)
-
-    def step_projected(params, state, xp: jax.Array, recurrent_mask: jax.Array | None = None):
-        if recurrent_mask is not None:
-            raise ValueError(
-                f"{where}: recurrent dropout does not apply to {kind}: its gates read x_t alone, so there is "
-                f"no recurrent matmul on h_(t-1) to drop units from. Use input_dropout or zoneout instead.")
-        h = state.h
-        wide = jnp.promote_types(xp.dtype, h.dtype)
-        a, b = coeffs(xp.astype(wide))
-        h_new = a * h.astype(wide) + b
-        return state_type(h=h_new.astype(h.dtype)), output(h_new, dtype)
-
-    cell = make_cell(init=init, initial_state=initial_state, project=project, step_projected=step_projected,
-                     output_size=H, name=where, config=config, check=check, auto_method=_auto,
-                     step_decoupled=step_projected,   # already elementwise in h
-                     output_of_state=h_output, linear=lambda params, xp: coeffs(xp),
+    cfg = CellConfig(kind, hidden_size=int(hidden_size), **opts.config())
+    check = functools.partial(_check, cfg)
+    step = functools.partial(_step_projected, cfg)
+    cell = make_cell(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
+                     project=functools.partial(_project, cfg), step_projected=step, output_size=cfg.hidden_size,
+                     name=_where(cfg), config=cfg, check=check, auto_method=_auto,
+                     step_decoupled=step,   # already elementwise in h
+                     output_of_state=h_output, linear=functools.partial(_linear, cfg),
                      jacobian_blocks=1, jacobian_exact=True)
     # the parallel form: jlstm.linear_recurrence over the declared coefficients
     fast = cell.fast
     assert fast is not None  # make_cell always builds one
     return dataclasses.replace(cell, fast=fast._replace(methods=(("parallel", linear_form(cell)),)))
+
+
+def _where(cfg: CellConfig) -> str:
+    return f"{cfg.kind}({cfg.hidden_size})"
+
+
+def _init(cfg: CellConfig, key: jax.Array, input_size: int) -> Any:
+    _checks.check_size("input_size", input_size)
+    kind, H = _kinds()[cfg.kind], cfg.hidden_size
+    kx, kb = jax.random.split(key)
+    return kind.params_type(w_x=_initializers.per_gate(cfg.kernel_init, kx, input_size, H, kind.blocks,
+                                                       cfg.param_dtype),
+                            b=cfg.bias_init(kb, (kind.blocks * H,), cfg.param_dtype))
+
+
+def _check(cfg: CellConfig, params: Any, state: Any = None, x: Any = None, where: str | None = None) -> None:
+    kind, H = _kinds()[cfg.kind], cfg.hidden_size
+
+    def shapes(n: int) -> dict:
+        return {"w_x": (n, kind.blocks * H), "b": (kind.blocks * H,)}
+
+    _checks.check_cell_args(where or _where(cfg), params, kind.params_type, shapes, state, kind.state_type,
+                            {"h": H}, x)
+
+
+def _initial_state(cfg: CellConfig, params: Any, batch_shape: Any = ()) -> Any:
+    _check(cfg, params, where=_where(cfg) + ".initial_state")
+    h = jnp.zeros(batch_tuple(batch_shape) + (cfg.hidden_size,), carry_dtype(params.w_x.dtype, cfg.dtype))
+    return _kinds()[cfg.kind].state_type(h=h)
+
+
+def _project(cfg: CellConfig, params: Any, x: jax.Array) -> jax.Array:
+    return matmul(x, params.w_x, cfg.dtype) + params.b.astype(cfg.dtype or params.b.dtype)
+
+
+def _linear(cfg: CellConfig, params: Any, xp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    del params
+    return _kinds()[cfg.kind].coeffs(xp)
+
+
+def _step_projected(cfg: CellConfig, params: Any, state: Any, xp: jax.Array,
+                    recurrent_mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    if recurrent_mask is not None:
+        raise ValueError(
+            f"{_where(cfg)}: recurrent dropout does not apply to {cfg.kind}: its gates read x_t alone, so there "
+            f"is no recurrent matmul on h_(t-1) to drop units from. Use input_dropout or zoneout instead.")
+    h = state.h
+    wide = jnp.promote_types(xp.dtype, h.dtype)
+    a, b = _linear(cfg, params, xp.astype(wide))
+    h_new = a * h.astype(wide) + b
+    return type(state)(h=h_new.astype(h.dtype)), output(h_new, cfg.dtype)
 
 
 def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
@@ -190,7 +224,7 @@ def min_gru(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
       >>> bool(jnp.allclose(ys, ys_loop, atol=1e-5))
       True
     """
-    return _min_cell("min_gru", hidden_size, 2, MinGRUParams, MinGRUState, _gru_coeffs, options)
+    return _min_cell("min_gru", hidden_size, options)
 
 
 def min_lstm(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
@@ -209,4 +243,4 @@ def min_lstm(hidden_size: int, **options: Unpack[MinCellOptions]) -> Cell:
       >>> ys.shape, state.h.shape
       ((64, 8), (8,))
     """
-    return _min_cell("min_lstm", hidden_size, 3, MinLSTMParams, MinLSTMState, _lstm_coeffs, options)
+    return _min_cell("min_lstm", hidden_size, options)
