@@ -35,7 +35,7 @@ import numpy as np
 from jlstm.cells import initializers as _initializers
 from jlstm.cells.gru import GRUState
 from jlstm.cells.lstm import LSTMState
-from jlstm.cells.make_cell import make_cell
+from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import CellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, cell_sizes, masked, matmul, output
@@ -129,7 +129,7 @@ def _para_cell(kind: str, hidden_size: Any, heads: Any, options: Mapping[str, An
     return make_cell(init=functools.partial(_init, cfg, spec), project=functools.partial(_project, cfg),
                      initial_state=functools.partial(_initial_state, cfg, check), step_projected=step,
                      output_size=H, name=name, config=cfg, check=check, step_decoupled=step,
-                     jacobian_blocks=spec.blocks, jacobian_exact=True)
+                     jacobian_blocks=spec.blocks, jacobian_exact=True, output_of_state=h_output)
 
 
 def _init(cfg: CellConfig, spec: _Kind, key: jax.Array, input_size: int) -> Any:
