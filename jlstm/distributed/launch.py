@@ -1,33 +1,6 @@
-"""Run a training script on several processes with ``jax.distributed``: one per host, or N on this machine.
+"""The launcher behind ``python -m jlstm.launch`` (its public name; the docs live there).
 
-JAX's multi-process model is one Python process per host, all running the same script.
-Each process calls ``jax.distributed.initialize`` with the coordinator's address (process
-0 hosts the coordination service), the number of processes and its own id; afterwards
-``jax.devices()`` lists the devices of every process and a ``jax.jit`` over a mesh of them
-runs one SPMD program across hosts. This module does that call and then runs your script,
-so the script itself stays the same as on one host.
-
-One command per host (here 2 hosts, the coordinator on ``host0``)::
-
-    host0$ python -m jlstm.launch --coordinator host0:1234 --num-processes 2 --process-id 0 -- train.py --lr 1e-3
-    host1$ python -m jlstm.launch --coordinator host0:1234 --num-processes 2 --process-id 1 -- train.py --lr 1e-3
-
-N processes on this machine (loopback only; each gets ``--local-device-count`` CPU devices),
-e.g. to try a multi-process script before going to a cluster::
-
-    python -m jlstm.launch --local 2 --local-device-count 2 -- train.py
-
-``-m package.module`` may replace the script path. The processes' output comes back line by line,
-prefixed with ``[process_id]``. From Python, :func:`launch_local` does the
-same and returns each process's exit status and output.
-
-A run never hangs on a failure. A script that raises, or calls ``sys.exit`` with a non-zero
-status, prints its traceback and ends its process at once, without Python's normal exit: that
-exit would run ``jax.distributed.shutdown``, which waits at a barrier for processes that may be
-waiting in a collective for this one (atexit handlers do not run then). With ``--local``, when a
-process exits non-zero or is killed by a signal, the launcher kills all the others, names the
-process, quotes the end of its output and exits with its status (128 + N for signal N).
-On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``).
+See :mod:`jlstm.launch` for how to run a script on several processes and what happens on a failure.
 """
 
 from __future__ import annotations
@@ -39,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import TracebackType
@@ -168,6 +142,23 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+_FAILURES_ENV = "JLSTM_LAUNCH_FAILURES"
+
+
+def _record_failure(process_id: int | None) -> None:
+    """Tell a local launcher when this process's script failed: a file named by the process id in
+    the folder ``$JLSTM_LAUNCH_FAILURES``, holding the wall-clock time. A peer that fails later
+    because this one went away (a collective whose connection closed) records a later time, so the
+    launcher can name the process that failed first."""
+    folder = os.environ.get(_FAILURES_ENV)
+    if folder and process_id is not None:
+        try:
+            with open(os.path.join(folder, str(process_id)), "w") as f:
+                f.write(repr(time.time()))
+        except OSError:
+            pass
+
+
 def _leave_now(status: int) -> NoReturn:
     """End this process with ``status`` at once: flush the output, then skip the interpreter's exit.
 
@@ -191,7 +182,7 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
-def _run_guarded(target: Sequence[str]) -> None:
+def _run_guarded(target: Sequence[str], process_id: int | None = None) -> None:
     """Run the target; if it fails (an exception, or ``sys.exit`` with a non-zero status), print the
     traceback through ``sys.excepthook`` and leave at once with a non-zero status (1 for an exception),
     never at JAX's shutdown barrier. A target that returns, or exits with status 0, ends normally."""
@@ -200,8 +191,10 @@ def _run_guarded(target: Sequence[str]) -> None:
     except SystemExit as e:
         status = _exit_status(e.code)
         if status:
+            _record_failure(process_id)
             _leave_now(status)
     except BaseException as e:
+        _record_failure(process_id)
         tb = _user_frames(e.__traceback__)
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         _leave_now(1)
@@ -295,17 +288,15 @@ def _start(commands: list[list[str]], env: dict[str, str], cwd: str | None, echo
     return started
 
 
-def _wait_all(started: _Started, timeout_s: float) -> tuple[str, int | None] | None:
+def _wait_all(started: _Started, timeout_s: float, failures: str) -> tuple[str, int | None] | None:
     """Wait until every process exits 0 (``None``), or one fails or the time is up: then a description
     and the id of the process that failed first (``None`` on a timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
         ended = dict(started.ended)
-        codes = {i: started.procs[i].returncode for i in ended}
-        failed = sorted((t, i) for i, t in ended.items() if codes[i] != 0)
-        if failed:
-            i = failed[0][1]
-            code = codes[i]
+        if any(started.procs[i].returncode != 0 for i in ended):
+            i = _first_failure(started, failures)
+            code = started.procs[i].returncode
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             return f"process {i} {how}", i
         if len(ended) == len(started.procs):
@@ -316,6 +307,31 @@ def _wait_all(started: _Started, timeout_s: float) -> tuple[str, int | None] | N
             return f"the run passed timeout_s={timeout_s} (still running: {running})", None
         started.changed.wait(min(left, 1.0))
         started.changed.clear()
+
+
+def _first_failure(started: _Started, failures: str, grace_s: float = 3.0) -> int:
+    """The process that failed first, once the failures it caused have had ``grace_s`` to show.
+
+    A process that died without recording its failure (a signal, ``os._exit``) failed on its own:
+    its peers fail only after it is gone. Among the others, the earliest recorded failure time
+    wins (see :func:`_record_failure`); the order in which the exits were noticed is the last resort.
+    """
+    limit = time.monotonic() + grace_s
+    while len(started.ended) < len(started.procs) and time.monotonic() < limit:
+        started.changed.wait(0.05)
+        started.changed.clear()
+    ended = dict(started.ended)
+
+    def rank(i: int) -> tuple[int, float, float]:
+        path = os.path.join(failures, str(i))
+        try:
+            with open(path) as f:
+                recorded = float(f.read())
+        except (OSError, ValueError):
+            return (0, 0.0, ended[i])                 # unrecorded: it failed on its own
+        return (1, recorded, ended[i])
+
+    return min((i for i in ended if started.procs[i].returncode != 0), key=rank)
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -388,14 +404,16 @@ def launch_local(
         raise ValueError(f"{where}: target must be a non-empty list like ['train.py', '--lr', '1e-3'], "
                          f"got {target!r}.")
     coordinator = f"127.0.0.1:{free_port()}"
-    child_env = dict(os.environ if env is None else env, **{_PARENT_ENV: str(os.getpid())})
-    commands = [_child_command(target, coordinator, num_processes, i, local_device_count)
-                for i in range(num_processes)]
-    started = _start(commands, child_env, cwd, echo)
-    try:
-        failed = _wait_all(started, timeout_s)
-    finally:
-        results = _stop(started)
+    with tempfile.TemporaryDirectory(prefix="jlstm-launch-") as failures:
+        child_env = dict(os.environ if env is None else env,
+                         **{_PARENT_ENV: str(os.getpid()), _FAILURES_ENV: failures})
+        commands = [_child_command(target, coordinator, num_processes, i, local_device_count)
+                    for i in range(num_processes)]
+        started = _start(commands, child_env, cwd, echo)
+        try:
+            failed = _wait_all(started, timeout_s, failures)
+        finally:
+            results = _stop(started)
     if failed:
         raise LaunchError(_failure_message(where, failed, results), results, failed[1])
     return results
@@ -453,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    local_device_count=args.local_device_count)
     except ValueError as e:
         parser.error(str(e))
-    _run_guarded(target)
+    _run_guarded(target, args.process_id)
     return 0
 
 
