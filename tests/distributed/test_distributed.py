@@ -24,6 +24,8 @@ import jlstm
 from jlstm import launch, parallel
 from jlstm.train import make_train_step
 
+pytestmark = pytest.mark.slow          # started first (tests/conftest.py): processes, seconds each
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, T, B, STEPS = 4, 6, 8, 3           # B divides over 1, 2 and 4 processes (and 2 x 2 devices)
 model = jlstm.recurrent(jlstm.lstm(H))

@@ -8,6 +8,8 @@ from host_devices import run_on_host_devices
 
 import jlstm
 
+pytestmark = pytest.mark.slow          # started first (tests/conftest.py): processes, seconds each
+
 # Run in a subprocess: the device count is fixed when JAX starts.
 SCRIPT = textwrap.dedent(r"""
     import json

@@ -114,6 +114,7 @@ def run_and_kill(proc, lines, target):
     return seen
 
 
+@pytest.mark.slow                       # started first (tests/conftest.py): processes
 def test_killed_three_times_at_random_steps_then_resumed_equals_uninterrupted(tmp_path):
     """A real training process, SIGTERMed 3 times at random steps, then run to the end: bit-identical."""
     script = load_script()
