@@ -17,7 +17,7 @@ compile_cache.install()
 def pytest_collection_modifyitems(config, items):
     """Start the longest items first: the notebooks, then the tests marked slow, then the rest in order.
 
-    pytest-xdist hands out tests in collection order, so a 45-second notebook collected last keeps one
+    pytest-xdist hands out tests in collection order, so a 45-second notebook collected last can keep one
     worker busy after the other has run out of work. Started first, the short tests fill in around it.
     """
     def rank(item):
