@@ -107,3 +107,19 @@ def test_anchors_smoke_runs_every_section_and_builder(tmp_path):
     if doc["backend"] == "cpu":       # the kernels in interpret mode; cuDNN from JAX skipped with a reason
         assert "jlstm_pallas" in slstm
         assert any(s["impl"] == "jax_cudnn" for s in doc["skipped"])
+
+
+def test_quasi_deer_blocks_counts_iterations_and_checks_the_answer(tmp_path):
+    from benchmarks.quasi_deer_blocks import main as sweep
+
+    out = tmp_path / "q.json"
+    sweep(["--H", "4", "--T", "64", "--inputs", "2", "--seeds", "0", "--max-iters", "64", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert (row["H"], row["T"], row["input_size"]) == (4, 64, 2)
+    for name in ("quasi_deer_blocks", "quasi_deer_diagonal", "deer"):
+        assert row[name]["converged"], (name, row[name])     # T=64 ≤ max_iters: exact in at most T steps
+        assert 1 <= row[name]["iterations"] <= 64 and row[name]["max_abs_error"] <= 2e-5, (name, row[name])
+    assert row["deer"]["iterations"] <= row["quasi_deer_diagonal"]["iterations"]
+    with pytest.raises(SystemExit):
+        sweep(["--variants", "newton_raphson", "--out", str(out)])
