@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
+
+from benchmarks.deer import _max_diff, write
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {  # name: Newton keyword arguments
@@ -31,21 +32,20 @@ VARIANTS = {  # name: Newton keyword arguments
 def run_case(H: int, T: int, I: int, seed: int, max_iters: int, variants) -> dict:
     """Iterations, convergence and the error against the sequential scan of each variant, for one model."""
     import jax
-    import numpy as np
 
     import jlstm
 
     cell = jlstm.lstm(H)
     params = cell.init(jax.random.key(seed), I)
     xs = jax.random.normal(jax.random.key(seed + 100), (T, 1, I))
-    y_seq = np.asarray(jax.jit(lambda p, x: jlstm.scan(cell, p, x)[1])(params, xs), np.float64)
+    y_seq = jax.jit(lambda p, x: jlstm.scan(cell, p, x)[1])(params, xs)
     row = {"H": H, "T": T, "input_size": I, "seed": seed}
     for name in variants:
         newton = jlstm.Newton(**VARIANTS[name], max_iters=max_iters, on_failure="ignore")
         run = jax.jit(lambda p, x, n=newton: jlstm.scan(cell, p, x, method=n, return_info=True))
         _, ys, info = run(params, xs)
         row[name] = {"iterations": int(info.iterations), "converged": bool(info.converged),
-                     "max_abs_error": float(np.max(np.abs(np.asarray(ys, np.float64) - y_seq)))}
+                     "max_abs_error": _max_diff(ys, y_seq)}
     return row
 
 
@@ -81,10 +81,7 @@ def main(argv=None) -> None:
                       "note": "iterations to convergence; max_abs_error is against the sequential scan"},
            "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, args.out)
+    write(args.out, doc)
     print(f"wrote {args.out}")
 
 
