@@ -92,15 +92,18 @@ def _time(fn, *args, repeats: int) -> tuple[float, object]:
 # methods, T·B·D for the diagonal ones. ELK's Kalman smoother solves a D×D system per step and scan
 # level, and on the CPU it is far slower than DEER: measured at ~0.65 s an iteration for quasi-ELK on an
 # LSTM(64) at T = 65,536 (quasi-DEER: 0.13 s), and minutes for dense ELK on a GRU(4) at T = 16,384.
-LIMITS = {"deer": 3e7, "elk": 1e5, "quasi_elk": 2e6, "quasi_deer": float("inf"), "quasi_deer_diag": float("inf")}
+LIMITS = {"deer": 3e7, "elk": 1e5, "quasi_elk": 2e6, "quasi_deer": float("inf"), "quasi_deer_diag": float("inf"),
+          "quasi_deer_blocks": float("inf"), "quasi_deer_mean": float("inf")}
+QUASI_VARIANTS = {"quasi_deer_diag": "diagonal", "quasi_deer_blocks": "blocks", "quasi_deer_mean": "mean"}
 
 
 def newton(method: str):
-    """The :class:`jlstm.Newton` of a benchmark method name (``quasi_deer_diag``: without the blocks)."""
+    """The :class:`jlstm.Newton` of a benchmark method name: ``quasi_deer`` is ``quasi="auto"``, and
+    ``quasi_deer_diag``, ``quasi_deer_blocks``, ``quasi_deer_mean`` name the kept Jacobian."""
     import jlstm
 
-    if method == "quasi_deer_diag":
-        return jlstm.Newton("quasi_deer", blocks=False, on_failure="ignore", max_iters=200)
+    if method in QUASI_VARIANTS:
+        return jlstm.Newton("quasi_deer", quasi=QUASI_VARIANTS[method], on_failure="ignore", max_iters=200)
     return jlstm.Newton(method, on_failure="ignore", max_iters=200)
 
 

@@ -54,9 +54,9 @@ if want deer; then
     --states untrained --methods quasi_deer,deer --repeats 3 --out "$OUT/deer_gpu.json" 2>&1 | tail -40 | tee "$OUT/deer_gpu.log"
   timeout 40 python -m benchmarks.deer --device gpu --batch 1 --Ts 1048576 --Hs 16 --cells gru \
     --states untrained --methods quasi_deer --repeats 1 --out "$OUT/deer_gpu_1m.json" 2>&1 | tail -10 | tee "$OUT/deer_gpu_1m.log"
-  echo "== parallel in time: ParaRNN's cells and the block method (quasi_deer vs quasi_deer_diag), B=1, T to 1M"
+  echo "== parallel in time: ParaRNN's cells and the kept Jacobians (quasi_deer = auto, blocks, diagonal), B=1, T to 1M"
   timeout 150 python -m benchmarks.deer --device gpu --batch 1 --Ts 1024,16384,131072,1048576 --Hs 16 \
-    --cells para_gru,para_lstm,lstm --states untrained,trained --methods quasi_deer,quasi_deer_diag,deer --repeats 3 \
+    --cells para_gru,para_lstm,lstm --states untrained,trained --methods quasi_deer,quasi_deer_blocks,quasi_deer_diag,deer --repeats 3 \
     --out "$OUT/deer_gpu_pararnn.json" 2>&1 | tail -30 | tee "$OUT/deer_gpu_pararnn.log"
   echo "== DEER's README case: GRU, input 2, batch 16, T=10,000 (68x the sequential scan on a V100, published)"
   timeout 60 python -m benchmarks.deer --device gpu --batch 16 --Ts 10000 --Hs 1,32 --cells gru,para_gru \

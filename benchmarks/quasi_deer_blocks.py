@@ -1,12 +1,15 @@
-"""Newton iterations of quasi-DEER on an untrained LSTM against the input size: 2×2 blocks, the diagonal, DEER.
+"""Newton iterations of quasi-DEER on an untrained LSTM against the input size, for each kept Jacobian.
 
-The block-diagonal quasi-DEER keeps each unit's exact ``(c, h)`` Jacobian block and drops the
-coupling between units through ``W_h``. How much that costs depends on how strongly the input drives
-the gates: a wide input saturates them and weakens the dropped coupling. This sweep counts the
+The quasi methods drop part of each step's Jacobian. The 2×2 blocks keep each unit's exact ``(c, h)``
+block and drop the coupling between units through ``W_h``; the diagonal drops more; the time-averaged
+Jacobian (``quasi="mean"``) keeps the coupling but replaces each step's Jacobian by the sequence's mean.
+How much each costs depends on how strongly the input drives the gates: a wide input saturates them,
+which weakens the coupling and spreads the steps' Jacobians away from their mean. This sweep counts the
 iterations to convergence (float32, the default tolerance) for ``lstm(H)`` at default init, inputs
-drawn from N(0, 1), against the input size, with the dense DEER as the reference point. It also
-records each run's largest distance from the sequential scan, so a "converged" that is not close
-would show. Iterations only, no timings: ``python -m benchmarks.deer`` times the methods.
+drawn from N(0, 1), against the input size: ``auto`` (the default), ``mean``, ``blocks``, ``diagonal``,
+and the dense DEER as the reference point. It also records each run's largest distance from the
+sequential scan, so a "converged" that is not close would show. Iterations only, no timings:
+``python -m benchmarks.deer`` times the methods.
 
     python -m benchmarks.quasi_deer_blocks                   # H=16, T=2048, inputs 1..32, seeds 0 and 1
     python -m benchmarks.quasi_deer_blocks --inputs 2,32 --seeds 0 --out /tmp/q.json
@@ -23,8 +26,10 @@ from benchmarks.deer import _max_diff, write
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {  # name: Newton keyword arguments
-    "quasi_deer_blocks": dict(method="quasi_deer", blocks=True),
-    "quasi_deer_diagonal": dict(method="quasi_deer", blocks=False),
+    "quasi_deer_auto": dict(method="quasi_deer"),
+    "quasi_deer_mean": dict(method="quasi_deer", quasi="mean"),
+    "quasi_deer_blocks": dict(method="quasi_deer", quasi="blocks"),
+    "quasi_deer_diagonal": dict(method="quasi_deer", quasi="diagonal"),
     "deer": dict(method="deer"),
 }
 

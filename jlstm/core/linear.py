@@ -163,6 +163,28 @@ def blocked_affine_scan(alg: Algebra, A: jax.Array, b: jax.Array, s0: jax.Array)
     return join_blocks(jnp.swapaxes(s, 0, 1), T)
 
 
+def constant_affine_scan(M: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
+    """All ``s_t = g_t M s_{t-1} + b_t`` from ``s_{-1} = 0``, for one matrix ``M`` per sequence: ``[T, B, D]``.
+
+    ``M`` is ``[B, D, D]``, ``g`` a scalar gate ``[T, B]`` (0 cuts the recurrence: the first step, a
+    reset), ``b`` is ``[T, B, D]``. The maps ``g M`` of one sequence share ``M``, so the composition of
+    any ``2^l`` consecutive steps is ``(Π g) M^(2^l)``: recursive doubling (``⌈log₂ T⌉`` levels, each
+    one batched matrix-vector product over all steps and one squaring of ``M``) solves it in depth
+    O(log T) with no per-step matrix products. Level ``l`` adds to each step the partial solution that
+    ends ``2^l`` steps earlier, carried through ``M^(2^l)``.
+    """
+    M, g, b = jnp.asarray(M), jnp.asarray(g), jnp.asarray(b)
+    T = b.shape[0]
+    s, gate, power, shift = b, g, M, 1
+    while shift < T:
+        carried = jnp.einsum("bij,tbj->tbi", power, s[:-shift], precision=lax.Precision.HIGHEST)
+        s = s.at[shift:].add(gate[shift:, :, None] * carried)
+        gate = gate.at[shift:].multiply(gate[:-shift]).at[:shift].set(0)
+        power = jnp.matmul(power, power, precision=lax.Precision.HIGHEST)
+        shift *= 2
+    return s
+
+
 def prefix_scan(combine: Callable, elems: Any, *, associative: bool | None = None) -> Any:
     """All prefixes ``e_1, e_1 ∘ e_2, …`` of an associative ``combine(earlier, later)``, along axis 0.
 

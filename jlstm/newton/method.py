@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 from jax.core import Tracer
 
-from jlstm.core.linear import affine_scan
+from jlstm.core.linear import affine_scan, constant_affine_scan
 from jlstm.core.plan import current_plan
 from jlstm.newton import grad as _deer_grad
 from jlstm.newton.linear import damped_solve
@@ -54,6 +54,12 @@ from jlstm.strategies.sequential import Sequential
 
 METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 ON_FAILURE = ("fallback", "raise", "ignore")
+QUASI = ("auto", "mean", "blocks", "diagonal")
+MEAN_MAX_STATE = 128
+"""``quasi="auto"`` keeps the time-averaged Jacobian for flat states up to this size (an LSTM up to
+H = 64): its solve costs ``T·B·D²·log₂T`` multiply-adds an iteration, the diagonal's ``T·B·D``."""
+GIVE_UP_AFTER = 2
+"""``quasi="auto"`` leaves the time-averaged Jacobian after this many updates in a row that did not shrink."""
 CLIP = 1e8                                           # iterates are clipped to ±CLIP, as in the ELK code
 DENSE_CHUNK_ELEMENTS = 1 << 25                       # the gradient's dense Jacobians: 128 MiB of f32 a chunk
 
@@ -112,9 +118,16 @@ class Newton(Strategy):
         a warm start).
       on_failure: ``"fallback"`` (return the sequential scan's result), ``"raise"`` (raise
         :class:`NewtonConvergenceError` at run time, also under ``jit``) or ``"ignore"``.
-      blocks: the quasi methods keep each unit's exact ``k×k`` Jacobian block where the cell
-        declares them (``CellFast.jacobian_blocks``: 2×2 ``(h, c)`` for the LSTM); ``False`` keeps
-        only the diagonal, as in Gonzalez et al.
+      quasi: the Jacobian the quasi methods keep. ``"mean"``: each sequence's time-averaged dense
+        Jacobian (a chord method, as ParaDiag's time-averaged Jacobians; the linear solve is recursive
+        doubling with one matrix, :func:`jlstm.core.linear.constant_affine_scan`); ``"blocks"``: each
+        unit's exact ``k×k`` block where the cell declares them (``CellFast.jacobian_blocks``: 2×2
+        ``(h, c)`` for the LSTM), else the diagonal; ``"diagonal"``: the diagonal, as in Gonzalez
+        et al. ``"auto"`` (the default): ``"mean"`` for ``quasi_deer`` on states of at most
+        :data:`MEAN_MAX_STATE` numbers without ``mesh``, ``"blocks"`` otherwise (and always for
+        ``quasi_elk``). Measured (untrained ``lstm(16)``, T=2048, inputs 1-32):
+        ``python -m benchmarks.quasi_deer_blocks``.
+      blocks: the older spelling: ``blocks=False`` is ``quasi="diagonal"``.
       adapt, shrink, grow: ELK only. With ``adapt`` (the default) a step is taken only if it
         lowers the squared residual, and λ is multiplied by ``shrink`` after a taken step and by
         ``grow`` after a refused one (Levenberg–Marquardt). Without it λ stays fixed and every
@@ -144,6 +157,7 @@ class Newton(Strategy):
     grow: float = 10.0
     mesh: Any = None
     axis: str = "time"
+    quasi: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -160,6 +174,15 @@ class Newton(Strategy):
             raise ValueError(f"jlstm.Newton: mesh= splits time for method 'deer' or 'quasi_deer' over an axis "
                              f"of the mesh; got method={self.method!r}, axis={self.axis!r}, mesh axes "
                              f"{tuple(self.mesh.axis_names)}.")
+        if self.quasi not in QUASI:
+            raise ValueError(f"jlstm.Newton: quasi must be one of {QUASI}, got {self.quasi!r}.")
+        if not self.blocks and self.quasi not in ("auto", "diagonal"):
+            raise ValueError(f"jlstm.Newton: blocks=False means quasi='diagonal'; it contradicts "
+                             f"quasi={self.quasi!r}. Pass only quasi=.")
+        if self.quasi == "mean" and (self.method == "quasi_elk" or self.mesh is not None):
+            raise ValueError("jlstm.Newton: quasi='mean' serves method='quasi_deer' without mesh=; got "
+                             f"method={self.method!r}{', mesh=' if self.mesh is not None else ''}. Use "
+                             "quasi='blocks' or 'diagonal' there.")
         if self.damping and not self.damped:
             raise ValueError(f"jlstm.Newton: damping={self.damping} needs method='elk' or 'quasi_elk', "
                              f"got method={self.method!r}.")
@@ -202,6 +225,15 @@ class Newton(Strategy):
     @property
     def jacobian(self) -> str:
         return "diag" if self.method.startswith("quasi") else "dense"
+
+    def quasi_jacobian(self, state_size: int) -> str:
+        """What ``quasi="auto"`` (and ``blocks``) mean for a flat state of ``state_size`` numbers."""
+        if not self.blocks:
+            return "diagonal"
+        if self.quasi != "auto":
+            return self.quasi
+        mean = self.method == "quasi_deer" and self.mesh is None and state_size <= MEAN_MAX_STATE
+        return "mean" if mean else "blocks"
 
     def lam(self) -> float:
         return (1.0 if self.damping is None else float(self.damping)) if self.damped else 0.0
@@ -277,8 +309,10 @@ def newton_scan(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
         return state, jnp.zeros((0,) + y.shape, y.dtype), info
     guess = jnp.broadcast_to(s0, (T, B, spec.size)) if opts.init is None else spec.ravel(opts.init, (T,))
     f = flat_step(cell, spec)
-    st = structure(cell, spec, dense=opts.jacobian == "dense", blocks=opts.blocks)
-    if opts.mesh is None:
+    st = structure(cell, spec, dense=opts.jacobian == "dense", quasi=opts.quasi_jacobian(spec.size))
+    if opts.mesh is None and st.kind == "mean" and opts.quasi == "auto":
+        forward = functools.partial(_mean_then_blocks, f, opts, st, structure(cell, spec, False, "blocks"), tol)
+    elif opts.mesh is None:
         forward = functools.partial(_newton_loop, f, opts, st, tol)
     else:
         forward = sharded_forward(f, opts, st, tol, CLIP)
@@ -319,19 +353,38 @@ def _shift(s0: jax.Array, traj: jax.Array) -> jax.Array:
     return jnp.concatenate([s0[None], traj[:-1]], 0)
 
 
-def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, s0, guess):
-    """Newton iterations from ``guess`` until converged (:func:`progress`): ``(S, iterations, residual,
-    error, converged)``.
+def _mean_then_blocks(f, opts: Newton, first: Structure, then: Structure, tol: float,
+                      params, xs, valid, s0, guess):
+    """``quasi="auto"``: iterate with the time-averaged Jacobian (``first``) while its updates shrink; after
+    :data:`GIVE_UP_AFTER` updates in a row that did not, or at ``max_iters``, go on with the blocks
+    (``then``) from whichever of its last iterate and ``guess`` has the smaller residual.
 
-    The solves run in the layout of ``st`` (the kept Jacobian). A value of an update that is not finite
-    (products of Jacobians that overflow, as DEER's first step on a saturated LSTM) keeps the last
-    iterate's value, so that the steps before it, which are exact, are kept. The damped methods adapt λ
-    as Levenberg–Marquardt does: a step that lowers ``Σ|s_t − f(s_{t−1})|²`` is taken and λ shrinks; a
-    step that does not is refused and λ grows. They end with one undamped step from their last iterate:
-    its size is a first-order estimate of that iterate's error that the damping cannot shrink (the
-    error estimate is the larger of the two), and it is kept where it lowers the residual. (Measured,
-    float32, decays near 1: the Kalman solve's rounding left ELK's converged trajectory 1e-5 from the
-    sequential one, the undamped step 2e-6.)
+    The time-averaged Jacobian serves a weakly driven network well (measured: an untrained LSTM at
+    small inputs, 9-17 iterations against 56-300 for the blocks) and a strongly driven one badly (its
+    steps' Jacobians differ too much from their mean: weights ×3, or the sLSTM's exponential gates,
+    diverged), which the first update that fails to shrink shows. The iterations of both phases count
+    against ``max_iters``."""
+    S, k, r, err, ok = _newton_loop(f, opts, first, tol, params, xs, valid, s0, guess, give_up=True)
+
+    def switch():
+        r_guess = residual(guess, evaluate(f, params, _shift(s0, guess), xs, valid)[0])
+        start = jnp.where(r < r_guess, S, guess)                  # a NaN residual restarts from the guess
+        return _newton_loop(f, opts, then, tol, params, xs, valid, s0, start, k0=k)
+
+    return lax.cond(ok, lambda: (S, k, r, err, ok), switch)
+
+
+def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, s0, guess, *,
+                 give_up: bool = False, k0: Any = 0):
+    """Newton iterations from ``guess`` (counted from ``k0``) until converged (:func:`progress`), or with
+    ``give_up`` until they stop shrinking (:func:`_iterate`): ``(S, iterations, residual, error, converged)``.
+
+    The solves run in the layout of ``st``. A value of an update that is not finite (as DEER's first
+    step on a saturated LSTM) keeps the last iterate's, so the exact steps before it are kept. The
+    damped methods adapt λ as Levenberg–Marquardt does (a step that lowers ``Σ|s_t − f(s_{t−1})|²`` is
+    taken and λ shrinks, else λ grows), and end with one undamped step: its size estimates the error
+    that damping cannot shrink, and it is kept where it lowers the residual (measured, float32, decays
+    near 1: ELK's converged trajectory was 1e-5 from the sequential one, the undamped step's 2e-6).
     """
     alg, damped, s0 = st.alg, opts.damped, st.to(s0)
     exact = st.exact and not damped
@@ -342,9 +395,12 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
         return Fs, J, residual(S, Fs), jnp.sum((S - Fs) ** 2)
 
     def update(S, Fs, J, lam, damp=damped):
-        b = (Fs - alg.mv(J, _shift(s0, S))).at[0].set(Fs[0])     # s_0 folded into step 1
-        A = J.at[0].set(0)
-        S_new = damped_solve(alg, A, b, S, lam) if damp else affine_scan(alg, A, b)
+        if st.kind == "mean":
+            S_new = _hold_invalid(S + _mean_correction(J, Fs - S), valid, s0)
+        else:
+            b = (Fs - alg.mv(J, _shift(s0, S))).at[0].set(Fs[0])     # s_0 folded into step 1
+            A = J.at[0].set(0)
+            S_new = damped_solve(alg, A, b, S, lam) if damp else affine_scan(alg, A, b)
         return jnp.clip(jnp.where(jnp.isfinite(S_new), S_new, S), -CLIP, CLIP)
 
     def body(carry):
@@ -366,10 +422,9 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
 
     guess = st.to(guess)
     first = assess(guess)
-    inf = jnp.asarray(jnp.inf, guess.dtype)
-    lam, nan = jnp.asarray(opts.lam(), guess.dtype), jnp.asarray(jnp.nan, guess.dtype)
-    start = (jnp.int32(0), guess) + first + (lam, nan, inf, _converged(first[2], inf, tol))
-    k, S, Fs, J, r, merit, _, _, err, ok = lax.while_loop(cond, body, start)
+    inf, lam, nan = (jnp.asarray(v, guess.dtype) for v in (jnp.inf, opts.lam(), jnp.nan))
+    start = (jnp.asarray(k0, jnp.int32), guess) + first + (lam, nan, inf, _converged(first[2], inf, tol))
+    k, S, Fs, J, r, merit, _, _, err, ok = _iterate(cond, body, start, give_up)
     if damped:                                        # verify with one undamped step (see the docstring)
         S_p = update(S, Fs, J, 0.0, damp=False)
         _, _, r_p, merit_p = assess(S_p)
@@ -379,6 +434,40 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
         err = jnp.maximum(err, p_step)
         ok = ok & _converged(r, err, tol)
     return st.back(S), k, r, err, ok
+
+
+def _mean_correction(J: tuple, r: jax.Array) -> jax.Array:
+    """The update ``Δ`` of a time-averaged-Jacobian iteration: ``Δ_t = g_t J̄ Δ_{t-1} + r_t`` with ``r_t =
+    f(s_{t-1}) − s_t`` (``J = (J̄, g)`` of :func:`jlstm.newton.step.mean_jacobian`; ``Δ_0`` starts from the
+    exact initial state). Solved for the correction, its rounding scales with ``Δ``, not with ``s``."""
+    J_mean, g = J
+    return constant_affine_scan(J_mean, g.at[0].set(0), r)
+
+
+def _hold_invalid(S: jax.Array, valid: jax.Array, s0: jax.Array) -> jax.Array:
+    """``S [T, B, D]`` with each invalid step holding the last valid step's state (``s0`` before any).
+
+    An invalid step is the identity, which ``g_t J̄`` cannot express; its exact value is this copy. So
+    padding after ``lengths`` costs the time-averaged iteration nothing (measured: 60 iterations
+    unconverged with 243 padded steps without it)."""
+    t = jnp.arange(S.shape[0])[:, None]
+    last = lax.cummax(jnp.where(valid, t, -1), axis=0)
+    held = jnp.take_along_axis(S, jnp.maximum(last, 0)[..., None], axis=0)
+    return jnp.where((last >= 0)[..., None], held, s0)
+
+
+def _iterate(cond: Callable, body: Callable, start: tuple, give_up: bool) -> tuple:
+    """``lax.while_loop(cond, body, start)``; with ``give_up``, it also stops after :data:`GIVE_UP_AFTER`
+    updates in a row that did not shrink (θ ≥ 1: the error estimate, ``carry[-2]``, is infinite)."""
+    if not give_up:
+        return lax.while_loop(cond, body, start)
+
+    def step(c):
+        carry = body(c[0])
+        return carry, jnp.where(carry[-2] < jnp.inf, 0, c[1] + 1)
+
+    # the first update's θ is unknown (an infinite estimate too): the count starts at -1
+    return lax.while_loop(lambda c: cond(c[0]) & (c[1] < GIVE_UP_AFTER), step, (start, jnp.int32(-1)))[0]
 
 
 def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Any,

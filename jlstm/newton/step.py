@@ -17,12 +17,15 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jlstm.core.linear import Algebra
 
-# Elements of one chunk's dense Jacobians [C, B, D, D] when only their diagonal is kept.
+# Elements of one chunk's dense Jacobians [C, B, D, D] when only their diagonal (or their mean) is kept.
 DIAG_CHUNK_ELEMENTS = 1 << 24
+# Steps whose dense Jacobians are averaged into the time-averaged Jacobian of ``Newton(quasi="mean")``.
+MEAN_SAMPLES = 64
 
 
 class FlatState(NamedTuple):
@@ -180,13 +183,16 @@ def evaluate(f: Callable, params: Any, s_prev: jax.Array, xs: jax.Array, valid: 
     """``f`` at every step of ``s_prev [T, B, D]``: ``(s [T,B,D], ys [T,B,O], J | None)``.
 
     ``jac`` is ``None``, ``"dense"`` (``[T, B, D, D]``), ``"diag"`` (``[T, B, D]``; from
-    ``f.diag`` where the cell has a decoupled step, else a full ``jacfwd`` per chunk) or ``"block"``
-    (``[T, B, U, k, k]``, from ``f.block``).
+    ``f.diag`` where the cell has a decoupled step, else a full ``jacfwd`` per chunk), ``"block"``
+    (``[T, B, U, k, k]``, from ``f.block``) or ``"mean"`` (``(J̄ [B, D, D], g [T, B])``, from
+    :func:`mean_jacobian`).
     """
     if jac is None:
         s, ys = both_with(f)(params, s_prev, xs, valid)
         return s, ys, None
 
+    if jac == "mean":
+        return mean_jacobian(f, params, s_prev, xs, valid)
     if jac in ("diag", "block") and getattr(f, jac, None) is not None:
         return both_with(getattr(f, jac))(params, s_prev, xs, valid)
     if jac == "block":
@@ -204,12 +210,39 @@ def evaluate(f: Callable, params: Any, s_prev: jax.Array, xs: jax.Array, valid: 
     return lax.map(lambda a: per_step(params, *a), (s_prev, xs, valid), batch_size=chunk)
 
 
+def mean_jacobian(f: Callable, params: Any, s_prev: jax.Array, xs: jax.Array, valid: jax.Array) -> tuple:
+    """``(s, ys, (J̄, g))``: each sequence's time-averaged Jacobian ``J̄ [B, D, D]``, and ``g [T, B]``.
+
+    ``g_t`` is 0 where step t does not depend on the state at all (a reset: its Jacobian is 0) and 1
+    elsewhere; it comes with the values from one JVP per step along the all-ones direction. ``J̄`` is the
+    mean of the dense Jacobians at up to :data:`MEAN_SAMPLES` evenly spaced steps (fewer where ``B·D²``
+    is large: at most :data:`DIAG_CHUNK_ELEMENTS` elements at once), over the valid steps with
+    ``g = 1``; a sequence with none gets ``J̄ = 0``.
+    """
+    T, B, D = s_prev.shape
+
+    def with_gate(p, s, x, v):
+        (new, y), (d_new, _) = jax.jvp(lambda s_: f(p, s_, x, v), (s,), (jnp.ones_like(s),))
+        return new, y, jnp.any(d_new != 0)
+
+    s, ys, live = both_with(with_gate)(params, s_prev, xs, valid)
+    n = max(1, min(T, MEAN_SAMPLES, DIAG_CHUNK_ELEMENTS // max(1, B * D * D)))
+    idx = (np.arange(n) * T) // n
+    jac = jax.vmap(jax.vmap(lambda p, s_, x, v: jax.jacfwd(lambda u: f(p, u, x, v)[0])(s_), (None, 0, 0, 0)),
+                   (None, 0, 0, 0))
+    J = jac(params, s_prev[idx], xs[idx], valid[idx])                     # [n, B, D, D]
+    w = (live[idx] & valid[idx]).astype(J.dtype)                          # [n, B]
+    J_mean = jnp.einsum("nb,nbij->bij", w, J) / jnp.maximum(jnp.sum(w, 0), 1)[:, None, None]
+    return s, ys, (J_mean, live.astype(s.dtype))
+
+
 class Structure(NamedTuple):
     """The Jacobian a Newton iteration keeps, and the layout its linear solves work in.
 
-    ``kind``: ``"dense"`` (``[.., D, D]``, flat vectors), ``"diag"`` (``[.., D]``) or ``"block"``
+    ``kind``: ``"dense"`` (``[.., D, D]``, flat vectors), ``"diag"`` (``[.., D]``), ``"block"``
     (``[.., U, k, k]`` with vectors ``[.., U, k]``: unit ``j``'s entries of the ``k`` leaves side by
-    side). ``exact``: the kept Jacobian is the step's whole Jacobian, so an iteration is exact Newton.
+    side) or ``"mean"`` (one dense ``[B, D, D]`` per sequence, gated per step; flat vectors).
+    ``exact``: the kept Jacobian is the step's whole Jacobian, so an iteration is exact Newton.
     """
 
     kind: str
@@ -229,19 +262,22 @@ class Structure(NamedTuple):
         return jnp.swapaxes(s, -1, -2).reshape(s.shape[:-2] + (-1,)) if self.kind == "block" else s
 
 
-def structure(cell: Any, spec: FlatState, dense: bool, blocks: bool = True) -> Structure:
+def structure(cell: Any, spec: FlatState, dense: bool, quasi: str = "blocks") -> Structure:
     """The :class:`Structure` of a Newton method on ``cell``: ``dense`` for DEER/ELK, else quasi.
 
     A cell whose declared blocks are its whole Jacobian (``CellFast.jacobian_exact``) gets them under
     every method: exact Newton at the blocks' cost. Otherwise DEER/ELK keep the dense Jacobian and the
-    quasi methods the declared blocks (``blocks=True``) or the diagonal.
+    quasi methods what ``quasi`` names: ``"blocks"`` (the declared blocks, the diagonal where there are
+    none), ``"diagonal"`` or ``"mean"`` (the time-averaged dense Jacobian).
     """
     k = block_size(cell, spec)
-    if k is not None and cell.fast.jacobian_exact and (blocks or k == 1):
+    if k is not None and cell.fast.jacobian_exact and (quasi != "diagonal" or k == 1):
         return Structure("block" if k > 1 else "diag", k, True)
     if dense:
         return Structure("dense")
-    if k is not None and k > 1 and blocks:
+    if quasi == "mean":
+        return Structure("mean", 1, False)
+    if k is not None and k > 1 and quasi == "blocks":
         return Structure("block", k, False)
     return Structure("diag", 1, False)
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jlstm.core.linear import Algebra, affine_scan, blocked_affine_scan, reverse_affine_scan
+from jlstm.core.linear import Algebra, affine_scan, blocked_affine_scan, constant_affine_scan, reverse_affine_scan
 from jlstm.core.time import sqrt_length as block_length
 
 B, D = 2, 3
@@ -44,6 +44,19 @@ def test_affine_scan_both_evaluations_match_a_loop(T, dense):
         got = jax.jit(lambda A, b, a=associative: affine_scan(alg, A, b, associative=a))(
             A.astype(np.float32), b.astype(np.float32))
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4, err_msg=f"{associative=}")
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 8, 9, 50])      # powers of two and either side of them
+def test_constant_affine_scan_matches_a_loop(T):
+    """One matrix per sequence, gated per step (0: a reset, and the first step): recursive doubling."""
+    rng = np.random.default_rng(T)
+    M = rng.normal(size=(B, D, D)) * 0.5
+    g = (rng.random((T, B)) > 0.25).astype(np.float64)
+    g[0] = 0
+    b = rng.normal(size=(T, B, D))
+    want = _loop(g[:, :, None, None] * M[None], b, np.zeros((B, D)), dense=True)
+    got = jax.jit(constant_affine_scan)(M.astype(np.float32), g.astype(np.float32), b.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["diag", "dense"])

@@ -125,7 +125,8 @@ def test_block_quasi_deer_beats_the_diagonal_on_the_lstm():
         _, y_seq = jlstm.scan(cell, p, x)
         out = {}
         for blocks in (True, False):
-            newton = jlstm.Newton("quasi_deer", blocks=blocks, max_iters=200, on_failure="ignore")
+            newton = jlstm.Newton("quasi_deer", quasi="blocks" if blocks else "diagonal", max_iters=200,
+                                  on_failure="ignore")
             _, ys, info = jlstm.scan(cell, p, x, method=newton, return_info=True)
             out[blocks] = (ys, info.iterations, info.converged)
         return y_seq, out
