@@ -78,7 +78,8 @@ class Sequential(Strategy):
         pieces = cell.fast if cell.fast is not None else CellFast()
         kernel = pieces.sequence
         if not regs.active and self.fast and kernel is not None and xs.shape[0] > 0 and self.remat != "step":
-            return (*self._fused(kernel, params, xs, state, request, unroll), None)
+            fused_unroll = request.plan.fused_unroll if self.unroll is None else None
+            return (*self._fused(kernel, params, xs, state, request, fused_unroll or unroll), None)
         step, inputs = _step_function(cell, pieces, params, xs, self.remat, regs.recurrent_mask)
         if regs.zoneout:
             step, inputs = _zoneout(step, inputs, state, xs.shape[0], regs, pieces)

@@ -239,8 +239,10 @@ def _count(jx, name):
 @pytest.mark.parametrize("inloop,unroll", [(False, 1), (True, 1), (False, 4)])
 def test_one_recurrent_dot_per_step(inloop, unroll, monkeypatch):
     _force_layout(monkeypatch, inloop)
-    """Forward and backward scan bodies each hold one dot_general (unrolling happens at lowering)."""
+    """The backward scan body holds one dot_general, and so does the forward one, plus the input's own
+    product in the in-loop layout (unrolling happens at lowering)."""
     cell, params, xs, state, ct = _setup((4,))
+    forward_dots = 2 if inloop else 1
 
     def fwd(p, x):
         return jlstm.scan(cell, p, x, state, unroll=unroll)[1]
@@ -250,11 +252,10 @@ def test_one_recurrent_dot_per_step(inloop, unroll, monkeypatch):
 
     fwd_bodies = _scan_bodies(jax.make_jaxpr(fwd)(params, xs))
     assert len(fwd_bodies) == 1
-    assert _count(fwd_bodies[0], "dot_general") == 1
+    assert _count(fwd_bodies[0], "dot_general") == forward_dots
     train_bodies = _scan_bodies(jax.make_jaxpr(train)(params, xs))
     assert len(train_bodies) == 2  # the forward with residuals, and the backward scan
-    for body in train_bodies:
-        assert _count(body, "dot_general") == 1
+    assert [_count(body, "dot_general") for body in train_bodies] == [forward_dots, 1]
     # The weight gradients are whole-sequence GEMMs outside the loops.
     hlo = jax.jit(train).lower(params, xs).compile().as_text()
     assert "while" in hlo
