@@ -133,12 +133,12 @@ def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: boo
         # layout. (One GEMM on [x_t, h_{t-1}] @ [W_x; W_h] was slower: 24.8-25.2 ms against 20.4-21.1
         # for the forward at T=128, B=32, I=128, H=256 on 2 CPU cores, both with the plan's unroll of 2.)
         op = _operand_dtype(xs, h0, w_x, dtype)
-        w = (w_x.astype(op), w_h.astype(op))
+        w_in, w = w_x.astype(op), w_h.astype(op)
         seq = xs.astype(op)
     else:
         seq = matmul(xs, w_x, dtype) + bias
-        w = w_h if dtype is None else w_h.astype(dtype)
-    wc = w_c.astype(w_h.dtype if dtype is None else dtype) if peephole == "full" else w_c
+        w_in, w = w_x, (w_h if dtype is None else w_h.astype(dtype))       # w_in: not used in this layout
+    wc = w_c.astype(w.dtype) if peephole == "full" else w_c
 
     def body(carry, inp):
         h, c = carry
@@ -146,7 +146,7 @@ def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: boo
         if r_t is not None:
             h, c = _restart(r_t, h), _restart(r_t, c)
         if inloop:
-            z = matmul(s_t, w[0], dtype) + matmul(h.astype(s_t.dtype), w[1], dtype) + bias
+            z = matmul(s_t, w_in, dtype) + matmul(h.astype(s_t.dtype), w, dtype) + bias
         else:
             z = s_t + matmul(h, w, dtype)
         h_new, c_new, a = _cell(z, c, h.dtype, wc, dtype, peephole, save)
