@@ -105,8 +105,8 @@ class Newton(Strategy):
     """Options of a parallel-in-time Newton method: pass as ``jlstm.scan(..., method=Newton(...))``.
 
     Args:
-      method: ``"deer"`` (dense Jacobians), ``"quasi_deer"`` (their diagonal), ``"elk"`` or
-        ``"quasi_elk"`` (damped, dense or diagonal).
+      method: ``"deer"`` (dense Jacobians), ``"quasi_deer"`` (an approximation of them: see
+        ``quasi``), ``"elk"`` or ``"quasi_elk"`` (damped; dense, or the blocks or the diagonal).
       max_iters: Newton iterations at most. Undamped methods are exact after T iterations
         (step t is exact after t), so ``max_iters >= T`` always converges in exact arithmetic.
       tol: residual at which the trajectory counts as converged; ``None`` picks 1e-9 for
