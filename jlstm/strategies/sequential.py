@@ -44,7 +44,8 @@ class Sequential(Strategy):
     """A loop over time: ``jlstm.scan(..., method=jlstm.Sequential(...))`` or ``method="sequential"``.
 
     Args:
-      unroll: steps per loop iteration; ``None`` takes the backend's (``jlstm.default_unroll``).
+      unroll: steps per loop iteration; ``None`` takes the backend's (``jlstm.default_unroll``; for a
+        cell's fused kernel, the plan's ``fused_unroll`` where it sets one: 2 on the CPU).
       remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment length.
       fast: allow the cell's fused whole-sequence kernel (``CellFast.sequence``); ``False``
         always loops over the cell's step.
