@@ -22,9 +22,8 @@ import datetime
 import os
 import platform
 
-from benchmarks.deer import _max_diff, write
+from benchmarks.deer import RESULTS, _max_diff, write
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = {  # name: Newton keyword arguments
     "quasi_deer_auto": dict(method="quasi_deer"),
     "quasi_deer_mean": dict(method="quasi_deer", quasi="mean"),

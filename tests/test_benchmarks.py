@@ -117,7 +117,7 @@ def test_quasi_deer_blocks_counts_iterations_and_checks_the_answer(tmp_path):
     doc = json.loads(out.read_text())
     (row,) = doc["rows"]
     assert (row["H"], row["T"], row["input_size"]) == (4, 64, 2)
-    for name in ("quasi_deer_blocks", "quasi_deer_diagonal", "deer"):
+    for name in ("quasi_deer_auto", "quasi_deer_mean", "quasi_deer_blocks", "quasi_deer_diagonal", "deer"):
         assert row[name]["converged"], (name, row[name])     # T=64 ≤ max_iters: exact in at most T steps
         assert 1 <= row[name]["iterations"] <= 64 and row[name]["max_abs_error"] <= 2e-5, (name, row[name])
     assert row["deer"]["iterations"] <= row["quasi_deer_diagonal"]["iterations"]

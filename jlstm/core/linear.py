@@ -179,7 +179,7 @@ def constant_affine_scan(M: jax.Array, g: jax.Array, b: jax.Array) -> jax.Array:
     while shift < T:
         carried = jnp.einsum("bij,tbj->tbi", power, s[:-shift], precision=lax.Precision.HIGHEST)
         s = s.at[shift:].add(gate[shift:, :, None] * carried)
-        gate = gate.at[shift:].multiply(gate[:-shift]).at[:shift].set(0)
+        gate = gate.at[shift:].multiply(gate[:-shift])     # steps before `shift` get no more terms
         power = jnp.matmul(power, power, precision=lax.Precision.HIGHEST)
         shift *= 2
     return s
