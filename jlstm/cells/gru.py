@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jlstm.cells.decouple import recurrent_matmul
 from jlstm.cells.options import CellOptions, Unpack
 from jlstm.cells.simple_cell import SimpleCell
+from jlstm.cells.state_box import hull_box
 from jlstm.core.math import masked, output
 from jlstm.core.types import Cell
 
@@ -72,4 +73,5 @@ def gru(hidden_size: int, **options: Unpack[CellOptions]) -> Cell:
         h_new = (1.0 - z) * n + z * h.astype(n.dtype)
         return GRUState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True))
+    # h_t mixes tanh(.) with h_{t-1}: it stays within [-1, 1] widened to h_0
+    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True), hull_box(h=1.0))

@@ -37,6 +37,7 @@ from jlstm.cells.gru import GRUState
 from jlstm.cells.lstm import LSTMState
 from jlstm.cells.make_cell import h_output, make_cell
 from jlstm.cells.options import CellOptions, Unpack, resolve
+from jlstm.cells.state_box import hull_box
 from jlstm.core import checks as _checks
 from jlstm.core.math import carry_dtype, cell_sizes, masked, matmul, output
 from jlstm.core.types import BatchShape, Cell, CellConfig, batch_tuple
@@ -129,7 +130,8 @@ def _para_cell(kind: str, hidden_size: Any, heads: Any, options: Mapping[str, An
     return make_cell(init=functools.partial(_init, cfg, spec), project=functools.partial(_project, cfg),
                      initial_state=functools.partial(_initial_state, cfg, check), step_projected=step,
                      output_size=H, name=name, config=cfg, check=check, step_decoupled=step,
-                     jacobian_blocks=spec.blocks, jacobian_exact=True, output_of_state=h_output)
+                     jacobian_blocks=spec.blocks, jacobian_exact=True, output_of_state=h_output,
+                     state_box=hull_box(h=1.0, c=1.0))       # convex mixes of tanh(.) and the last state
 
 
 def _init(cfg: CellConfig, spec: _Kind, key: jax.Array, input_size: int) -> Any:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jlstm.cells.decouple import recurrent_matmul
 from jlstm.cells.options import CellOptions, Unpack
 from jlstm.cells.simple_cell import SimpleCell
+from jlstm.cells.state_box import hull_box
 from jlstm.core.math import masked, output
 from jlstm.core.types import Cell
 
@@ -63,4 +64,6 @@ def simple_rnn(
         h_new = activation(xp + recurrent_matmul(h_in, params.w_h, dtype, blocks=1, decoupled=decoupled))
         return RNNState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True), activation=activation)
+    box = hull_box(h=1.0) if activation is jnp.tanh else None        # tanh's range; other activations: unbounded
+    decoupled = functools.partial(step_projected, decoupled=True)
+    return parts.cell(step_projected, decoupled, box, activation=activation)

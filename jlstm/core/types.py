@@ -186,6 +186,10 @@ class CellFast(NamedTuple):
       jacobian_exact: the step's true Jacobian has no entry outside those blocks (``step_decoupled``
         is the step itself, as in ParaRNN's cells and the min cells): every Newton method is then
         exact Newton at the cost of the blocks, and the gradient's adjoint uses them too.
+      state_box: ``state_box(state0) -> (lo, hi)``, state pytrees bounding every state the cell
+        can reach from ``state0`` for any inputs and params (``lo <= state0 <= hi``, and each step
+        maps the box into itself; ``±inf`` where a leaf is unbounded). The Newton methods project
+        each iterate onto it (:func:`jlstm.cells.state_box.hull_box` builds the usual one).
     """
 
     project: ProjectFn | None = None
@@ -200,6 +204,7 @@ class CellFast(NamedTuple):
     linear: Callable[[Params, Any], tuple[Array, Array]] | None = None
     jacobian_blocks: int | None = None
     jacobian_exact: bool = False
+    state_box: Callable[[State], tuple[State, State]] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
