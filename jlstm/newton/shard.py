@@ -27,10 +27,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jlstm.core.linear import Algebra
-from jlstm.newton.step import Structure, converged, evaluate, progress, residual, step_size
+from jlstm.newton.step import FlatStep, Structure, bounds, converged, evaluate, progress, residual, step_size
 
 
-def sharded_forward(f: Callable, opts: Any, st: Structure, tol: float, clip: float) -> Callable:
+def sharded_forward(f: FlatStep, opts: Any, st: Structure, tol: float, clip: float) -> Callable:
     """``forward(params, xs, valid, s0, guess) -> (S, iterations, residual, error, converged)`` split over
     ``opts.mesh``, in the layout of ``st``."""
     mesh, axis = opts.mesh, opts.axis
@@ -39,7 +39,8 @@ def sharded_forward(f: Callable, opts: Any, st: Structure, tol: float, clip: flo
 
     def local(params, xs, valid, s0, guess):
         d = lax.axis_index(axis)
-        s0, guess = st.to(s0), st.to(guess)
+        lo, hi = bounds(f, st, s0, clip)                  # the cell's state box (see _newton_loop)
+        s0, guess = st.to(s0), jnp.clip(st.to(guess), lo, hi)
 
         def shift(S):
             incoming = lax.ppermute(S[-1], axis, [(i, i + 1) for i in range(n - 1)])
@@ -52,10 +53,11 @@ def sharded_forward(f: Callable, opts: Any, st: Structure, tol: float, clip: flo
 
         def body(carry):
             k, S, Fs, J, _, step, _, _ = carry
-            S_new = _solve(alg, J, Fs - alg.mv(J, shift(S)), s0, d, axis, clip)
-            S_new = jnp.where(jnp.isfinite(S_new), S_new, S)
+            S_raw = _solve(alg, J, Fs - alg.mv(J, shift(S)), s0, d, axis, clip)
+            S_raw = jnp.where(jnp.isfinite(S_raw), S_raw, S)
+            S_new = jnp.clip(S_raw, lo, hi) if st.exact else S_raw
             new = assess(S_new)
-            new_step = _pmax(step_size(S, S_new), axis)
+            new_step = _pmax(step_size(S, S_raw), axis)
             return (k + 1, S_new) + new + (new_step,) + progress(new_step, step, new[2], st.exact, tol)
 
         def cond(carry):

@@ -77,12 +77,14 @@ class FlatStep(NamedTuple):
     invalid; ``diag(params, s, x, valid) -> (s', y, diag(∂s'/∂s) [D])`` from the cell's
     ``CellFast.step_decoupled`` (one JVP per state leaf), or ``None``; ``block`` likewise returns
     each unit's ``k×k`` block ``[U, k, k]`` of ``∂s'/∂s`` (``k`` leaves of ``U`` units, entry
-    ``[j, a, b] = ∂leaf_a'[j] / ∂leaf_b[j]``) where the cell declares ``CellFast.jacobian_blocks``.
+    ``[j, a, b] = ∂leaf_a'[j] / ∂leaf_b[j]``) where the cell declares ``CellFast.jacobian_blocks``;
+    ``box(s0 [B, D]) -> (lo, hi)`` the cell's ``CellFast.state_box`` on flat states, or ``None``.
     """
 
     step: Callable
     diag: Callable | None = None
     block: Callable | None = None
+    box: Callable | None = None
 
     def __call__(self, params, s, x, v):
         return self.step(params, s, x, v)
@@ -117,8 +119,9 @@ def flat_step(cell: Any, spec: FlatState) -> FlatStep:
         return new, jnp.where(v, y, jnp.zeros((), y.dtype))
 
     fast = cell.fast
+    box = None if fast is None or fast.state_box is None else _flat_box(fast.state_box, spec)
     if fast is None or fast.step_decoupled is None or fast.project is None:
-        return FlatStep(f)
+        return FlatStep(f, box=box)
 
     def diag(params, s, x, v):
         new, y, columns = _columns(fast, spec, params, s, x)      # leaf k's own part of column k
@@ -132,7 +135,25 @@ def flat_step(cell: Any, spec: FlatState) -> FlatStep:
         eye = jnp.eye(J.shape[-1], dtype=J.dtype)
         return jnp.where(v, new, s), jnp.where(v, y, jnp.zeros((), y.dtype)), jnp.where(v, J, eye)
 
-    return FlatStep(f, _full_precision(diag), _full_precision(block) if block_size(cell, spec) else None)
+    return FlatStep(f, _full_precision(diag), _full_precision(block) if block_size(cell, spec) else None, box)
+
+
+def _flat_box(state_box: Callable, spec: FlatState) -> Callable:
+    """``CellFast.state_box`` on flat initial states ``[B, D]``."""
+
+    def box(s0):
+        lo, hi = state_box(spec.unravel(s0))
+        return spec.ravel(lo), spec.ravel(hi)
+
+    return box
+
+
+def bounds(f: FlatStep, st: Structure, s0: jax.Array, clip: float) -> tuple[Any, Any]:
+    """``(lo, hi)`` in the layout of ``st`` (flat ``s0 [B, D]``): the cell's state box within ``±clip``."""
+    if f.box is None:
+        return -clip, clip
+    lo, hi = f.box(s0)
+    return st.to(jnp.maximum(lo, -clip)), st.to(jnp.minimum(hi, clip))
 
 
 def block_size(cell: Any, spec: FlatState) -> int | None:
