@@ -385,7 +385,7 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
     damped methods adapt λ as Levenberg–Marquardt does (a step that lowers ``Σ|s_t − f(s_{t−1})|²`` is
     taken and λ shrinks, else λ grows), and end with one undamped step: its size estimates the error
     that damping cannot shrink, and it is kept where it lowers the residual (measured, float32, decays
-    near 1: ELK's trajectory was 1e-5 off, the undamped step's 2e-6). Exact Newton projects (:func:`_project`).
+    near 1: ELK's trajectory was 1e-5 off, the undamped step's 2e-6). Exact Jacobians project (:func:`_project`).
     """
     alg, damped, (lo, hi) = st.alg, opts.damped, bounds(f, st, s0, CLIP)
     s0, exact = st.to(s0), st.exact and not damped
@@ -406,7 +406,7 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
 
     def body(carry):
         k, S, Fs, J, r, merit, lam, step = carry[:8]
-        S_new = _project(S_raw := update(S, Fs, J, lam), lo, hi, exact)
+        S_new = _project(S_raw := update(S, Fs, J, lam), lo, hi, st.exact)
         new = (S_new,) + assess(S_new)
         new_step = step_size(S, S_raw)                # the update before the projection: its error bound holds
         new = new + (new_step,) + progress(new_step, step, new[3], exact, tol)
@@ -427,9 +427,9 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
     start = (jnp.asarray(k0, jnp.int32), guess) + first + (lam, nan, inf, _converged(first[2], inf, tol))
     k, S, Fs, J, r, merit, _, _, err, ok = _iterate(cond, body, start, give_up)
     if damped:                                        # verify with one undamped step (see the docstring)
-        S_p = update(S, Fs, J, 0.0, damp=False)
+        S_p = _project(P_raw := update(S, Fs, J, 0.0, damp=False), lo, hi, st.exact)
         _, _, r_p, merit_p = assess(S_p)
-        p_step = step_size(S, S_p)
+        p_step = step_size(S, P_raw)
         take = merit_p <= merit
         S, r = jnp.where(take, S_p, S), jnp.where(take, r_p, r)
         err = jnp.maximum(err, p_step)
@@ -438,16 +438,17 @@ def _newton_loop(f, opts: Newton, st: Structure, tol: float, params, xs, valid, 
 
 
 def _project(S: jax.Array, lo: Any, hi: Any, exact: bool) -> jax.Array:
-    """An exact Newton iterate ``S`` projected onto the cell's state box ``[lo, hi]`` (``CellFast.state_box``).
+    """An iterate ``S`` projected onto the cell's state box ``[lo, hi]`` (``CellFast.state_box``) where
+    the step's Jacobian is exact (``exact``: DEER, ELK, and every method on a cell with exact blocks).
 
     The true trajectory lies in the box, so the projection moves each entry toward it. DEER's first
     update from a zero guess, which overshot to 5e7 on a trained ParaGRU, lands back in ``[−1, 1]``
     (measured, T=4096: 12 iterations to 6 on the ParaGRU, 16 to 7 on the ParaLSTM, 80-90 to 11-12 on a
-    trained GRU). The error estimate uses the update before the projection, whose bound still holds, and
-    step t is still exact after t iterations. Quasi and damped iterates are returned as they are (the
-    guess alone is projected under every method): a projected chord step can stop at the box's edge with
-    the residual above ``tol`` (measured: an LSTM with ``cell_clip=3``, 200 iterations unconverged where
-    the unprojected iteration took 16).
+    trained GRU; quasi-ELK on a ParaGRU(16), 145 to 11). The error estimate uses the update before the
+    projection, whose bound still holds, and step t is still exact after t iterations. Iterates of an
+    approximate Jacobian are returned as they are (the guess alone is projected under every method):
+    a projected chord step can stop at the box's edge with the residual above ``tol`` (measured: an
+    LSTM with ``cell_clip=3``, 200 iterations unconverged where the unprojected iteration took 16).
     """
     return jnp.clip(S, lo, hi) if exact else S
 
