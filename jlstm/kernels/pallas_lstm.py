@@ -77,6 +77,16 @@ def fits(batch: int, hidden: int, dtype, peephole: str | None, max_hidden: int |
     return enabled() and plan.pallas and peephole is None and f32 and shape_ok
 
 
+def _call(kernel, out_shape, interpret: bool):
+    """``pl.pallas_call`` for Triton on a GPU (named, since some JAX versions default to Mosaic GPU,
+    for which these kernels are not written; Triton's default warps and stages), interpret mode elsewhere."""
+    if interpret:
+        return pl.pallas_call(kernel, out_shape=out_shape, interpret=True)
+    from jax.experimental.pallas import triton as pltriton
+
+    return pl.pallas_call(kernel, out_shape=out_shape, compiler_params=pltriton.CompilerParams())
+
+
 def _padded_batch(B: int) -> int:
     return max(16, 1 << (B - 1).bit_length())
 
@@ -160,8 +170,8 @@ def _run_forward(w_x, w_h, b, xs, h0, c0, m, r, interpret):
     f32 = jnp.float32
     shapes = (jax.ShapeDtypeStruct((T, Bp, H), f32), jax.ShapeDtypeStruct((T, Bp, H), f32),
               jax.ShapeDtypeStruct((T, Bp, 4 * H), f32))
-    hs, cs, acts = pl.pallas_call(functools.partial(_forward_kernel, T=T, H=H), out_shape=shapes,
-                                  interpret=interpret)(xp, w_h, _pad(h0, Bp, 0), _pad(c0, Bp, 0), mf, rf)
+    hs, cs, acts = _call(functools.partial(_forward_kernel, T=T, H=H), shapes, interpret)(
+        xp, w_h, _pad(h0, Bp, 0), _pad(c0, Bp, 0), mf, rf)
     return hs, cs, acts, mf, rf
 
 
@@ -212,8 +222,7 @@ def _bwd(interpret, saved, cts):
     f32 = jnp.float32
     shapes = (jax.ShapeDtypeStruct((T, Bp, 4 * H), f32), jax.ShapeDtypeStruct((Bp, H), f32),
               jax.ShapeDtypeStruct((Bp, H), f32))
-    dz, dh0, dc0 = pl.pallas_call(functools.partial(_backward_kernel, T=T, H=H), out_shape=shapes,
-                                  interpret=interpret)(
+    dz, dh0, dc0 = _call(functools.partial(_backward_kernel, T=T, H=H), shapes, interpret)(
         _pad(dys.astype(f32), Bp, 1), acts, cs, _pad(c0, Bp, 0), mf, rf, w_h,
         _pad(dhT.astype(f32), Bp, 0), _pad(dcT.astype(f32), Bp, 0))
     dz = dz[:, :B]
