@@ -11,8 +11,10 @@ Three sections, each timed like ``benchmarks.scan`` (first call reported apart, 
 * ``lstm``: (B, T, I, H) = (16, 1024, 768, 768), float32 and bf16, forward and forward+backward,
   the shape FlashRNN (ICLR 2025) reports on an H100 in bf16: cuDNN 2.01 ms / 5.19 ms, its best
   kernel 1.44 ms / 3.47 ms (stored under ``reference``, not measured here). Peers: ``jlstm_ref``
-  (``fast=False``), PyTorch ``nn.LSTM`` (cuDNN) and cuDNN from JAX.
-* ``latency``: B = 1, T = 1024, I = H ∈ {256, 512, 1024}, forward; ``us_per_step`` = median / T.
+  (``fast=False``), PyTorch ``nn.LSTM`` (cuDNN), cuDNN from JAX, and ``jlstm_pallas_wide``, the
+  wide persistent kernel forced (768 units padded to 1024; bf16 only, float32 does not fit an SM).
+* ``latency``: B = 1, T = 1024, I = H ∈ {256, 512, 1024}, forward; ``us_per_step`` = median / T
+  (the same peers; the wide kernel at H = 256 and 512).
 * ``slstm``: B = 16, T = 1024, I = H = 768 with 12 heads of 64 (float32 and bf16), 24 of 32 and 6
   of 128 (bf16): FlashRNN's head sizes at its hidden size; forward and forward+backward, median
   of ``--slstm-repeats``. ``jlstm``: ``jlstm.scan`` as routed (on a GPU the Pallas kernels for
@@ -41,7 +43,7 @@ from benchmarks.peers import BUILDERS, Case, Data, Unavailable, _jax_runner
 
 FLASHRNN_H100 = {"shape": [16, 1024, 768, 768], "dtype": "bfloat16", "source": "FlashRNN (ICLR 2025), H100",
                  "cudnn_ms": {"fwd": 2.01, "fwd+bwd": 5.19}, "flashrnn_best_ms": {"fwd": 1.44, "fwd+bwd": 3.47}}
-LSTM_IMPLS = ("jlstm", "jlstm_ref", "torch", "jax_cudnn")
+LSTM_IMPLS = ("jlstm", "jlstm_ref", "torch", "jax_cudnn", "jlstm_pallas_wide")
 SLSTM_IMPLS = ("jlstm", "jlstm_pallas", "jlstm_ref", "torch_loop", "xlstm")
 MODES = ("fwd", "fwd+bwd")
 

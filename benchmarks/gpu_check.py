@@ -1,6 +1,6 @@
 """Correctness on a GPU: the paths that only a GPU takes, against jlstm's reference scan.
 
-The CPU test suite runs the Pallas kernels (the LSTM's and the sLSTM's) in interpret mode and the
+The CPU test suite runs the Pallas kernels (the LSTM's, the wide LSTM's and the sLSTM's) in interpret mode and the
 Newton methods with the CPU's blocked affine recurrence. On a GPU the kernels are compiled by
 Triton, and the Newton methods use
 ``lax.associative_scan``; this script compares both with the reference (``fast=False``, or the
@@ -133,6 +133,50 @@ def slstm_paths(T: int, B: int, H: int, heads: int, dtype: str) -> dict:
     return out
 
 
+def wide_paths(T: int, B: int, I: int, H: int, dtype: str) -> dict:
+    """The wide persistent LSTM kernel (grid barrier, W_h split by hidden units) called directly and through
+    ``jlstm.scan`` with a plan that routes to it, with a mask and resets, against the step loop
+    (``fast=False``; in bf16, the cell with bf16 matmuls). A barrier that timed out shows as NaN."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jlstm
+    from jlstm.core.plan import current_plan
+    from jlstm.kernels import pallas_lstm_wide as _wide
+
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    cell = jlstm.lstm(H, dtype=dt if dtype == "bfloat16" else None)
+    k = jax.random.split(jax.random.key(H + B), 5)
+    params = cell.init(k[0], I)
+    xs = jax.random.normal(k[1], (T, B, I))
+    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[2], (B, H)), c=0.5 * jax.random.normal(k[3], (B, H)))
+    ct = jax.random.normal(k[4], (T, B, H))
+    rng = np.random.default_rng(1)
+    mask = jnp.asarray(rng.random((T, B)) < 0.9)
+    resets = jnp.asarray(rng.random((T, B)) < 0.05) & mask
+    ref = _loss_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, resets=resets, fast=False),
+                      params, xs, state, ct)
+    st = _wide.options(B, H, dt)
+    plan = current_plan()._replace(pallas_wide=True)
+    out = {"shape": [T, B, I, H], "dtype": dtype, "options": None if st is None else st._asdict(),
+           "shared_bytes": None if st is None else _wide.shared_bytes(H, st),
+           "num_warps": None if st is None else _wide.num_warps(H, st), "sms": _wide.sm_count()}
+    if st is None:
+        return out
+    out["options"]["matmul_dtype"] = dtype
+
+    def kernel(p, x, s):
+        hT, cT, ys = _wide.lstm_wide(p.w_x, p.w_h, p.b, x, s.h, s.c, mask, resets, st=st)
+        return jlstm.LSTMState(hT, cT), ys.astype(dt)
+
+    auto = jlstm.Auto(plan=plan)
+    runs = {"kernel": kernel,
+            "routed": lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, resets=resets, method=auto)}
+    out.update(_compare(runs, params, xs, state, ct, ref))
+    return out
+
+
 def newton(cell_name: str, method: str, T: int, B: int, H: int) -> dict:
     """A Newton method on the GPU (associative scans) against the sequential scan: values, grads."""
     import jax
@@ -172,7 +216,7 @@ def main(argv=None) -> None:
     from benchmarks.deer import write
 
     results = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-               "jax": jax.__version__, "lstm": [], "slstm": [], "newton": []}
+               "jax": jax.__version__, "lstm": [], "lstm_wide": [], "slstm": [], "newton": []}
     def exact(fn):  # the LSTM paths compared at full matmul precision: the maths, not TF32 rounding
         def run():
             with jax.default_matmul_precision("highest"):
@@ -183,6 +227,10 @@ def main(argv=None) -> None:
     # full precision themselves, and their results differ from the TF32 sequential scan by its rounding.
     shapes = ((64, 8, 16, 64), (50, 3, 8, 128), (40, 96, 8, 32))
     checks = [("lstm", exact(lambda s=s: lstm_paths(*s))) for s in shapes]
+    # the wide kernel: float32 to H = 512, bf16 to H = 1024, one and several batch tiles
+    wide_cases = ((64, 8, 16, 256, "float32"), (50, 40, 8, 512, "float32"), (40, 3, 8, 1024, "bfloat16"),
+                  (40, 20, 8, 256, "bfloat16"))
+    checks += [("lstm_wide", exact(lambda c=c: wide_paths(*c))) for c in wide_cases]
     # the sLSTM kernels: d = 64 and 32 (routed), d = 128 (bf16: forced; float32: does not fit)
     slstm_cases = ((64, 8, 128, 2, "float32"), (64, 8, 128, 4, "bfloat16"), (32, 20, 256, 2, "bfloat16"),
                    (32, 20, 256, 2, "float32"))

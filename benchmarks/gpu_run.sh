@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One device call on an H100/H200, about 8 minutes: correctness of the GPU-only paths (100 s), the perf suite
-# (peers included, 170 s) and the anchor shapes (the LSTM at (16,1024,768,768) against cuDNN, B=1 per-step
-# latency, the sLSTM's Pallas kernels at FlashRNN's head sizes; 180 s). Each section is cut by its own
+# One device call on an H100/H200, about 9 minutes: correctness of the GPU-only paths (the Pallas kernels, the wide
+# persistent LSTM kernel included; 110 s), the perf suite (peers included, 170 s), the anchor shapes (the LSTM at
+# (16,1024,768,768) against cuDNN, B=1 per-step latency, the sLSTM's Pallas kernels at FlashRNN's head sizes; 190 s)
+# and the wide kernel on the perf suite's shapes (80 s). Each section is cut by its own
 # timeout and writes its JSON as it goes. The sections run last time and not repeated by default (parallel
 # in time, DeepBench, the cells' forms; results/deer_gpu*.json, cells_gpu.json) run when named, in a second
 # call (about 7 minutes: DEER/quasi-DEER to T=1M, ParaRNN's cells and the block method to T=1M, DEER's README
 # case, then DeepBench and the cells' forms):
 #   SECTIONS="deer deepbench cells" bash benchmarks/gpu_run.sh
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
-# Writes $OUT/check_gpu.json, gpu_perf.json, gpu_anchors.json, PNGs and logs (OUT defaults to benchmarks/results).
+# Writes $OUT/check_gpu.json, gpu_perf.json, gpu_anchors.json, gpu_perf_wide.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
 OUT="${OUT:-benchmarks/results}"
-SECTIONS="${SECTIONS:-check perf anchors}"
+SECTIONS="${SECTIONS:-check perf anchors wide}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:-}:."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # torch and JAX share the card
@@ -34,7 +35,7 @@ except Exception as e:
 PY
 if want check; then
   echo "== correctness of the GPU-only paths (Pallas LSTM and sLSTM kernels, fused scan, Newton methods)"
-  timeout 100 python -m benchmarks.gpu_check --out "$OUT/check_gpu.json" 2>&1 | tee "$OUT/check_gpu.log"
+  timeout 110 python -m benchmarks.gpu_check --out "$OUT/check_gpu.json" 2>&1 | tee "$OUT/check_gpu.log"
 fi
 if want perf; then
   echo "== perf suite: (1,512,512,512) (64,256,512,512) (256,100,1024,1024) (16,2048,256,256), fwd and fwd+bwd"
@@ -46,7 +47,14 @@ if want perf; then
 fi
 if want anchors; then
   echo "== anchors: LSTM (16,1024,768,768) f32/bf16 vs cuDNN; B=1 latency H=256/512/1024; sLSTM H=768, d=64/32/128"
-  timeout 180 python -m benchmarks.anchors --out "$OUT/gpu_anchors.json" 2>&1 | tee "$OUT/gpu_anchors.log"
+  timeout 190 python -m benchmarks.anchors --out "$OUT/gpu_anchors.json" 2>&1 | tee "$OUT/gpu_anchors.log"
+fi
+if want wide; then
+  echo "== the wide persistent LSTM kernel (never compiled by Triton before its first run) on the perf suite's shapes"
+  # jlstm = the automatic choice, jlstm_pallas_wide = the wide kernel forced where it fits (float32 to 512 units, bf16
+  # to 1024), jax_cudnn = cuDNN from JAX. Its own file and its own cut, last, so a slow first build costs nothing else.
+  timeout 80 python -m benchmarks.scan --suite perf --repeats 10 --peers jlstm_pallas_wide,jax_cudnn \
+    --out "$OUT/gpu_perf_wide.json" 2>&1 | tee "$OUT/gpu_perf_wide.log"
 fi
 if want deer; then
   echo "== parallel in time: DEER / quasi-DEER against sequential, B=1, T from 1k to 131k, then T=1M"

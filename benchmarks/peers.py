@@ -15,6 +15,9 @@ How each peer is written (the way its users write it):
   takes the Pallas kernel when the shape fits; this is the path it would otherwise take).
 * ``jlstm_pallas``: the Pallas kernel directly (GPU only, float32, B ≤ 64, H a power of
   two ≤ 1024).
+* ``jlstm_pallas_wide``: the wide persistent kernel directly (GPU only: W_h split by hidden
+  units over the programs of one grid, float32 or bf16 matmuls; where
+  :func:`jlstm.kernels.pallas_lstm_wide.options` accepts the shape).
 * ``gemm_floor``: not an LSTM, the GEMM floor: only the matmuls of the same shapes and
   FLOPs as jlstm's fused path (:func:`build_gemm_floor`).
 * ``flax``: ``nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)``, jitted ``apply`` /
@@ -175,6 +178,29 @@ def build_jlstm_pallas(case: Case, data: Data) -> Runner:
         return _pallas_lstm.lstm_pallas(p.w_x, p.w_h, p.b, x, h0, h0, None, False)[2]
 
     return _jax_runner(forward, _lstm_params(case), jnp.asarray(data.xs), jnp.asarray(data.ct), case)
+
+
+def build_jlstm_pallas_wide(case: Case, data: Data) -> Runner:
+    """jlstm's wide persistent kernel called directly, compiled for the GPU (never interpret mode); its
+    backward kernel in fwd+bwd. bf16: float32 params, bf16 matmul operands, float32 accumulation."""
+    _no_peepholes(case)
+    import jax.numpy as jnp
+
+    from jlstm.core.plan import current_plan
+    from jlstm.kernels import pallas_lstm_wide as _wide
+
+    plan, dt = current_plan(), _jnp_dtype(case)
+    st = _wide.options(case.B, case.H, dt, plan=plan)
+    if plan.backend != "gpu" or st is None:
+        raise Unavailable(f"the wide kernel runs on a GPU where one program's block fits an SM and the grid "
+                          f"(H/16 x B/16 programs) fits the device; backend {plan.backend!r}, H={case.H}, "
+                          f"B={case.B}, {case.dtype}")
+    h0 = jnp.zeros((case.B, case.H))
+
+    def forward(p, x):
+        return _wide.lstm_wide(p.w_x, p.w_h, p.b, x, h0, h0, st=st)[2].astype(dt)
+
+    return _jax_runner(forward, _lstm_params(case), jnp.asarray(data.xs, dt), jnp.asarray(data.ct), case)
 
 
 def build_gemm_floor(case: Case, data: Data) -> Runner:
@@ -375,6 +401,7 @@ BUILDERS: dict[str, Callable[[Case, Data], Runner]] = {
     "gemm_floor": build_gemm_floor,
     "jlstm_fused": build_jlstm_fused,
     "jlstm_pallas": build_jlstm_pallas,
+    "jlstm_pallas_wide": build_jlstm_pallas_wide,
     "flax": build_flax,
     "equinox": build_equinox,
     "keras": build_keras,

@@ -13,7 +13,9 @@ loop stays; the blocked affine scan ran as fast as ``associative_scan`` and comp
 H200 a while-loop iteration costs several microseconds (unroll 8 amortises it), and the Pallas kernel
 fits one SM's shared memory up to H=64 (H=128 asked for 532,480 of 232,448 bytes). The Pallas sLSTM
 kernel holds one head's ``d × 4d`` block per program; its head-size limit is derived in
-:mod:`jlstm.kernels.pallas_slstm` (not yet timed on a GPU: the GPU plan caps it at d = 64).
+:mod:`jlstm.kernels.pallas_slstm` (not yet timed on a GPU: the GPU plan caps it at d = 64). The wide
+persistent LSTM kernel (:mod:`jlstm.kernels.pallas_lstm_wide`) has not run on a GPU yet, so no plan
+routes to it (``pallas_wide=False``); ``benchmarks/gpu_run.sh`` times it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Plan(NamedTuple):
       pallas_slstm: whether the sLSTM's Pallas kernel may run (off a GPU: in interpret mode).
       pallas_slstm_max_head: the largest head size ``d`` it serves (also bounded by shared memory).
       pallas_slstm_tile: the batch rows of one program (a power of two ≥ 16 on a GPU).
+      pallas_wide: whether the LSTM may take the wide persistent kernel
+        (:mod:`jlstm.kernels.pallas_lstm_wide`) where the one-program kernel does not fit. Off on
+        every backend until a GPU run times it against the fused scan.
+      pallas_wide_block, pallas_wide_tile: its hidden units and batch rows per program.
     """
 
     backend: str
@@ -59,6 +65,9 @@ class Plan(NamedTuple):
     pallas_slstm: bool = False
     pallas_slstm_max_head: int = 64
     pallas_slstm_tile: int = 16
+    pallas_wide: bool = False
+    pallas_wide_block: int = 16
+    pallas_wide_tile: int = 16
 
 
 PLANS: dict[str, Plan] = {

@@ -57,6 +57,7 @@ from jax.custom_derivatives import SymbolicZero
 from jlstm.core.math import matmul
 from jlstm.core.plan import Plan, current_plan
 from jlstm.kernels import pallas_lstm as _pallas_lstm
+from jlstm.kernels import pallas_lstm_wide as _wide
 
 Unroll = Union[int, bool, tuple]
 
@@ -110,17 +111,21 @@ class Options(NamedTuple):
     unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
     inloop: bool = False       # multiply the inputs inside the loop (inference layout)
     peephole: str | None = None
-    engine: str = "xla"        # the primal loop: "xla" (lax.scan), "pallas" or "pallas_interpret"
+    engine: str = "xla"        # the primal loop: "xla" (lax.scan), "pallas", "pallas_interpret" or "pallas_wide"
+    wide: Any = None           # "pallas_wide": its options (jlstm.kernels.pallas_lstm_wide.Static)
 
 
 def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
     """The primal loop: ``(h_T, c_T, ys, residuals)``, the residuals ``(h_t, c_t, a_t)`` stacked with ``save``.
 
-    ``opts.engine`` picks the loop: the XLA scan of :func:`_xla_forward`, or the Pallas
-    kernel (:func:`jlstm.kernels.pallas_lstm.forward`, which always returns the residuals).
+    ``opts.engine`` picks the loop: the XLA scan of :func:`_xla_forward`, or a Pallas kernel
+    (:func:`jlstm.kernels.pallas_lstm.forward` or :func:`jlstm.kernels.pallas_lstm_wide.forward`,
+    which always return the residuals).
     """
     if opts.engine == "xla":
         return _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=save)
+    if opts.engine == "pallas_wide":
+        return _wide.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.wide)
     return _pallas_lstm.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.engine == "pallas_interpret")
 
 
@@ -407,17 +412,27 @@ def _coefficients(c_prev, m, r, cs, acts, w_c=None, peephole=None):
     return P, Q, F
 
 
-def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, *operands: jax.Array) -> str:
-    """The primal loop the plan picks: the Pallas kernel where it allows it and the shape fits, else XLA's.
+def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,
+            w: jax.Array) -> tuple[str, Any]:
+    """The primal loop the plan picks, as ``(engine, wide options)``: the one-program Pallas kernel where
+    the plan allows it and the shape fits, else the wide kernel where the plan allows that, else XLA's.
 
-    The Pallas kernel serves float32 operands (:func:`jlstm.kernels.pallas_lstm.fits`); off
-    the GPU it runs in interpret mode. Both engines share this module's ``custom_jvp``, so
-    forward mode, reverse mode and resets work on either.
+    The one-program kernel takes float32 inputs and weights and float32 matmuls
+    (:func:`jlstm.kernels.pallas_lstm.fits`); the wide one float32 weights and float32 or bf16
+    matmuls, with bf16 inputs where the matmuls are bf16
+    (:func:`jlstm.kernels.pallas_lstm_wide.options`). Off a GPU they run in interpret mode. All
+    engines share this module's ``custom_jvp``, so forward mode, reverse mode and resets work on each.
     """
-    f32 = all(a.dtype == jnp.float32 for a in operands)
-    if not (f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan)):
-        return "xla"
-    return "pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"
+    f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32
+    if f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan):
+        return ("pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"), None
+    wide_ok = w.dtype == jnp.float32 and (xs.dtype == jnp.float32 or xs.dtype == dtype == jnp.bfloat16)
+    if wide_ok and plan.pallas_wide and peephole is None and _pallas_lstm.enabled():
+        st = _wide.options(B, H, dtype or jnp.float32, plan=plan, block=min(plan.pallas_wide_block, H),
+                           tile=plan.pallas_wide_tile)
+        if st is not None:
+            return "pallas_wide", st
+    return "xla", None
 
 
 def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable:
@@ -437,8 +452,9 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         H = state.c.shape[-1]
         m = None if valid is None else valid.reshape(T, B)
         r = None if resets is None else resets.reshape(T, B)
+        engine, wide = _engine(plan, B, H, dtype, peephole, xs, params.w_h)
         opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=_inloop_default(B, plan),
-                       peephole=peephole, engine=_engine(plan, B, H, dtype, peephole, xs, params.w_h))
+                       peephole=peephole, engine=engine, wide=wide)
         hT, cT, ys = _lstm_sequence(params.w_x, params.w_h, params.b, xs.reshape(T, B, I), state.h.reshape(B, H),
                                     state.c.reshape(B, H), m, params.w_c if peephole else None, r, opts)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),
