@@ -40,41 +40,23 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def make_params(cell_name: str, H: int, I: int, trained: bool, steps: int = 400):
     """The cell, its params and the training loss (``None`` untrained): as initialised, or after
     ``steps`` Adam steps (clipped to global norm 1) on the adding problem at T=64, B=32, with a linear
-    read-out of the last output. The loss of predicting the mean is 1/6 ≈ 0.167; 150 plain Adam steps
-    without the clip left it there, so those params had not learned the task."""
+    read-out of the last output (:func:`jlstm.tasks.train_on_adding`; the loss is the mean of the last
+    20 steps'). The loss of predicting the mean is 1/6 ≈ 0.167; 150 plain Adam steps without the clip
+    left it there, so those params had not learned the task."""
     import jax
     import jax.numpy as jnp
-    import optax
-    from jlstm.tasks import adding_problem
+    from jlstm.tasks import train_on_adding
 
     import jlstm
 
     factories = {"gru": jlstm.gru, "lstm": jlstm.lstm, "para_gru": jlstm.para_gru, "para_lstm": jlstm.para_lstm}
     cell = factories[cell_name](H)
-    params = {"cell": cell.init(jax.random.key(0), I), "w": jnp.zeros((H,)), "b": jnp.zeros(())}
     if not trained:
-        return cell, params["cell"], None
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-
-    def loss(p, key):
-        batch = adding_problem(key, 32, 64)
-        _, hs = jlstm.scan(cell, p["cell"], batch.xs)
-        return jnp.mean((hs[-1] @ p["w"] + p["b"] - batch.ys) ** 2)
-
-    @jax.jit
-    def train(p):
-        def one(carry, key):
-            p, s = carry
-            value, g = jax.value_and_grad(loss)(p, key)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), value
-
-        keys = jax.random.split(jax.random.key(1), steps)
-        (p, _), values = jax.lax.scan(one, (p, opt.init(p)), keys)
-        return p, values
-
-    params, values = train(params)
-    return cell, params["cell"], float(jnp.mean(values[-20:]))
+        return cell, cell.init(jax.random.key(0), I), None
+    if I != 2:
+        raise ValueError(f"trained params read the adding problem's 2 inputs (value, marker), got I={I}")
+    params, losses = train_on_adding(cell, steps)
+    return cell, params, float(jnp.mean(losses[-20:]))
 
 
 def _max_diff(a, b) -> float:

@@ -94,43 +94,15 @@ def test_newton_converges_in_a_few_iterations_at_T_4096(name):
         assert float(jnp.max(jnp.abs(ys - y_seq))) <= 2e-5, m
 
 
-def _trained_on_adding(cell, steps=400, T=64, batch=32):
-    """Adam on the adding problem (notebook 07's training), a linear read-out of the last output."""
-    import optax
-
-    from jlstm.examples.tasks import adding_problem
-
-    params = {"cell": cell.init(jax.random.key(0), 2), "w": jnp.zeros(cell.output_size), "b": jnp.zeros(())}
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
-
-    def loss(p, key):
-        data = adding_problem(key, batch, T)
-        _, ys = jlstm.scan(cell, p["cell"], data.xs)
-        return jnp.mean((ys[-1] @ p["w"] + p["b"] - data.ys) ** 2)
-
-    @jax.jit
-    def run(p):
-        def one(carry, key):
-            p, s = carry
-            value, g = jax.value_and_grad(loss)(p, key)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), value
-
-        (p, _), values = jax.lax.scan(one, (p, opt.init(p)), jax.random.split(jax.random.key(1), steps))
-        return p["cell"], values
-
-    return run(params)
-
-
 @pytest.mark.parametrize("name", FACTORIES)
 def test_newton_converges_in_a_few_iterations_after_training(name):
     """The issue's target after training: ≤ 6 iterations at T=4096 within 2e-5. Trained, the first DEER
     update from zeros overshoots (to 5e7 on the ParaGRU); projected onto the state box it lands in
     [-1, 1] (12-16 iterations without the projection)."""
-    from jlstm.examples.tasks import adding_problem
+    from jlstm.examples.tasks import adding_problem, train_on_adding
 
     cell = FACTORIES[name](32)
-    params, losses = _trained_on_adding(cell)
+    params, losses = train_on_adding(cell)        # 400 clipped Adam steps at T=64, B=32 (notebook 07's training)
     assert float(losses[-20:].mean()) < 0.05 < float(losses[:20].mean())   # it learned (1/6: the mean)
     xs = adding_problem(jax.random.key(8), 2, 4096).xs
 
