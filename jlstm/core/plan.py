@@ -36,6 +36,13 @@ class Plan(NamedTuple):
         I=128, H=256); training was within the noise (94-106 ms against 100-103).
       lstm_inloop_from_batch: the fused LSTM multiplies the inputs inside the loop from this batch
         size on (``None``: never; it hoists one GEMM over all steps).
+      lstm_step_forward_to_batch: up to this batch size, a forward-only LSTM call (nothing
+        differentiates it) runs the cell's own step loop instead of the fused one (``None``: never).
+        On an H200 the step loop took 0.76-0.87x the fused forward's time at B = 1, 16 and 64
+        (``benchmarks/results/gpu_perf.json``: 2.49 against 2.94 ms at (1, 512, 512, 512), 2.24
+        against 2.97 at (64, 256, 512, 512), 8.78 against 10.06 at (16, 2048, 256, 256)) and tied at
+        B = 256 (2.98 against 2.87); training keeps the fused path, which won there. On 2 CPU cores
+        the fused forward won.
       pallas: whether the Pallas LSTM kernel may run at all.
       pallas_max_hidden, pallas_max_batch: the largest shapes it serves.
       parallel_from_T: the min cells take their parallel form from this T on (``None``: never).
@@ -56,6 +63,7 @@ class Plan(NamedTuple):
     unroll: int = 1
     fused_unroll: int | None = None
     lstm_inloop_from_batch: int | None = None
+    lstm_step_forward_to_batch: int | None = None
     pallas: bool = False
     pallas_max_hidden: int = 64
     pallas_max_batch: int = 64
@@ -73,8 +81,8 @@ class Plan(NamedTuple):
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_inloop_from_batch=8, pallas=False, parallel_from_T=None,
                 associative=False),
-    "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, pallas=True, parallel_from_T=32, associative=True,
-                lapack_solve=True,
+    "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, lstm_step_forward_to_batch=64, pallas=True,
+                parallel_from_T=32, associative=True, lapack_solve=True,
                 pallas_slstm=True),
     "tpu": Plan("tpu", unroll=8, lstm_inloop_from_batch=None, pallas=False, parallel_from_T=32, associative=True,
                 lapack_solve=True),

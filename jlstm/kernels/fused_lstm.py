@@ -113,6 +113,7 @@ class Options(NamedTuple):
     peephole: str | None = None
     engine: str = "xla"        # the primal loop: "xla" (lax.scan), "pallas", "pallas_interpret" or "pallas_wide"
     wide: Any = None           # "pallas_wide": its options (jlstm.kernels.pallas_lstm_wide.Static)
+    step_forward: bool = False  # a forward-only call runs the step loop (:func:`_step_forward`), as the plan says
 
 
 def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
@@ -256,9 +257,44 @@ def _check_resets(resets: Any, shape: tuple[int, ...]) -> jax.Array:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
 def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, r, opts: Options):
-    """:func:`lstm_sequence` with its options as one record, in the same argument order."""
-    hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=False)
+    """:func:`lstm_sequence` with its options as one record, in the same argument order.
+
+    This primal runs only where nothing differentiates the call (JAX calls :func:`_jvp` otherwise),
+    so a forward-only call may take the step loop (``opts.step_forward``) without changing training.
+    """
+    if opts.step_forward and opts.engine == "xla" and w_c is None:
+        hT, cT, ys = _step_forward(w_x, w_h, b, xs, h0, c0, m, r, opts)
+    else:
+        hT, cT, ys, _ = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=False)
     return hT, cT, ys.astype(_out_dtype(xs, w_x, opts.dtype))
+
+
+def _step_forward(w_x, w_h, b, xs, h0, c0, m, r, opts: Options):
+    """The forward pass as the cell's own step computes it (``jlstm.lstm``'s ``fast=False`` path): per step
+    ``x_t W_x + b + h_{t-1} W_h``, four gate slices, ``σ`` and ``tanh``; no residuals. On an H200 this loop
+    beat the fused forward at B ≤ 64 (``Plan.lstm_step_forward_to_batch``)."""
+    dtype = opts.dtype
+    bias = b.astype(dtype or b.dtype)
+
+    def body(carry, inp):
+        h, c = carry
+        x_t, m_t, r_t = inp
+        if r_t is not None:
+            h, c = _restart(r_t, h), _restart(r_t, c)
+        z = matmul(x_t, w_x, dtype) + bias + matmul(h, w_h, dtype)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        cf = c.astype(z.dtype)
+        c_new = jax.nn.sigmoid(zf) * cf + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+        h_new = jax.nn.sigmoid(zo) * jnp.tanh(c_new)
+        if m_t is None:
+            h_next, c_next, y = h_new, c_new, h_new
+        else:
+            mm = m_t[:, None]
+            h_next, c_next, y = jnp.where(mm, h_new, h), jnp.where(mm, c_new, cf), jnp.where(mm, h_new, 0.0)
+        return (h_next.astype(h.dtype), c_next.astype(c.dtype)), y.astype(h.dtype)
+
+    (hT, cT), ys = lax.scan(body, (h0, c0), (xs, m, r), unroll=opts.unroll[0])
+    return hT, cT, ys
 
 
 def _out_dtype(xs, w_x, dtype):
@@ -453,8 +489,10 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         m = None if valid is None else valid.reshape(T, B)
         r = None if resets is None else resets.reshape(T, B)
         engine, wide = _engine(plan, B, H, dtype, peephole, xs, params.w_h)
+        step_to = plan.lstm_step_forward_to_batch
+        step_forward = step_to is not None and B <= step_to
         opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=_inloop_default(B, plan),
-                       peephole=peephole, engine=engine, wide=wide)
+                       peephole=peephole, engine=engine, wide=wide, step_forward=step_forward)
         hT, cT, ys = _lstm_sequence(params.w_x, params.w_h, params.b, xs.reshape(T, B, I), state.h.reshape(B, H),
                                     state.c.reshape(B, H), m, params.w_c if peephole else None, r, opts)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),

@@ -390,3 +390,50 @@ def test_lstm_sequence_resets():
     _assert_close(got, want, 1e-4)
     with pytest.raises(ValueError, match="resets must be a bool array of shape"):
         jlstm.lstm_sequence(params.w_x, params.w_h, params.b, xs, state.h, state.c, resets=jnp.zeros((T, 2)))
+
+
+@pytest.fixture
+def step_forward_plan(monkeypatch):
+    """Route jlstm.scan by a CPU plan whose forward-only calls take the step loop up to batch 4 (the GPU
+    plan's rule, at a small threshold); record each run of that loop."""
+    import jlstm._scan as scan_mod
+    from jlstm.core.plan import PLANS
+
+    plan = PLANS["cpu"]._replace(lstm_step_forward_to_batch=4)
+    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
+    calls = []
+    real = fused_mod._step_forward
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(fused_mod, "_step_forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["mask", "reverse_lengths", "resets", "bf16"])
+def test_forward_only_calls_take_the_step_loop_where_the_plan_says(name, step_forward_plan):
+    """A forward-only call at B <= the plan's threshold runs the step loop and equals the reference (with
+    a mask, reverse and lengths, resets (each episode run alone), bf16); a differentiated call keeps the
+    fused loop and its gradients; a wider batch keeps the fused forward."""
+    dtype = jnp.bfloat16 if name == "bf16" else None
+    batch, kw = ((2,), {"resets": jnp.asarray(RESETS)}) if name == "resets" else _kwargs(
+        "plain" if name == "bf16" else name)
+    cell, params, xs, state, ct = _setup(batch, dtype=dtype)
+    final, ys = jax.jit(lambda p: jlstm.scan(cell, p, xs, state, **kw))(params)
+    assert step_forward_plan                      # the forward ran the step loop
+    if name == "resets":
+        want = run_episodes(cell, params, xs, RESETS, valid=np.ones((T, 2), bool), state=state)
+    else:
+        want = jlstm.scan(cell, params, xs, state, fast=False, **kw)
+    _assert_close((final, ys), want, 2e-2 if dtype else 2e-5)
+    assert ys.dtype == want[1].dtype
+    del step_forward_plan[:]
+    if name in ("mask", "reverse_lengths"):       # training: the fused loop's gradients, not the step loop
+        got = _value_and_grads(cell, params, xs, state, ct, fast=True, **kw)
+        assert not step_forward_plan
+        _assert_close(got, _reference(name), 2e-5)
+        cell, params, xs, state, _ = _setup((5,), dtype=dtype)
+        jlstm.scan(cell, params, xs, state)       # B = 5: the fused forward
+        assert not step_forward_plan
