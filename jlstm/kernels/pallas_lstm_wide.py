@@ -9,7 +9,7 @@ cell state ``c`` in registers. Only ``h`` crosses programs. Per step, program ``
 1. reads the whole ``h_{t-1}`` (``[tile, H]``, written by all programs at step ``t-1``),
 2. does its four ``[tile, H] × [H, block]`` gate products and the cell update for its units,
 3. writes its slice of ``h_t`` (and of ``c_t`` and the gates, the backward pass's residuals),
-4. waits at a grid barrier (an atomic counter per batch tile) until every program has written.
+4. waits at a grid barrier (a flag per program, raised atomically) until every program has written.
 
 Every step writes ``h_t`` to fresh addresses, so no program can read a stale cached line. The
 backward kernel is the same pattern in reverse: program ``j`` does the gate derivatives of its
@@ -192,28 +192,34 @@ def _backward_block_recurrent(refs, t, rows, dh, wt, H: int):
 # --------------------------------------------------------------------------- the grid barrier (GPU)
 
 
-def _barrier(sync_ref, tile_id, target, ok):
-    """Wait until the batch tile's counter reaches ``target`` (every program has arrived).
+def _barrier(flags_ref, tile_id, program, P: int, step, ok):
+    """Wait until every program of the batch tile has finished step ``step`` (counted from 1).
 
-    A block barrier first (all of this program's stores issued), one acquire-release atomic increment,
-    then polls (atomic reads) until the count arrives or ``SPIN_LIMIT`` polls pass; ``ok`` becomes 0
-    on a timeout, and the call's outputs NaN. A program that timed out once waits no more, so a grid
-    that cannot be resident at once costs one timeout per program, not one per step.
+    Each program owns one flag, ``flags[tile, program]``: after a block barrier (all of its stores
+    issued) it raises the flag to ``step`` with an acquire-release ``atomic_max``, then polls the tile's
+    ``P`` flags (atomic ORs with zero) until their minimum reaches ``step`` or ``SPIN_LIMIT`` polls pass, and
+    ends with a block barrier. Raising a flag to a value is idempotent, so this holds however many
+    threads of the program execute the atomic. Every step writes its states to fresh addresses, so
+    no program reads a stale cached line. ``ok`` becomes 0 on a timeout (the call's outputs NaN), and
+    a program that timed out once waits no more: a grid that cannot be resident costs one timeout per
+    program, not one per step.
     """
     from jax.experimental.pallas import triton as pltriton
 
     pltriton.debug_barrier()
-    pltriton.atomic_add(sync_ref, tile_id, 1)
+    pltriton.atomic_max(flags_ref, (tile_id, program), step)
+    everyone = (tile_id, pl.ds(0, P))
+    zeros = jnp.zeros((P,), jnp.int32)
 
     def waiting(s):
-        return (s[0] < target) & (s[1] < SPIN_LIMIT) & (ok > 0)
+        return (s[0] < step) & (s[1] < SPIN_LIMIT) & (ok > 0)
 
-    def poll(s):
-        return pltriton.atomic_add(sync_ref, tile_id, 0), s[1] + 1
+    def read():   # an atomic OR with zeros: the flags as they are, with acquire semantics (Pallas lowers a
+        return jnp.min(pltriton.atomic_or(flags_ref, everyone, zeros))   # vector of int max as a float one)
 
-    count, _ = lax.while_loop(waiting, poll, (pltriton.atomic_add(sync_ref, tile_id, 0), jnp.int32(0)))
+    slowest, _ = lax.while_loop(waiting, lambda s: (read(), s[1] + 1), (read(), jnp.int32(0)))
     pltriton.debug_barrier()
-    return jnp.where(count >= target, ok, 0)
+    return jnp.where(slowest >= step, ok, 0)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -222,7 +228,7 @@ def _barrier(sync_ref, tile_id, target, ok):
 def _forward_kernel(xp_ref, w_ref, h0_ref, c0_ref, m_ref, r_ref, sync_in, hs_ref, cs_ref, acts_ref, sync_ref,
                     ok_ref, *, T: int, H: int, st: Static):
     """GPU: program ``(j, b)`` owns column block ``j`` of batch tile ``b`` for the whole sequence."""
-    del sync_in   # aliased to sync_ref (zeros on entry)
+    del sync_in   # aliased to sync_ref: the barrier's flags, zeros on entry
     j, b = pl.program_id(0), pl.program_id(1)
     rows, bh, P = pl.ds(b * st.tile, st.tile), st.block, H // st.block
     w = [w_ref[j, g] for g in range(4)]                      # on chip for the whole sequence
@@ -231,7 +237,7 @@ def _forward_kernel(xp_ref, w_ref, h0_ref, c0_ref, m_ref, r_ref, sync_in, hs_ref
     def step(t, carry):
         c, ok = carry
         c = _forward_block(refs, t, j, rows, c, w, H, bh)
-        return c, _barrier(sync_ref, b, P * (t + 1), ok)
+        return c, _barrier(sync_ref, b, j, P, t + 1, ok)
 
     _, ok = lax.fori_loop(0, T, step, (c0_ref[rows, pl.ds(j * bh, bh)], jnp.int32(1)))
     ok_ref[j, b] = ok
@@ -265,7 +271,7 @@ def _backward_kernel(dys_ref, acts_ref, cs_ref, c0_ref, m_ref, r_ref, wt_ref, dh
         dh, dc, ok = carry
         t = T - 1 - s
         dc = _backward_block_gates(gate_refs, t, j, rows, dh, dc, H, bh)
-        ok = _barrier(sync_ref, b, P * (s + 1), ok)
+        ok = _barrier(sync_ref, b, j, P, s + 1, ok)
         return _backward_block_recurrent((dz_ref, m_ref, r_ref), t, rows, dh, wt, H), dc, ok
 
     dh, dc, ok = lax.fori_loop(0, T, step, (dhT_ref[rows, cols], dcT_ref[rows, cols], jnp.int32(1)))
@@ -305,12 +311,13 @@ def _call(gpu_kernel, interpret_kernel, args, out_shapes, H: int, Bp: int, T: in
         return pl.pallas_call(kernel, out_shape=out_shapes, grid=(NB,), interpret=True)(*args)
     from jax.experimental.pallas import triton as pltriton
 
-    shapes = (*out_shapes, jax.ShapeDtypeStruct((NB,), jnp.int32), jax.ShapeDtypeStruct((P, NB), jnp.int32))
+    flags = jax.ShapeDtypeStruct((NB, P), jnp.int32)
+    shapes = (*out_shapes, flags, jax.ShapeDtypeStruct((P, NB), jnp.int32))
     kernel = functools.partial(gpu_kernel, T=T, H=H, st=st)
     *outs, _, ok = pl.pallas_call(
         kernel, out_shape=shapes, grid=(P, NB), input_output_aliases={len(args): len(out_shapes)},
         compiler_params=pltriton.CompilerParams(num_warps=num_warps(H, st), num_stages=1),
-    )(*args, jnp.zeros((NB,), jnp.int32))
+    )(*args, jnp.zeros((NB, P), jnp.int32))
     good = jnp.all(ok == 1)
     return [jnp.where(good, o, jnp.nan) for o in outs]
 
