@@ -145,7 +145,8 @@ def test_vmap_batch_major_and_checkpoint(tmp_path):
     _, one = jax.jit(jax.vmap(lambda x: model.apply(params, x), in_axes=1, out_axes=1))(xs)
     np.testing.assert_allclose(one, ys, atol=1e-5)
     _, bm = jax.jit(lambda x: model.apply(params, x, time_major=False))(jnp.swapaxes(xs, 0, 1))
-    np.testing.assert_allclose(jnp.swapaxes(bm, 0, 1), ys, atol=1e-6)
+    # The batch-major layout multiplies in another order: float32 rounding, 1.6e-6 under XLA's default flags.
+    np.testing.assert_allclose(jnp.swapaxes(bm, 0, 1), ys, atol=1e-5)
     path = tmp_path / "stack.ckpt"
     jlstm.checkpoint.save(path, {"params": params, "state": state})
     like = {"params": model.init(jax.random.key(9), E), "state": model.initial_state(params, B)}
