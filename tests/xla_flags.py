@@ -47,6 +47,21 @@ def install() -> None:
     os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags) if f)
 
 
+def optimized() -> dict[str, int] | None:
+    """``compiler_options`` for a ``jax.jit`` whose program runs for seconds rather than milliseconds.
+
+    The flags above skip LLVM's optimisation, which is what makes the suite's thousands of small
+    programs compile fast, but the unoptimised code runs several times slower. A test whose program
+    runs for seconds asks for XLA's default optimisation level (3) for that program alone:
+    ``jax.jit(f, compiler_options=xla_flags.optimized())``: the same HLO, with the code a user's
+    compile would give it. ``None`` (XLA's own settings) when the fast flags are off.
+    """
+    return {"xla_backend_optimization_level": 3} if _LEVEL_0 in os.environ.get(ENV, "").split() else None
+
+
+_LEVEL_0 = "--xla_backend_optimization_level=0"
+
+
 def with_device_count(devices: int) -> str:
     """``XLA_FLAGS`` for a child process that sees ``devices`` host CPU devices."""
     return " ".join(f for f in (f"--xla_force_host_platform_device_count={devices}",

@@ -111,12 +111,17 @@ def test_gauss_jordan_matches_numpy_solve(n):
 
 
 _ELK_SCRIPT = """
+import sys
 import jax, jlstm
 cell = jlstm.gru(8)
 params = cell.init(jax.random.key(0), 2)
 xs = jax.random.normal(jax.random.key(1), (2048, 4, 2))
 run = jax.jit(lambda p, x: jlstm.scan(cell, p, x, method=jlstm.Newton("elk", on_failure="ignore"),
                                       return_info=True))
+sys.stdin.readline()                    # compile when told
+run = run.lower(params, xs).compile()
+print("compiled", flush=True)
+sys.stdin.readline()                    # the two processes start their calls together
 for _ in range(3):
     _, ys, info = run(params, xs)
     jax.block_until_ready(ys)
@@ -131,15 +136,35 @@ def test_dense_elk_does_not_hang_on_two_cores():
     2-thread pool (7 runs of 8 hung at 0% CPU). Three calls in each of two fresh processes, run at once,
     must finish."""
     import os
+    import select
     import subprocess
     import sys
 
     # XLA's default flags, as a user runs it: the suite's fast-compile flags make these programs slower.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path), XLA_FLAGS="")
-    # The two processes run at once: twice the threads on the same cores, a harder test for a deadlock.
-    procs = [subprocess.Popen([sys.executable, "-c", _ELK_SCRIPT], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _ELK_SCRIPT], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def tell(proc, line):
+        try:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:         # it has exited: its output says why
+            pass
+
     try:
+        # They compile one after the other: with the run's compilation cache (tests/compile_cache.py)
+        # the second reads the first one's executable (0.6 s) instead of compiling it again (5 s).
+        for proc in procs:
+            tell(proc, "compile")
+            if not select.select([proc.stdout], [], [], 150)[0]:
+                pytest.fail("dense ELK did not compile within 150 s")
+            if proc.stdout.readline().strip() != "compiled":
+                proc.kill()
+                pytest.fail(f"the dense ELK process failed before its calls:\n{proc.communicate()[1][-2000:]}")
+        # Then they make their calls at once: twice the threads on the same cores, a harder test for a deadlock.
+        for proc in procs:
+            tell(proc, "go")
         for proc in procs:
             try:
                 out, err = proc.communicate(timeout=150)
