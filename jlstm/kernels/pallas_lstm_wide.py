@@ -51,6 +51,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jlstm.core.plan import Plan, current_plan
+from jlstm.kernels.pallas_lstm import _flags, _pad  # the batch padding and step flags, as there
 
 SM_SHARED_BYTES = 232_448     # one SM's shared memory on an H100 or H200
 DEFAULT_SMS = 132             # an H100 SXM's SM count, where the device does not say
@@ -323,16 +324,6 @@ def _call(gpu_kernel, interpret_kernel, args, out_shapes, H: int, Bp: int, T: in
 
 
 # --------------------------------------------------------------------------- layout and derivatives
-
-
-def _pad(a, Bp, axis):
-    return jnp.pad(a, [(0, Bp - a.shape[axis]) if i == axis else (0, 0) for i in range(a.ndim)])
-
-
-def _flags(flags, T, B, Bp, default):
-    """A bool [T, B] (None: all ``default``) as float [T, Bp, 1], padded rows 0 (invalid, no reset)."""
-    f = jnp.full((T, B), float(default), _F32) if flags is None else flags.astype(_F32)
-    return _pad(f, Bp, 1)[..., None]
 
 
 def _blocks(w: jax.Array, P: int, bh: int) -> jax.Array:

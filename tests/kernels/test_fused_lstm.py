@@ -396,20 +396,12 @@ def test_lstm_sequence_resets():
 def step_forward_plan(monkeypatch):
     """Route jlstm.scan by a CPU plan whose forward-only calls take the step loop up to batch 4 (the GPU
     plan's rule, at a small threshold); record each run of that loop."""
-    import jlstm._scan as scan_mod
+    from lstm_kernel_cases import route_with_spy
+
     from jlstm.core.plan import PLANS
 
-    plan = PLANS["cpu"]._replace(lstm_step_forward_to_batch=4)
-    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
-    calls = []
-    real = fused_mod._step_forward
-
-    def spy(*args):
-        calls.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(fused_mod, "_step_forward", spy)
-    return calls
+    return route_with_spy(monkeypatch, PLANS["cpu"]._replace(lstm_step_forward_to_batch=4), fused_mod,
+                          "_step_forward")
 
 
 @pytest.mark.parametrize("name", ["mask", "reverse_lengths", "resets", "bf16"])

@@ -13,43 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
+from lstm_kernel_cases import close, loss_and_grads, route_with_spy, setup
 
 import jlstm
-import jlstm._scan as _scan_mod
 from jlstm.core.plan import PLANS, current_plan
 from jlstm.kernels import pallas_lstm as _pallas_lstm
-
-
-def _setup(T, B, I, H, seed=0):
-    cell = jlstm.lstm(H)
-    k = jax.random.split(jax.random.key(seed), 6)
-    params = cell.init(k[0], I)
-    params = params._replace(b=params.b + 0.3 * jax.random.normal(k[1], params.b.shape))
-    xs = jax.random.normal(k[2], (T, B, I))
-    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[3], (B, H)), c=0.5 * jax.random.normal(k[4], (B, H)))
-    ct = jax.random.normal(k[5], (T, B, H))
-    return cell, params, xs, state, ct
-
-
-def _loss_and_grads(run, params, xs, state, ct):
-    def loss(p, x, s):
-        final, ys = run(p, x, s)
-        return jnp.sum(ys * ct) + jnp.sum(1.3 * final.h) + jnp.sum(0.7 * final.c), ys
-
-    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
-
-
-def _close(a, b, tol=2e-5):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
 def test_kernels_equal_reference_with_a_mask():
     """lstm_pallas(interpret=True) directly: forward kernel values, backward kernel gradients."""
     T, B, I, H = 5, 3, 2, 4
-    cell, params, xs, state, ct = _setup(T, B, I, H)
+    cell, params, xs, state, ct = setup(T, B, I, H)
     mask = jnp.asarray(np.random.default_rng(0).random((T, B)) < 0.6).at[:, 2].set(False)
 
     def pallas(p, x, s):
@@ -59,8 +33,8 @@ def test_kernels_equal_reference_with_a_mask():
     def ref(p, x, s):
         return jlstm.scan(cell, p, x, s, mask=mask, fast=False)
 
-    got, want = _loss_and_grads(pallas, params, xs, state, ct), _loss_and_grads(ref, params, xs, state, ct)
-    _close(got, want)
+    got, want = loss_and_grads(pallas, params, xs, state, ct), loss_and_grads(ref, params, xs, state, ct)
+    close(got, want)
     ys = got[0][1]
     assert float(jnp.max(jnp.abs(ys[:, 2]))) == 0.0  # a fully masked row outputs zeros
     grads = got[1]
@@ -73,7 +47,7 @@ def test_kernels_equal_reference_with_a_mask():
 def test_kernels_with_resets_equal_episodes_run_alone():
     """Both kernels (lstm_pallas's custom_vjp) with resets and a mask: each episode run alone."""
     T, B, I, H = 6, 3, 2, 4
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=3)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=3)
     resets = np.zeros((T, B), bool)
     resets[[0, 3], 0] = True          # at t=0, and mid-sequence
     resets[[2, 3, T - 1], 1] = True   # consecutive, and at the last step
@@ -86,13 +60,13 @@ def test_kernels_with_resets_equal_episodes_run_alone():
         hT, cT, ys = _pallas_lstm.lstm_pallas(p.w_x, p.w_h, p.b, x, s.h, s.c, m, True, resets=r)
         return jlstm.LSTMState(hT, cT), ys
 
-    got = _loss_and_grads(pallas, params, xs, state, ct)
+    got = loss_and_grads(pallas, params, xs, state, ct)
     def alone(p, x, s):
         return run_episodes(cell, p, x, resets, valid=mask, state=s)
 
-    want = _loss_and_grads(alone, params, xs, state, ct)
-    _close(got[0], want[0], 2e-5)
-    _close(got[1], want[1], 1e-4)
+    want = loss_and_grads(alone, params, xs, state, ct)
+    close(got[0], want[0], 2e-5)
+    close(got[1], want[1], 1e-4)
     assert float(jnp.max(jnp.abs(got[1][2].h[0]))) == 0  # row 0 restarts at t=0
     assert float(jnp.max(jnp.abs(got[1][0].w_h))) > 0
 
@@ -104,43 +78,34 @@ PALLAS_PLAN = current_plan()._replace(pallas=True, pallas_max_hidden=64, pallas_
 @pytest.fixture
 def pallas_plan(monkeypatch):
     """Route jlstm.scan by PALLAS_PLAN; record each run of the forward kernel (its interpret flag)."""
-    monkeypatch.setattr(_scan_mod, "current_plan", lambda: PALLAS_PLAN)
-    calls = []
-    real = _pallas_lstm.forward
-
-    def spy(*args):
-        calls.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(_pallas_lstm, "forward", spy)
-    return calls
+    return route_with_spy(monkeypatch, PALLAS_PLAN, _pallas_lstm, "forward")
 
 
 def test_jlstm_lstm_takes_the_kernel_where_the_plan_allows(pallas_plan):
     """Through jlstm.scan with lengths, a mask and reverse: the kernel, equal to the reference path
     under jax.grad and jax.jvp (the kernel is the primal loop of the fused custom_jvp)."""
     T, B, I, H = 4, 2, 3, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=1)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=1)
     kw = {"lengths": jnp.array([4, 2]), "mask": jnp.array([[1, 1], [0, 1], [1, 1], [1, 0]], bool),
           "reverse": True}
 
     def run(fast):
         return lambda p, x, s: jlstm.scan(cell, p, x, s, fast=fast, **kw)
 
-    got = _loss_and_grads(run(True), params, xs, state, ct)
+    got = loss_and_grads(run(True), params, xs, state, ct)
     assert pallas_plan and pallas_plan[0] is _pallas_lstm.interpret_mode(PALLAS_PLAN)
-    _close(got, _loss_and_grads(run(False), params, xs, state, ct))
+    close(got, loss_and_grads(run(False), params, xs, state, ct))
     del pallas_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
     got = jax.jvp(lambda x: run(True)(params, x, state)[1], (xs,), (tangent,))
     assert pallas_plan  # forward mode runs the kernel too
-    _close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
+    close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
 
 
 def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
     """jlstm.scan(resets=) on the Pallas route: values, gradients and jvp equal each episode run alone."""
     T, B, I, H = 5, 2, 2, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=4)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=4)
     resets = np.zeros((T, B), bool)
     resets[[0, 2, 3], 0] = True
     resets[[1, T - 1], 1] = True
@@ -153,20 +118,20 @@ def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
     def alone(p, x, s):
         return run_episodes(cell, p, x, resets, valid=valid, state=s)
 
-    got = _loss_and_grads(kernel, params, xs, state, ct)
+    got = loss_and_grads(kernel, params, xs, state, ct)
     assert pallas_plan
-    want = _loss_and_grads(alone, params, xs, state, ct)
-    _close(got[0], want[0], 2e-5)
-    _close(got[1], want[1], 1e-4)
+    want = loss_and_grads(alone, params, xs, state, ct)
+    close(got[0], want[0], 2e-5)
+    close(got[1], want[1], 1e-4)
     tangent = jax.random.normal(jax.random.key(8), xs.shape)
-    _close(jax.jvp(lambda x: kernel(params, x, state)[1], (xs,), (tangent,)),
+    close(jax.jvp(lambda x: kernel(params, x, state)[1], (xs,), (tangent,)),
            jax.jvp(lambda x: alone(params, x, state)[1], (xs,), (tangent,)), 1e-4)
 
 
 def test_vmap_of_grad_through_the_kernel_route(pallas_plan):
     """jax.vmap of a training step (as jlstm.population does) runs through the kernel's route."""
     T, B, I, H = 3, 2, 2, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=5)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=5)
     members = jnp.stack([xs, 2.0 * xs])
 
     def grad(fast):
@@ -175,7 +140,7 @@ def test_vmap_of_grad_through_the_kernel_route(pallas_plan):
 
     got = grad(True)
     assert pallas_plan
-    _close(got, grad(False))
+    close(got, grad(False))
 
 
 def test_fits():
@@ -193,7 +158,7 @@ def test_fits_on_gpu(batch, hidden, dtype, peephole, ok):
 
 
 def test_large_shapes_keep_the_fused_scan(pallas_plan):
-    cell, params, xs, state, _ = _setup(2, 65, 2, 16)
+    cell, params, xs, state, _ = setup(2, 65, 2, 16)
     jax.eval_shape(lambda p: jlstm.scan(cell, p, xs, state), params)
     assert pallas_plan == []
 

@@ -14,39 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
+from lstm_kernel_cases import close, loss_and_grads, route_with_spy, setup
 
 import jlstm
-import jlstm._scan as _scan_mod
 from jlstm.core.plan import PLANS
 from jlstm.kernels import pallas_lstm_wide as _wide
 
 CPU = PLANS["cpu"]
-
-
-def _setup(T, B, I, H, seed=0):
-    cell = jlstm.lstm(H)
-    k = jax.random.split(jax.random.key(seed), 6)
-    params = cell.init(k[0], I)
-    params = params._replace(b=params.b + 0.3 * jax.random.normal(k[1], params.b.shape))
-    xs = jax.random.normal(k[2], (T, B, I))
-    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[3], (B, H)), c=0.5 * jax.random.normal(k[4], (B, H)))
-    ct = jax.random.normal(k[5], (T, B, H))
-    return cell, params, xs, state, ct
-
-
-def _loss_and_grads(run, params, xs, state, ct):
-    def loss(p, x, s):
-        final, ys = run(p, x, s)
-        return jnp.sum(ys * ct) + jnp.sum(1.3 * final.h) + jnp.sum(0.7 * final.c), ys
-
-    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
-
-
-def _close(a, b, tol=2e-5):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=tol, atol=tol)
 
 
 def _kernel(st, mask=None, resets=None):
@@ -59,14 +33,14 @@ def _kernel(st, mask=None, resets=None):
 def test_kernels_equal_reference_with_a_mask():
     """Both kernels directly (4 column blocks, 2 batch tiles): values and gradients of the reference."""
     T, B, I, H = 4, 3, 2, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H)
+    cell, params, xs, state, ct = setup(T, B, I, H)
     mask = jnp.asarray(np.random.default_rng(0).random((T, B)) < 0.6).at[:, 2].set(False)
     st = _wide.options(B, H, plan=CPU, block=4, tile=2)
     assert st is not None and st.interpret
 
-    got = _loss_and_grads(_kernel(st, mask), params, xs, state, ct)
-    want = _loss_and_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, fast=False), params, xs, state, ct)
-    _close(got, want)
+    got = loss_and_grads(_kernel(st, mask), params, xs, state, ct)
+    want = loss_and_grads(lambda p, x, s: jlstm.scan(cell, p, x, s, mask=mask, fast=False), params, xs, state, ct)
+    close(got, want)
     ys, grads = got[0][1], got[1]
     assert float(jnp.max(jnp.abs(ys[:, 2]))) == 0.0            # a fully masked row outputs zeros
     assert float(jnp.max(jnp.abs(grads[0].w_h))) > 0
@@ -79,7 +53,7 @@ def test_kernels_with_resets_equal_episodes_run_alone():
     """Resets inside the sequence, at t=0, consecutive, at the last step and at a masked step; 6 units
     padded to 2 blocks of 4 (the padding changes nothing)."""
     T, B, I, H = 5, 3, 2, 6
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=3)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=3)
     resets = np.zeros((T, B), bool)
     resets[[0, 3], 0] = True
     resets[[2, 3, T - 1], 1] = True
@@ -87,11 +61,11 @@ def test_kernels_with_resets_equal_episodes_run_alone():
     mask[[1, 4], 2] = False
     resets[4, 2] = True               # at a masked step: ignored
     st = _wide.options(B, H, plan=CPU, block=4, tile=2)
-    got = _loss_and_grads(_kernel(st, jnp.asarray(mask), jnp.asarray(resets & mask)), params, xs, state, ct)
-    want = _loss_and_grads(lambda p, x, s: run_episodes(cell, p, x, resets, valid=mask, state=s),
+    got = loss_and_grads(_kernel(st, jnp.asarray(mask), jnp.asarray(resets & mask)), params, xs, state, ct)
+    want = loss_and_grads(lambda p, x, s: run_episodes(cell, p, x, resets, valid=mask, state=s),
                            params, xs, state, ct)
-    _close(got[0], want[0], 2e-5)
-    _close(got[1], want[1], 1e-4)
+    close(got[0], want[0], 2e-5)
+    close(got[1], want[1], 1e-4)
     assert float(jnp.max(jnp.abs(got[1][2].h[0]))) == 0   # row 0 restarts at t=0: nothing reaches h0
 
 
@@ -116,14 +90,14 @@ def test_bf16_operands_match_the_transcription():
     """bf16 weights and operands, float32 accumulation: within bf16 rounding of the transcription, and
     measurably not the float32 kernel (the rounding happens)."""
     T, B, I, H = 4, 3, 4, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=6)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=6)
     params = params._replace(w_h=3.0 * params.w_h)       # a recurrence that the rounding visibly moves
     st = _wide.options(B, H, jnp.bfloat16, plan=CPU, block=8, tile=2)
     assert st is not None and st.matmul_dtype == jnp.bfloat16
-    got = _loss_and_grads(_kernel(st), params, xs, state, ct)
-    want = _loss_and_grads(lambda p, x, s: _bf16_transcription(p, x, s.h, s.c), params, xs, state, ct)
-    _close(got[0], want[0], 3e-3)
-    _close(got[1], want[1], 3e-2)
+    got = loss_and_grads(_kernel(st), params, xs, state, ct)
+    want = loss_and_grads(lambda p, x, s: _bf16_transcription(p, x, s.h, s.c), params, xs, state, ct)
+    close(got[0], want[0], 3e-3)
+    close(got[1], want[1], 3e-2)
     f32 = _kernel(_wide.options(B, H, plan=CPU, block=8, tile=2))(params, xs, state)[1]
     assert float(jnp.max(jnp.abs(got[0][1] - f32))) > 1e-4
 
@@ -133,37 +107,28 @@ def wide_plan(monkeypatch):
     """Route jlstm.scan by a CPU plan that allows the wide kernel (and not the one-program kernel);
     record each run of its forward kernel."""
     plan = CPU._replace(pallas=False, pallas_wide=True, pallas_wide_block=8, pallas_wide_tile=2)
-    monkeypatch.setattr(_scan_mod, "current_plan", lambda: plan)
-    calls = []
-    real = _wide.forward
-
-    def spy(*args):
-        calls.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(_wide, "forward", spy)
-    return calls
+    return route_with_spy(monkeypatch, plan, _wide, "forward")
 
 
 def test_jlstm_lstm_takes_the_wide_kernel_where_a_plan_allows(wide_plan):
     """Through jlstm.scan with lengths, a mask and reverse: values, gradients (jax.grad), jax.jvp and
     jax.vmap of a gradient equal the reference path; the kernel is the fused custom_jvp's primal loop."""
     T, B, I, H = 4, 2, 3, 16
-    cell, params, xs, state, ct = _setup(T, B, I, H, seed=1)
+    cell, params, xs, state, ct = setup(T, B, I, H, seed=1)
     kw = {"lengths": jnp.array([4, 2]), "mask": jnp.array([[1, 1], [0, 1], [1, 1], [1, 0]], bool),
           "reverse": True}
 
     def run(fast):
         return lambda p, x, s: jlstm.scan(cell, p, x, s, fast=fast, **kw)
 
-    got = _loss_and_grads(run(True), params, xs, state, ct)
+    got = loss_and_grads(run(True), params, xs, state, ct)
     assert wide_plan and wide_plan[0] == _wide.Static(8, 2, jnp.dtype(jnp.float32), True)
-    _close(got, _loss_and_grads(run(False), params, xs, state, ct))
+    close(got, loss_and_grads(run(False), params, xs, state, ct))
     del wide_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
     got = jax.jvp(lambda x: run(True)(params, x, state)[1], (xs,), (tangent,))
     assert wide_plan
-    _close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
+    close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
     del wide_plan[:]
 
     def grad(fast):
@@ -172,20 +137,20 @@ def test_jlstm_lstm_takes_the_wide_kernel_where_a_plan_allows(wide_plan):
 
     got = grad(True)
     assert wide_plan
-    _close(got, grad(False))
+    close(got, grad(False))
 
 
 def test_a_bf16_lstm_takes_the_wide_kernel(wide_plan):
     """``jlstm.lstm(H, dtype=bfloat16)`` (float32 params and state, bf16 matmuls) on the wide route agrees
     with its own XLA scan to bf16 precision."""
     T, B, I, H = 3, 2, 3, 16
-    _, params, xs, state, _ = _setup(T, B, I, H, seed=2)
+    _, params, xs, state, _ = setup(T, B, I, H, seed=2)
     cell = jlstm.lstm(H, dtype=jnp.bfloat16)
     final, ys = jlstm.scan(cell, params, xs, state)
     assert wide_plan and wide_plan[0].matmul_dtype == jnp.bfloat16
     want_final, want_ys = jlstm.scan(cell, params, xs, state, fast=False)
     assert ys.dtype == want_ys.dtype
-    _close((final, ys), (want_final, want_ys), 2e-2)
+    close((final, ys), (want_final, want_ys), 2e-2)
 
 
 def test_no_shipped_plan_routes_to_the_wide_kernel():
