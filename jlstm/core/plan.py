@@ -34,6 +34,10 @@ class Plan(NamedTuple):
       fused_unroll: the same for a cell's fused sequence kernel (``None``: ``unroll``). On 2 CPU cores
         the fused LSTM's in-loop forward ran 20.4-21.1 ms with 2 against 24.8-25.2 with 1 (T=128, B=32,
         I=128, H=256); training was within the noise (94-106 ms against 100-103).
+      lstm_backward_unroll: the fused LSTM's tangent (backward) loop unroll where the kernel is given one
+        int (``None``: that int). On 2 CPU cores, since the backward loop reads its coefficients as
+        separate arrays, 1 beat 2 in training: 122.7 against 131.1 ms median over 45 interleaved calls
+        (T=128, B=32, I=128, H=256, forward unroll 2 in both).
       lstm_inloop_from_batch: the fused LSTM multiplies the inputs inside the loop from this batch
         size on (``None``: never; it hoists one GEMM over all steps).
       lstm_step_forward_to_batch: up to this batch size, a forward-only LSTM call (nothing
@@ -62,6 +66,7 @@ class Plan(NamedTuple):
     backend: str
     unroll: int = 1
     fused_unroll: int | None = None
+    lstm_backward_unroll: int | None = None
     lstm_inloop_from_batch: int | None = None
     lstm_step_forward_to_batch: int | None = None
     pallas: bool = False
@@ -79,8 +84,8 @@ class Plan(NamedTuple):
 
 
 PLANS: dict[str, Plan] = {
-    "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_inloop_from_batch=8, pallas=False, parallel_from_T=None,
-                associative=False),
+    "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_backward_unroll=1, lstm_inloop_from_batch=8, pallas=False,
+                parallel_from_T=None, associative=False),
     "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, lstm_step_forward_to_batch=64, pallas=True,
                 parallel_from_T=32, associative=True, lapack_solve=True,
                 pallas_slstm=True),

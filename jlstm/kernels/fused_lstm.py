@@ -13,12 +13,13 @@ pre-activation, since ``σ(z) = ½·tanh(z/2) + ½``::
 
     a = s·tanh(s·z) + (1 - s),   s = ½ on the i, f, o blocks and 1 on the g block
 
-so ``a = [i, f, g, o]`` is written once per step, without a concatenate, and is the
-only gate residual the backward pass needs (``σ' = a(1-a)``, ``tanh' = 1-g²``).
+so ``a = [i, f, g, o]`` is formed once per step, without a concatenate, and the gates'
+derivatives follow from it (``σ' = a(1-a)``, ``tanh' = 1-g²``).
 
 Derivatives (``custom_jvp``): everything that does not depend on the tangent or the
-incoming gradient (the gate derivatives, ``tanh(c_t)``, the mask) is computed first for
-all T at once as large vectorised element-wise ops (:func:`_coefficients`). The tangent
+incoming gradient (the gate derivatives, ``tanh(c_t)``, the mask) is formed by the forward
+loop while it has the gates at hand, and saved as separate [T, B, H] coefficient arrays
+(:func:`_coefficients`; from a Pallas kernel's saved gates, for all T at once). The tangent
 is a linear recurrence (:func:`_tangent_loop`) driven by the terms of the input and
 weight tangents, which are GEMMs over all T·B rows (:func:`_tangent_drive`); per step it
 does the one GEMM ``dh W_h`` and a few multiply-adds. That gives ``jax.jvp``/``jacfwd``.
@@ -28,11 +29,12 @@ gradients ``dz_t`` (4H), then single GEMMs over all T·B rows::
 
     dW_h = H_prevᵀ dZ      dW_x = Xᵀ dZ      db = Σ dZ      dX = dZ W_xᵀ
 
-(the same compiled loops and GEMMs as the hand-written ``custom_vjp`` it replaced, within
-the noise of this 2-core machine in training time).
+(the same compiled loops and GEMMs as a hand-written ``custom_vjp``, which forward mode
+could not use).
 
-The residuals are the gates, the cell states and (only when a mask makes them differ
-from the outputs) the hidden states. Masked steps (padding or a False mask) keep the
+The residuals are the coefficients, the cell states (only with peepholes, whose
+derivatives read them) and the hidden states (only when a mask makes them differ from the
+outputs). Masked steps (padding or a False mask) keep the
 state, output zeros and pass the incoming gradient through. A reset step starts from
 zeros: the forward loop selects zeros for the carry, the residuals' previous states are
 zeroed for all T at once, and the tangent loop multiplies zeros instead of the carried
@@ -495,9 +497,9 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
     """The ``CellFast.sequence`` kernel of ``jlstm.lstm`` without projection or clipping.
 
     Its routing comes as data: ``plan`` (a :class:`jlstm.core.plan.Plan`; ``None``: the
-    default backend's) decides where the inputs are projected and whether the Pallas
-    kernel runs. ``resets`` (bool ``[T, *batch]``, False at invalid steps) restarts the
-    state from zeros before the steps where it is True.
+    default backend's) decides where the inputs are projected, whether the Pallas
+    kernel runs and the backward loop's unroll. ``resets`` (bool ``[T, *batch]``, False at
+    invalid steps) restarts the state from zeros before the steps where it is True.
     """
 
     def fused(params: Any, xs: jax.Array, state: Any, valid: jax.Array | None, unroll: Unroll, *,
@@ -511,7 +513,10 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         engine, wide = _engine(plan, B, H, dtype, peephole, xs, params.w_h)
         step_to = plan.lstm_step_forward_to_batch
         step_forward = step_to is not None and B <= step_to
-        opts = Options(dtype=dtype, unroll=_split_unroll(unroll), inloop=_inloop_default(B, plan),
+        fwd_unroll, bwd_unroll = _split_unroll(unroll)
+        if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
+            bwd_unroll = plan.lstm_backward_unroll
+        opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
                        peephole=peephole, engine=engine, wide=wide, step_forward=step_forward)
         hT, cT, ys = _lstm_sequence(params.w_x, params.w_h, params.b, xs.reshape(T, B, I), state.h.reshape(B, H),
                                     state.c.reshape(B, H), m, params.w_c if peephole else None, r, opts)
