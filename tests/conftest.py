@@ -8,10 +8,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import compile_cache  # noqa: E402  (sibling helpers, importable once the path above is set)
+import trace_settings  # noqa: E402
 import xla_flags  # noqa: E402
 
 xla_flags.install()
 compile_cache.install()
+trace_settings.install()
 
 
 def pytest_collection_modifyitems(config, items):
