@@ -315,17 +315,15 @@ def _jvp(opts: Options, primals, tangents):
     t_w_x, t_w_h, t_b, t_xs, t_h0, t_c0, _, t_w_c, _ = tangents
     hT, cT, ys, saved = _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=True)
     assert saved is not None  # save=True stacks the residuals
-    if opts.engine == "xla":
-        hs, cs, coef = saved  # the loop formed the coefficients (hs only with a mask, cs only with peepholes)
-    else:
-        hs, cs, acts = saved  # a Pallas kernel's residuals: the coefficients come from its gates
-        coef = None
+    hs, cs, last = saved  # the XLA loop: hs only with a mask, cs only with peepholes
     if m is None:
         hs = ys  # every step is valid, so h_t is ys[t]
     h_prev, c_prev = _previous(h0, c0, hs, cs, r)
-    if coef is None:
-        gates = tuple(acts[:, :, k] for k in range(4))
-        coef = _coefficients(c_prev, cs, gates, m, r, w_c, opts.peephole)
+    if isinstance(last, Coefficients):  # formed by the XLA loop
+        coef = last
+    else:  # a Pallas kernel's gates [T, B, 4, H]: the coefficients for all T at once
+        acts = jnp.asarray(last)
+        coef = _coefficients(c_prev, cs, tuple(acts[:, :, k] for k in range(4)), m, r, w_c, opts.peephole)
     f32 = coef.P.dtype
     drive = _tangent_drive(opts, xs, w_x, h_prev, c_prev, cs, t_xs, t_w_x, t_b, t_w_h, t_w_c, f32)
     dh0 = jnp.zeros(h0.shape, f32) if _is_zero(t_h0) else t_h0.astype(f32)
