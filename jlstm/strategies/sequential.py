@@ -45,7 +45,9 @@ class Sequential(Strategy):
 
     Args:
       unroll: steps per loop iteration; ``None`` takes the backend's (``jlstm.default_unroll``; for a
-        cell's fused kernel, the plan's ``fused_unroll`` where it sets one: 2 on the CPU).
+        cell's fused kernel, the plan's ``fused_unroll`` where it sets one: 2 on the CPU, where the
+        fused LSTM's backward loop takes ``lstm_backward_unroll``, 1). An int given here holds for
+        every loop, the fused LSTM's backward loop included.
       remat: ``None``, ``"step"``, ``"segment"`` (⌈√T⌉-step segments) or an int segment length.
       fast: allow the cell's fused whole-sequence kernel (``CellFast.sequence``); ``False``
         always loops over the cell's step.
@@ -80,6 +82,8 @@ class Sequential(Strategy):
         kernel = pieces.sequence
         if not regs.active and self.fast and kernel is not None and xs.shape[0] > 0 and self.remat != "step":
             fused_unroll = request.plan.fused_unroll if self.unroll is None else None
+            if self.unroll is not None:  # the caller's unroll holds for every loop of the kernel
+                request = request._replace(plan=request.plan._replace(lstm_backward_unroll=None))
             return (*self._fused(kernel, params, xs, state, request, fused_unroll or unroll), None)
         step, inputs = _step_function(cell, pieces, params, xs, self.remat, regs.recurrent_mask)
         if regs.zoneout:

@@ -274,6 +274,30 @@ def test_separate_backward_unroll_matches():
     _assert_close(g1, g2, 2e-5)
 
 
+def test_backward_unroll_from_the_plan_unless_the_caller_gives_one(monkeypatch):
+    """The CPU plan's ``lstm_backward_unroll`` sets the backward loop's unroll when ``jlstm.scan`` leaves
+    unroll to the plan; an explicit int holds for both loops. The gradients are the same either way."""
+    from lstm_kernel_cases import route_with_spy
+
+    from jlstm.core.plan import PLANS
+
+    cell, params, xs, state, ct = _setup((4,))
+    plan = PLANS["cpu"]
+    assert (plan.fused_unroll, plan.lstm_backward_unroll) == (2, 1)
+    calls = route_with_spy(monkeypatch, plan, fused_mod, "_lstm_sequence")
+
+    def grads(unroll):
+        def loss(p, x):
+            return jnp.sum(jlstm.scan(cell, p, x, state, unroll=unroll)[1] * ct)
+        return jax.grad(loss, argnums=(0, 1))(params, xs)
+
+    by_plan = grads(None)
+    assert calls[-1].unroll == (2, 1)
+    explicit = grads(3)
+    assert calls[-1].unroll == (3, 3)
+    _assert_close(by_plan, explicit, 2e-5)
+
+
 def test_default_unroll_is_positive_int():
     for backend in ("cpu", "gpu", "tpu"):
         u = jlstm.default_unroll(backend)
