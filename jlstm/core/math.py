@@ -34,6 +34,18 @@ def matmul(a: jax.Array, w: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
     return jnp.matmul(a.astype(dtype), w.astype(dtype))
 
 
+def matmul_t(a: jax.Array, w_t: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """``a @ w_tᵀ`` for a 2-D ``a``, with :func:`matmul`'s dtype rule, as one product contracting both
+    operands' last axes: a ``w_t`` laid out before a loop stays the operand XLA reads."""
+    dims = (((1,), (1,)), ((), ()))
+    if dtype is None:
+        dt = jnp.result_type(a, w_t)
+        return jax.lax.dot_general(a.astype(dt), w_t.astype(dt), dims)
+    low = jnp.dtype(dtype) in _LOW_PRECISION
+    return jax.lax.dot_general(a.astype(dtype), w_t.astype(dtype), dims,
+                               preferred_element_type=jnp.float32 if low else None)
+
+
 def carry_dtype(param_dtype: jnp.dtype, dtype: jnp.dtype | None) -> jnp.dtype:
     """The dtype of the recurrent state: the params' dtype, and never below float32.
 

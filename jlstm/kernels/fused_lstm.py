@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jlstm.core.math import matmul
+from jlstm.core.math import matmul, matmul_t
 from jlstm.core.plan import Plan, current_plan
 from jlstm.kernels import pallas_lstm as _pallas_lstm
 from jlstm.kernels import pallas_lstm_wide as _wide
@@ -410,7 +410,6 @@ def _tangent_loop(opts, w_rec, drive, coef, m, r, dh0, dc0):
     # for 128 such steps at B=32, H=256 on 2 CPU cores; 119.7 against 121.5 ms for the whole
     # training step). Inside the loop XLA cannot fold the transpose back into the product.
     w_t = jnp.transpose(w_rec if dtype is None else w_rec.astype(dtype))
-    low = dtype is not None and jnp.dtype(dtype).itemsize < 4
 
     def body(carry, inp):
         dh, dc = carry
@@ -418,10 +417,7 @@ def _tangent_loop(opts, w_rec, drive, coef, m, r, dh0, dc0):
         rec = jnp.concatenate([dh, dc], axis=-1) if full else dh
         if r_t is not None:
             rec = _restart(r_t, rec)
-        rec = rec if dtype is None else rec.astype(dtype)
-        rw = lax.dot_general(rec, w_t, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32 if low else None)
-        u = d_t + rw.astype(d_t.dtype)
+        u = d_t + matmul_t(rec, w_t, dtype).astype(d_t.dtype)
         u_i, u_f, u_g, u_o = lax.split(u, (H, H, H, H), axis=1)
         dc_new = f * dc + u_i * q[0] + u_f * q[1] + u_g * q[2]
         dh_new = u_o * q[3] + p * dc_new
