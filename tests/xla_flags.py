@@ -21,8 +21,8 @@ import os
 import subprocess
 import sys
 
-FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0",
-         "--xla_cpu_parallel_codegen_split_count=1")
+_LEVEL_0 = "--xla_backend_optimization_level=0"
+FLAGS = ("--xla_cpu_use_fusion_emitters=false", _LEVEL_0, "--xla_cpu_parallel_codegen_split_count=1")
 ENV = "JLSTM_TEST_XLA_FLAGS"         # the accepted flags, for the tests' own child processes
 _PROBE = "import jax.numpy as jnp; jnp.ones(3).sum().block_until_ready()"
 
@@ -57,9 +57,6 @@ def optimized() -> dict[str, int] | None:
     compile would give it. ``None`` (XLA's own settings) when the fast flags are off.
     """
     return {"xla_backend_optimization_level": 3} if _LEVEL_0 in os.environ.get(ENV, "").split() else None
-
-
-_LEVEL_0 = "--xla_backend_optimization_level=0"
 
 
 def with_device_count(devices: int) -> str:
