@@ -123,3 +123,20 @@ def test_quasi_deer_blocks_counts_iterations_and_checks_the_answer(tmp_path):
     assert row["deer"]["iterations"] <= row["quasi_deer_diagonal"]["iterations"]
     with pytest.raises(SystemExit):
         sweep(["--variants", "newton_raphson", "--out", str(out)])
+
+
+def test_gru_benchmark_writes_its_json(tmp_path):
+    """``python -m benchmarks.gru`` at a toy shape: every implementation timed, ratios against jlstm's GRU."""
+    gru = pytest.importorskip("benchmarks.gru")
+    out = tmp_path / "gru.json"
+    assert gru.main(["--shapes", "2x5x3x4", "--rounds", "2", "--impls", "jlstm,jlstm_ref,flax",
+                     "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "gru" and doc["skipped"] == []
+    rows = {(r["impl"], r["mode"]): r for r in doc["results"]}
+    assert set(rows) == {(i, m) for i in ("jlstm", "jlstm_ref", "flax") for m in ("fwd", "fwd+bwd")}
+    for (impl, _), r in rows.items():
+        assert (r["B"], r["T"], r["I"], r["H"]) == (2, 5, 3, 4) and r["median_ms"] > 0
+        assert (r["ratio"] == 1.0) if impl == "jlstm" else r["ratio"] > 0
+    with pytest.raises(SystemExit):
+        gru.main(["--shapes", "2x5x3"])

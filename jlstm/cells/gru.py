@@ -22,6 +22,7 @@ from jlstm.cells.simple_cell import SimpleCell
 from jlstm.cells.state_box import hull_box
 from jlstm.core.math import masked, output
 from jlstm.core.types import Cell
+from jlstm.kernels.fused_gru import make_fused_gru
 
 
 class GRUParams(NamedTuple):
@@ -73,5 +74,7 @@ def gru(hidden_size: int, **options: Unpack[CellOptions]) -> Cell:
         h_new = (1.0 - z) * n + z * h.astype(n.dtype)
         return GRUState(h=h_new.astype(h.dtype)), output(h_new, dtype)
 
-    # h_t mixes tanh(.) with h_{t-1}: it stays within [-1, 1] widened to h_0
-    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True), hull_box(h=1.0))
+    # h_t mixes tanh(.) with h_{t-1}: it stays within [-1, 1] widened to h_0. The fused kernel
+    # (jlstm.kernels.fused_gru) runs the same equations where jlstm.scan takes the sequential loop.
+    return parts.cell(step_projected, functools.partial(step_projected, decoupled=True), hull_box(h=1.0),
+                      sequence=make_fused_gru(dtype))

@@ -85,12 +85,13 @@ class SimpleCell:
         return affine(x, params.w_x, params[2], self.dtype)   # the first bias: b_x of a GRU, b of an RNN
 
     def cell(self, step_projected: StepProjectedFn, step_decoupled: Callable[..., Any] | None = None,
-             state_box: Callable[..., Any] | None = None, **config: Any) -> Cell:
-        """The cell with this step (and ``step_decoupled`` and ``state_box``, see :class:`jlstm.CellFast`);
-        ``config`` holds its other options, for its :class:`jlstm.CellConfig`."""
+             state_box: Callable[..., Any] | None = None, sequence: Callable[..., Any] | None = None,
+             **config: Any) -> Cell:
+        """The cell with this step (and ``step_decoupled``, ``state_box`` and a fused ``sequence`` kernel, see
+        :class:`jlstm.CellFast`); ``config`` holds its other options, for its :class:`jlstm.CellConfig`."""
         cfg = CellConfig(self.kind, hidden_size=self.hidden_size, **config, **self.options.config())
         return make_cell(init=self.init, initial_state=self.initial_state, project=self.project,
                          step_projected=step_projected, output_size=self.hidden_size, name=self.where,
                          config=cfg, check=self.check, step_decoupled=step_decoupled,
-                         output_of_state=h_output, state_box=state_box,
+                         output_of_state=h_output, state_box=state_box, sequence=sequence,
                          jacobian_blocks=None if step_decoupled is None else 1)
