@@ -6,8 +6,9 @@
 # timeout and writes its JSON as it goes. The sections run last time and not repeated by default (parallel
 # in time, DeepBench, the cells' forms; results/deer_gpu*.json, cells_gpu.json) run when named, in a second
 # call (about 7 minutes: DEER/quasi-DEER to T=1M, ParaRNN's cells and the block method to T=1M, DEER's README
-# case, then DeepBench and the cells' forms):
-#   SECTIONS="deer deepbench cells" bash benchmarks/gpu_run.sh
+# case, then DeepBench and the cells' forms), and the GRU's fused kernel against cuDNN's GRU (never run on a GPU;
+# about 1 minute):
+#   SECTIONS="gru deer deepbench cells" bash benchmarks/gpu_run.sh
 # Usage (from the repository root, on the device machine):  bash benchmarks/gpu_run.sh
 # Writes $OUT/check_gpu.json, gpu_perf.json, gpu_anchors.json, gpu_perf_wide.json, PNGs and logs (OUT defaults to benchmarks/results).
 set -u
@@ -55,6 +56,11 @@ if want wide; then
   # to 1024), jax_cudnn = cuDNN from JAX. Its own file and its own cut, last, so a slow first build costs nothing else.
   timeout 80 python -m benchmarks.scan --suite perf --repeats 10 --peers jlstm_pallas_wide,jax_cudnn \
     --out "$OUT/gpu_perf_wide.json" 2>&1 | tee "$OUT/gpu_perf_wide.log"
+fi
+if want gru; then
+  echo "== the GRU: jlstm's fused kernel (an XLA loop on GPU), its reference path, Flax and PyTorch (cuDNN), float32"
+  timeout 90 python -m benchmarks.gru --shapes 64x256x512x512,256x100x1024x1024,16x1024x768x768 --rounds 10 \
+    --out "$OUT/gpu_gru.json" 2>&1 | tee "$OUT/gpu_gru.log"
 fi
 if want deer; then
   echo "== parallel in time: DEER / quasi-DEER against sequential, B=1, T from 1k to 131k, then T=1M"
