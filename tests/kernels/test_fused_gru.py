@@ -2,7 +2,7 @@
 
 The reference path is itself checked against a NumPy transcription of the GRU in
 ``tests/cells/test_cells.py``. Here: values and gradients (params, xs, initial state) with lengths,
-masks, reverse, several batch dims, unbatched input and unroll variants, in both forward layouts
+masks, reverse, several batch dims, unbatched input, unroll variants and segment remat, in both forward layouts
 (inputs hoisted into one GEMM, or multiplied inside the loop); bf16 matmuls; forward mode and second
 order in float64; vmap; resets against each episode run alone (``tests/episodes.py``); and the loop
 structure (one recurrent GEMM per step, weight gradients outside the loops).
@@ -66,6 +66,7 @@ CASES = {
     "unbatched": ((), {}),
     "unroll_full": ((4,), {"unroll": True, "lengths": np.array([7, 3, 0, 5])}),
     "unroll3_uneven": ((4,), {"unroll": 3}),
+    "remat_segment": ((4,), {"remat": "segment", "lengths": np.array([7, 3, 0, 5])}),
 }
 LAYOUT_CASES = [(n, False) for n in CASES] + [("plain", True), ("mask", True), ("reverse_lengths", True),
                                                ("batch_dims", True)]
