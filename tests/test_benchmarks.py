@@ -140,3 +140,21 @@ def test_gru_benchmark_writes_its_json(tmp_path):
         assert (r["ratio"] == 1.0) if impl == "jlstm" else r["ratio"] > 0
     with pytest.raises(SystemExit):
         gru.main(["--shapes", "2x5x3"])
+
+
+def test_step_layout_benchmark_writes_its_json(tmp_path):
+    """``python -m benchmarks.step_layout`` at a toy shape: both layouts timed for each cell asked for."""
+    step_layout = pytest.importorskip("benchmarks.step_layout")
+    out = tmp_path / "layout.json"
+    assert step_layout.main(["--shape", "8x4x3x4", "--cells", "gru,simple_rnn", "--rounds", "1",
+                             "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert {(r["cell"], r["mode"]) for r in doc["results"]} == {
+        (c, m) for c in ("gru", "simple_rnn") for m in ("fwd", "fwd+bwd")}
+    for r in doc["results"]:
+        assert r["in_loop_ms"] > 0 and r["hoisted_ms"] > 0 and r["hoisted_over_in_loop"] > 0
+    import jlstm._scan
+    from jlstm.core.plan import current_plan
+    assert jlstm._scan.current_plan is current_plan        # the benchmark put the real plan back
+    with pytest.raises(SystemExit):
+        step_layout.main(["--cells", "nosuchcell"])

@@ -6,12 +6,14 @@ regularised steps) runs through :func:`time_loop`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jlstm.core.plan import Plan
 from jlstm.core.time import join_blocks, split_blocks, sqrt_length
 from jlstm.core.types import RematPolicy
 
@@ -20,6 +22,22 @@ def segment_length(T: int, remat: Any) -> int:
     """Steps per checkpointed segment: ⌈√T⌉ for ``"segment"``, else the given int (≤ T)."""
     seg = sqrt_length(T) if remat == "segment" else int(remat)
     return min(seg, T)
+
+
+def projects_in_loop(plan: Plan, project: Callable[[Any, Any], Any], params: Any, xs: jax.Array,
+                     output_size: int) -> bool:
+    """Whether a loop over a cell's projected step should project each step's input inside the loop.
+
+    True from ``plan.step_inloop_from_batch`` rows on (``xs`` is ``[T, *batch, I]``), for a cell whose
+    projection ``project(params, x_t)`` is at least twice as wide as its output (the gated cells); else the
+    loop reads one projection of all T steps made before it. Decided at trace time from shapes alone.
+    """
+    start = plan.step_inloop_from_batch
+    if start is None or math.prod(xs.shape[1:-1]) < start:
+        return False
+    out = jax.eval_shape(project, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
+    leaves = jax.tree.leaves(out)
+    return len(leaves) == 1 and leaves[0].ndim >= 1 and leaves[0].shape[-1] >= 2 * output_size
 
 
 def select(flags: jax.Array, new: Any, old: Any) -> Any:

@@ -53,7 +53,7 @@ from jax.experimental import pallas as pl
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jlstm.core.loop import time_loop
+from jlstm.core.loop import projects_in_loop, time_loop
 from jlstm.core.plan import Plan, current_plan
 
 SM_SHARED_BYTES = 232_448   # one SM's shared memory on an H100 or H200 (227 KB)
@@ -421,8 +421,11 @@ def make_sequence(*, heads: int, d: int, exponential: bool, dtype: Any, project:
         st = route(plan, d, matmul_dtype, exponential)
         if st is None or state.c.dtype != _F32 or jnp.float64 in (xs.dtype, params.w_h.dtype):
             zeros = jax.tree.map(jnp.zeros_like, state)
-            return time_loop(lambda s, xp: step_projected(params, s, xp), state, project(params, xs), valid,
-                             unroll=unroll, resets=resets, reset_state=zeros)
+            if projects_in_loop(plan, project, params, xs, heads * d):   # on CPU from batch 8
+                step, inputs = (lambda s, x: step_projected(params, s, project(params, x))), xs
+            else:
+                step, inputs = (lambda s, xp: step_projected(params, s, xp)), project(params, xs)
+            return time_loop(step, state, inputs, valid, unroll=unroll, resets=resets, reset_state=zeros)
         T, batch, H = xs.shape[0], xs.shape[1:-1], heads * d
         B = math.prod(batch)
         flat = tuple(a.reshape(B, H) for a in state)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jlstm.core import checks as _checks
-from jlstm.core.loop import segment_length, time_loop
+from jlstm.core.loop import projects_in_loop, segment_length, time_loop
+from jlstm.core.plan import Plan
 from jlstm.core.time import join_blocks, split_blocks
 from jlstm.core.types import Cell, CellFast, RematPolicy, SequenceFn
 from jlstm.strategies.base import Request, StepRegularisers, Strategy
@@ -85,7 +86,7 @@ class Sequential(Strategy):
             if self.unroll is not None:  # the caller's unroll holds for every loop of the kernel
                 request = request._replace(plan=request.plan._replace(lstm_backward_unroll=None))
             return (*self._fused(kernel, params, xs, state, request, fused_unroll or unroll), None)
-        step, inputs = _step_function(cell, pieces, params, xs, self.remat, regs.recurrent_mask)
+        step, inputs = _step_function(cell, pieces, params, xs, self.remat, regs.recurrent_mask, request.plan)
         if regs.zoneout:
             step, inputs = _zoneout(step, inputs, state, xs.shape[0], regs, pieces)
         final, ys = time_loop(step, state, inputs, request.valid, unroll=unroll, remat=self.remat,
@@ -122,15 +123,19 @@ class Sequential(Strategy):
 
 
 def _step_function(cell: Cell, pieces: CellFast, params: Any, xs: jax.Array, remat: Any,
-                   rec_mask: jax.Array | None) -> tuple[Callable[[Any, Any], tuple[Any, Any]], Any]:
-    """``(step(state, input_t), inputs)`` for the loop: the projected step where the cell has one."""
+                   rec_mask: jax.Array | None, plan: Plan) -> tuple[Callable[[Any, Any], tuple[Any, Any]], Any]:
+    """``(step(state, input_t), inputs)`` for the loop: the projected step where the cell has one.
+
+    The inputs are projected in one GEMM before the loop, or per step inside it: under remat, and where
+    the plan says so for a gated cell (:func:`jlstm.core.loop.projects_in_loop`; on CPU from batch 8).
+    """
     project, step_projected = pieces.project, pieces.step_projected
     if project is None or step_projected is None:
         if rec_mask is not None:
             raise ValueError(f"{cell.name}: recurrent dropout needs a cell with fast.project and "
                              f"fast.step_projected (build it with jlstm.make_cell); this cell has only a step.")
         return (lambda s, x: cell.step(params, s, x)), xs
-    if remat is None:
+    if remat is None and not projects_in_loop(plan, project, params, xs, cell.output_size):
         return (lambda s, xp: step_projected(params, s, xp, recurrent_mask=rec_mask)), project(params, xs)
     # Under remat the input projection runs inside the loop: a projected copy of the
     # whole sequence ([T, *batch, 4H] for an LSTM) would keep memory linear in T.
