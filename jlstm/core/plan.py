@@ -45,9 +45,9 @@ class Plan(NamedTuple):
         from this batch size on, for cells whose projection is at least twice as wide as their output
         (the gated ones; :func:`jlstm.core.loop.projects_in_loop`), instead of one GEMM over all steps
         before it (``None``: always before). On 2 CPU cores at T=128, B=32, I=128, H=256 the forward
-        took 0.41-0.82x its hoisted time (GRU 22.7 against 40.1 ms, LSTM 28.5 against 41.5, sLSTM
-        35.9 against 44.9, ParaRNN's GRU 11.6 against 28.2) and training 0.84-0.97x; the plain RNN
-        (projection as wide as its output) gained in neither.
+        took 0.44-0.68x its hoisted time (``benchmarks/results/step_layout_cpu_epyc.json``: GRU 21.8
+        against 37.3 ms, LSTM 30.2 against 50.3, sLSTM 32.3 against 47.4, minGRU 7.7 against 17.6)
+        and training 0.80-1.00x; the plain RNN (projection as wide as its output) gained in neither.
       lstm_step_forward_to_batch: up to this batch size, a forward-only LSTM call (nothing
         differentiates it) runs the cell's own step loop instead of the fused one (``None``: never).
         On an H200 the step loop took 0.76-0.87x the fused forward's time at B = 1, 16 and 64
