@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxpr_walk import dots_per_scan_body
 
 import jlstm
 import jlstm._scan as scan_mod
@@ -50,31 +51,6 @@ CELLS = {
 }
 
 
-def _dots_in_scan_bodies(jaxpr):
-    found = []
-
-    def subs(eqn):
-        for v in eqn.params.values():
-            for sub in (v if isinstance(v, (list, tuple)) else [v]):
-                if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                    yield sub.jaxpr
-                elif hasattr(sub, "eqns"):
-                    yield sub
-
-    def count(jx):
-        return sum((e.primitive.name == "dot_general") + sum(count(s) for s in subs(e)) for e in jx.eqns)
-
-    def visit(jx):
-        for e in jx.eqns:
-            if e.primitive.name == "scan":
-                found.append(count(e.params["jaxpr"].jaxpr))
-            for s in subs(e):
-                visit(s)
-
-    visit(jaxpr.jaxpr)
-    return found
-
-
 @pytest.mark.parametrize("name", CELLS)
 def test_in_loop_and_hoisted_layouts_agree(name, monkeypatch):
     factory, kw = CELLS[name]
@@ -92,7 +68,7 @@ def test_in_loop_and_hoisted_layouts_agree(name, monkeypatch):
             return ys
 
         loss = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) * ct), argnums=(0, 1)))
-        return jax.jit(run)(params, xs), loss(params, xs), _dots_in_scan_bodies(jax.make_jaxpr(run)(params, xs))
+        return jax.jit(run)(params, xs), loss(params, xs), dots_per_scan_body(jax.make_jaxpr(run)(params, xs))
 
     results = {}
     for layout, start in (("in_loop", 8), ("hoisted", None)):

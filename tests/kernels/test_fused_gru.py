@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from episodes import run_episodes
 from jax.test_util import check_grads
+from jaxpr_walk import dots_per_scan_body
 
 import jlstm
 import jlstm.kernels.fused_gru as fused_mod
@@ -222,38 +223,6 @@ def test_a_reset_cuts_the_gradient():
     assert float(jnp.max(jnp.abs(g[:3, 1]))) == 0 and float(jnp.min(jnp.max(jnp.abs(g[3:, 1]), axis=-1))) > 0
 
 
-def _dots_per_scan_body(jaxpr):
-    """The number of dot_general equations in each scan body, searched recursively."""
-    counts = []
-
-    def count(jx):
-        n = 0
-        for eqn in jx.eqns:
-            n += eqn.primitive.name == "dot_general"
-            for sub in _subjaxprs(eqn):
-                n += count(sub)
-        return n
-
-    def visit(jx):
-        for eqn in jx.eqns:
-            if eqn.primitive.name == "scan":
-                counts.append(count(eqn.params["jaxpr"].jaxpr))
-            for sub in _subjaxprs(eqn):
-                visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return counts
-
-
-def _subjaxprs(eqn):
-    for v in eqn.params.values():
-        for sub in (v if isinstance(v, (list, tuple)) else [v]):
-            if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                yield sub.jaxpr
-            elif hasattr(sub, "eqns"):
-                yield sub
-
-
 @pytest.mark.parametrize("inloop", [False, True], ids=["hoisted", "inloop"])
 def test_one_recurrent_dot_per_step(inloop, monkeypatch):
     """The forward loop holds the recurrent product (and the input's own in the in-loop layout); the backward
@@ -268,8 +237,8 @@ def test_one_recurrent_dot_per_step(inloop, monkeypatch):
         return jax.grad(lambda p, x: jnp.sum(fwd(p, x) * ct), argnums=(0, 1))(p, x)
 
     forward_dots = 2 if inloop else 1
-    assert _dots_per_scan_body(jax.make_jaxpr(fwd)(params, xs)) == [forward_dots]
-    assert _dots_per_scan_body(jax.make_jaxpr(train)(params, xs)) == [forward_dots, 1]
+    assert dots_per_scan_body(jax.make_jaxpr(fwd)(params, xs)) == [forward_dots]
+    assert dots_per_scan_body(jax.make_jaxpr(train)(params, xs)) == [forward_dots, 1]
 
 
 def test_gru_sequence_checks_resets():

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
+from jaxpr_walk import count, scan_bodies
 
 import jlstm
 import jlstm.kernels.fused_lstm as fused_mod
@@ -204,38 +205,6 @@ def test_fast_path_is_taken_and_padding_nan_is_ignored(monkeypatch):
     assert np.all(np.isfinite(np.asarray(b[3][1])))
 
 
-def _scan_bodies(jaxpr):
-    """Every ``scan`` equation's body jaxpr, searched recursively (pjit, custom_vjp, ...)."""
-    out = []
-
-    def visit(jx):
-        for eqn in jx.eqns:
-            if eqn.primitive.name == "scan":
-                out.append(eqn.params["jaxpr"].jaxpr)
-            for v in eqn.params.values():
-                for sub in (v if isinstance(v, (list, tuple)) else [v]):
-                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                        visit(sub.jaxpr)
-                    elif hasattr(sub, "eqns"):
-                        visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return out
-
-
-def _count(jx, name):
-    n = 0
-    for eqn in jx.eqns:
-        n += eqn.primitive.name == name
-        for v in eqn.params.values():
-            for sub in (v if isinstance(v, (list, tuple)) else [v]):
-                if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                    n += _count(sub.jaxpr, name)
-                elif hasattr(sub, "eqns"):
-                    n += _count(sub, name)
-    return n
-
-
 @pytest.mark.parametrize("inloop,unroll", [(False, 1), (True, 1), (False, 4)])
 def test_one_recurrent_dot_per_step(inloop, unroll, monkeypatch):
     _force_layout(monkeypatch, inloop)
@@ -250,12 +219,12 @@ def test_one_recurrent_dot_per_step(inloop, unroll, monkeypatch):
     def train(p, x):
         return jax.grad(lambda p, x: jnp.sum(fwd(p, x) * ct), argnums=(0, 1))(p, x)
 
-    fwd_bodies = _scan_bodies(jax.make_jaxpr(fwd)(params, xs))
+    fwd_bodies = scan_bodies(jax.make_jaxpr(fwd)(params, xs))
     assert len(fwd_bodies) == 1
-    assert _count(fwd_bodies[0], "dot_general") == forward_dots
-    train_bodies = _scan_bodies(jax.make_jaxpr(train)(params, xs))
+    assert count(fwd_bodies[0], "dot_general") == forward_dots
+    train_bodies = scan_bodies(jax.make_jaxpr(train)(params, xs))
     assert len(train_bodies) == 2  # the forward with residuals, and the backward scan
-    assert [_count(body, "dot_general") for body in train_bodies] == [forward_dots, 1]
+    assert [count(body, "dot_general") for body in train_bodies] == [forward_dots, 1]
     # The weight gradients are whole-sequence GEMMs outside the loops.
     hlo = jax.jit(train).lower(params, xs).compile().as_text()
     assert "while" in hlo
