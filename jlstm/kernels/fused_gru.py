@@ -43,7 +43,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jlstm.core.math import matmul, matmul_t
 from jlstm.core.plan import Plan, current_plan
-from jlstm.kernels.fused_lstm import _inloop_default, _restart, _split_unroll
+from jlstm.kernels.fused_lstm import _check_resets, _inloop_default, _restart, _split_unroll
 
 Unroll = Union[int, bool, tuple]
 
@@ -95,10 +95,7 @@ def gru_sequence(
     """
     T, B = xs.shape[:2]
     if resets is not None:
-        resets = jnp.asarray(resets)
-        if resets.dtype != jnp.bool_ or resets.shape != (T, B):
-            raise ValueError(f"gru_sequence: resets must be a bool array of shape {(T, B)} ([T, B], True = "
-                             f"start from zeros before this step), got {resets.dtype} {resets.shape}.")
+        resets = _check_resets(resets, (T, B), "gru_sequence")
         resets = resets if m is None else resets & m
     if inloop is None:
         inloop = _inloop_default(B)

@@ -250,10 +250,10 @@ def lstm_sequence(
     return _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, resets, opts)
 
 
-def _check_resets(resets: Any, shape: tuple[int, ...]) -> jax.Array:
+def _check_resets(resets: Any, shape: tuple[int, ...], where: str = "lstm_sequence") -> jax.Array:
     resets = jnp.asarray(resets)
     if resets.dtype != jnp.bool_ or resets.shape != tuple(shape):
-        raise ValueError(f"lstm_sequence: resets must be a bool array of shape {tuple(shape)} ([T, B], True = "
+        raise ValueError(f"{where}: resets must be a bool array of shape {tuple(shape)} ([T, B], True = "
                          f"start from zeros before this step), got {resets.dtype} {resets.shape}.")
     return resets
 
