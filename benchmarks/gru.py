@@ -19,7 +19,6 @@ jlstm is faster) go to the JSON written with ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -27,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from benchmarks.peers import Unavailable, cpu_count, versions
-from benchmarks.scan import _configure_threads, device_name, first_call, timed_call
+from benchmarks.peers import Unavailable, torch_device
+from benchmarks.scan import _configure_threads, first_call, result_header, timed_call
 
 SHAPES = ((32, 128, 128, 256), (1, 256, 128, 256), (64, 64, 512, 512))   # B, T, I, H: the LSTM perf suite's
 IMPLS = ("jlstm", "jlstm_ref", "flax", "torch")
@@ -70,14 +69,10 @@ def build(impl: str, B: int, T: int, I: int, H: int, mode: str, data: dict) -> C
             import torch
         except ImportError as e:
             raise Unavailable(f"torch is not installed ({e})") from e
-        on_gpu = jax.default_backend() in ("gpu", "cuda") and torch.cuda.is_available()
-        dev = torch.device("cuda" if on_gpu else "cpu")
-        if not on_gpu:
-            torch.set_num_threads(cpu_count())
+        dev, sync = torch_device()
         torch.manual_seed(0)
         gru = torch.nn.GRU(I, H).to(dev)
         txs, tct = torch.from_numpy(data["xs"]).to(dev), torch.from_numpy(data["ct"]).to(dev)
-        sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         if mode == "fwd":
             def run():
                 with torch.no_grad():
@@ -151,10 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_threads()
     results, skipped = run(shapes, modes, impls, args.rounds)
     if args.out:
-        import jax
-
-        doc = {"suite": "gru", "device": device_name(), "backend": jax.default_backend(), "versions": versions(),
-               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "rounds": args.rounds,
+        doc = {**result_header("gru"), "rounds": args.rounds,
                "command": "python -m benchmarks.gru " + " ".join(sys.argv[1:] if argv is None else argv),
                "results": results, "skipped": skipped}
         with open(args.out, "w") as f:

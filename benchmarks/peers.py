@@ -356,19 +356,13 @@ def build_torch(case: Case, data: Data) -> Runner:
         import torch
     except ImportError as e:
         raise Unavailable(f"torch is not installed ({e})") from e
-    import jax
-
-    on_gpu = jax.default_backend() in ("gpu", "cuda") and torch.cuda.is_available()
-    dev = torch.device("cuda" if on_gpu else "cpu")
-    if not on_gpu:
-        torch.set_num_threads(cpu_count())
+    dev, sync = torch_device()
     dt = torch.bfloat16 if case.dtype == "bfloat16" else torch.float32
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(case.I, case.H).to(dev, dt)
     xs = torch.from_numpy(data.xs).to(dev, dt)
     ct = torch.from_numpy(data.ct).to(dev, dt)
     params = list(lstm.parameters())
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     if case.mode == "fwd":
         def run():
@@ -385,6 +379,18 @@ def build_torch(case: Case, data: Data) -> Runner:
             sync()
             return grads
     return run
+
+
+def torch_device() -> tuple:
+    """``(device, sync)`` for a PyTorch peer: CUDA where JAX runs on a GPU and PyTorch sees one (``sync`` waits
+    for it), else the CPU with one thread per core this process may use (``sync`` does nothing)."""
+    import jax
+    import torch
+
+    on_gpu = jax.default_backend() in ("gpu", "cuda") and torch.cuda.is_available()
+    if not on_gpu:
+        torch.set_num_threads(cpu_count())
+    return torch.device("cuda" if on_gpu else "cpu"), (torch.cuda.synchronize if on_gpu else (lambda: None))
 
 
 def cpu_count() -> int:

@@ -134,6 +134,16 @@ def device_name() -> str:
     return f"{model} ({cpu_count()} cores)"
 
 
+def result_header(suite: str) -> dict:
+    """The fields a smaller benchmark's results JSON opens with: suite, device, backend, versions, date (UTC)."""
+    import jax
+
+    from benchmarks.peers import versions
+
+    return {"suite": suite, "device": device_name(), "backend": jax.default_backend(), "versions": versions(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
 def time_runner(run, repeats: int) -> tuple[float, list[float]]:
     """First call (compile + run) in seconds, then ``repeats`` steady-state times in ms."""
     compile_s = first_call(run)

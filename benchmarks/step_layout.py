@@ -12,7 +12,6 @@ with and without it, interleaved round by round, and writes the medians and ``ho
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -51,8 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jlstm
     import jlstm._scan as scan_mod
-    from benchmarks.peers import versions
-    from benchmarks.scan import device_name, first_call, timed_call
+    from benchmarks.scan import first_call, result_header, timed_call
     from jlstm.core.plan import current_plan
 
     base = current_plan()
@@ -90,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "hoisted_over_in_loop": round(hoi / inl, 3)})
             print(f"{name:>16} {mode:>7}: in loop {inl:8.2f} ms, hoisted {hoi:8.2f} ms  ({hoi / inl:.2f}x)")
     if args.out:
-        doc = {"suite": "step_layout", "device": device_name(), "backend": jax.default_backend(),
-               "versions": versions(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-               "rounds": args.rounds, "results": results}
+        doc = {**result_header("step_layout"), "rounds": args.rounds, "results": results}
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)
         print(f"wrote {args.out}")
