@@ -17,9 +17,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from jlstm.core import checks as _checks
+from jlstm.core import eager
 from jlstm.core.loop import time_loop
 from jlstm.core.plan import current_plan, plan_for
-from jlstm.core.time import flip_time, reverse_index, time_flags, valid_steps
+from jlstm.core.time import check_concrete_lengths, flip_time, reverse_index, time_flags, valid_steps
 from jlstm.core.types import Cell, Method, Params, RematPolicy, State
 from jlstm.newton.method import METHODS as NEWTON_METHODS
 from jlstm.newton.method import Newton
@@ -28,7 +29,8 @@ from jlstm.strategies.base import NO_REGULARISERS, Request, StepRegularisers, St
 from jlstm.strategies.forms import Chunkwise, Parallel
 from jlstm.strategies.sequential import Sequential
 
-__all__ = ["ScanOptions", "as_strategy", "default_unroll", "reverse_index", "run_scan", "scan", "time_loop"]
+__all__ = ["ScanOptions", "as_strategy", "default_unroll", "eager_call", "reverse_index", "run_scan", "scan",
+           "time_loop"]
 
 
 def default_unroll(backend: str | None = None) -> int:
@@ -126,8 +128,30 @@ def scan(
     """
     options = ScanOptions(reverse=reverse, unroll=unroll, time_major=time_major, remat=remat,
                           fast=fast, method=method)
-    final, ys, info = run_scan(cell, params, xs, state, lengths, mask, options, resets=resets)
+    final, ys, info = eager_call(_run_scan_call, (cell, options), (params, xs, state, lengths, mask, resets),
+                                 method=method, time_major=time_major, where="jlstm.scan")
     return (final, ys, info) if return_info else (final, ys)
+
+
+def _run_scan_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Array, state: State,
+                   lengths: jax.Array | None, mask: jax.Array | None, resets: jax.Array | None):
+    """:func:`run_scan` with the static arguments first, for :func:`eager_call`."""
+    return run_scan(cell, params, xs, state, lengths, mask, options, resets=resets)
+
+
+def eager_call(fn: Any, static: tuple, dynamic: tuple, *, method: Any, time_major: bool, where: str) -> Any:
+    """A front door's call of ``fn``, which runs :func:`run_scan`, through :func:`jlstm.core.eager.call`.
+
+    ``dynamic`` opens with ``(params, xs, state, lengths, ...)``. The program is keyed by the plan as
+    well (tracing reads it); ``lengths`` is range-checked on its values first. Eager calls with a
+    Newton method that raises on failure stay op by op: only then does :class:`jlstm.NewtonConvergenceError`
+    come out itself rather than inside a ``JaxRuntimeError``. So do those with a warm-started Newton,
+    whose start would become a constant of a kept program.
+    """
+    xs, lengths = dynamic[1], dynamic[3]
+    cacheable = not (isinstance(method, Newton) and (method.on_failure == "raise" or method.init is not None))
+    return eager.call(fn, static, dynamic, cacheable=cacheable, context=current_plan(),
+                      check_values=lambda: check_concrete_lengths(xs, lengths, time_major, where))
 
 
 def run_scan(

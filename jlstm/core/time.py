@@ -46,6 +46,17 @@ def join_blocks(a: jax.Array, T: int) -> jax.Array:
     return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])[:T]
 
 
+def check_concrete_lengths(xs: Any, lengths: Any, time_major: bool, where: str) -> None:
+    """:func:`check_length_values` ahead of a call that will trace ``lengths`` (:mod:`jlstm.core.eager`).
+
+    Only integer lengths of an ``xs`` with a time axis: any other mistake is left to the call's own
+    checks, which name it better.
+    """
+    if lengths is None or np.ndim(xs) < 2:
+        return
+    check_length_values(lengths, np.shape(xs)[0 if time_major else -2], where)
+
+
 def valid_steps(
     T: int,
     batch_shape: tuple[int, ...],
@@ -69,7 +80,7 @@ def valid_steps(
             raise ValueError(
                 f"{where}: lengths has shape {tuple(lengths.shape)}, expected the batch shape "
                 f"{tuple(batch_shape)} of xs (one length per sequence).")
-        _check_length_values(lengths, T, where)
+        check_length_values(lengths, T, where)
         t = jnp.arange(T).reshape((T,) + (1,) * len(batch_shape))
         valid = t < lengths[None]
     if mask is not None:
@@ -91,12 +102,12 @@ def time_flags(name: str, flags: Any, T: int, batch_shape: tuple[int, ...], wher
     return flags
 
 
-def _check_length_values(lengths: Any, T: int, where: str) -> None:
+def check_length_values(lengths: Any, T: int, where: str) -> None:
     """Reject lengths outside ``[0, T]`` when they are concrete (traced lengths cannot be read)."""
     if isinstance(lengths, Tracer):
         return
     values = np.asarray(lengths)
-    if values.size and (values.max() > T or values.min() < 0):
+    if np.issubdtype(values.dtype, np.integer) and values.size and (values.max() > T or values.min() < 0):
         raise ValueError(
             f"{where}: lengths must lie in [0, T] = [0, {T}], got values from {values.min()} to "
             f"{values.max()}; a length counts the valid steps of a sequence, so pad xs to the longest "

@@ -7,7 +7,7 @@ from typing import Any, Union
 
 import jax
 
-from jlstm._scan import ScanOptions, run_scan
+from jlstm._scan import ScanOptions, eager_call, run_scan
 from jlstm.core import checks as _checks
 from jlstm.core.types import Cell, CellConfig, Method, RematPolicy, SequenceModel
 from jlstm.layers.dropout import check_key, dropout, variational_mask
@@ -65,7 +65,14 @@ def recurrent(
 
 def _apply(config: CellConfig, options: ScanOptions, name: str, params: Any, xs: jax.Array, state: Any = None, *,
            lengths=None, mask=None, resets=None, key=None, time_major: bool = True) -> tuple[Any, jax.Array]:
-    """The layer's ``apply``: the regularisers drawn from ``key``, then :func:`jlstm.scan`."""
+    """The layer's ``apply``; eagerly, compiled once per layer and shapes (:func:`jlstm._scan.eager_call`)."""
+    return eager_call(_run, (config, options, name, time_major), (params, xs, state, lengths, mask, resets, key),
+                      method=options.method, time_major=time_major, where=name + ".apply")
+
+
+def _run(config: CellConfig, options: ScanOptions, name: str, time_major: bool, params: Any, xs: jax.Array,
+         state: Any, lengths: Any, mask: Any, resets: Any, key: Any) -> tuple[Any, jax.Array]:
+    """The regularisers drawn from ``key``, then :func:`jlstm.scan`."""
     where = name + ".apply"
     check_key(key, where)
     cell = config.cell

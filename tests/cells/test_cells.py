@@ -10,6 +10,9 @@ from jax.test_util import check_grads
 import jlstm
 
 H, I, B, T = 5, 4, 3, 50
+# Over 50 float32 steps the layer-norm LSTM, which divides by the standard deviation of 5 units, drifts
+# 1.0e-5 (op by op) to 1.6e-5 (one compiled program) from the float64 transcription; the others stay within 1e-5.
+SCAN_TOL = {"layer_norm_lstm": 3e-5}
 
 
 def _setup(name, seed=0):
@@ -41,9 +44,10 @@ def test_scan_50_steps_matches_numpy(name, fast):
     lengths = np.array([T, 17, 0])
     final, ys = jlstm.scan(cell, params, xs, state0, lengths=jnp.asarray(lengths), fast=fast)
     want_final, want_ys = _np_run(np_step, state0, fields, xs, lengths)
-    np.testing.assert_allclose(ys, want_ys, atol=1e-5, rtol=1e-5)
+    tol = SCAN_TOL.get(name, 1e-5)
+    np.testing.assert_allclose(ys, want_ys, atol=tol, rtol=tol)
     for f, w in zip(fields, want_final):
-        np.testing.assert_allclose(getattr(final, f), w, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(getattr(final, f), w, atol=tol, rtol=tol)
 
 
 def _np_run(np_step, state0, fields, xs, lengths):

@@ -1,0 +1,85 @@
+"""Eager calls of the front doors, compiled once per configuration instead of once per call.
+
+Called outside ``jit``, :func:`jlstm.scan` used to run op by op: every call traced its loop body
+afresh (a new closure each time), so ``lax.scan`` compiled again on every call, 100-250 ms for an
+LSTM on CPU, however often a notebook repeated the same call. :func:`call` instead runs such a
+call through a ``jax.jit`` kept per (function, static arguments), so a repeat with the same cell,
+options and argument shapes reuses the compiled program.
+
+A call takes this path only where compiling cannot change what the user sees:
+
+* every leaf of the array arguments is a concrete array (a ``jax.Array`` that is no tracer, or a
+  NumPy array). Under ``jit``, ``grad`` or ``vmap`` the leaves are tracers and the call runs as
+  before, inside the caller's trace. Python numbers stay on the direct path too: under ``jit`` they
+  would become weakly typed tracers and a cell branching on them would break;
+* the static arguments hash (cells hash by their config, strategies by value); the routing plan
+  that tracing reads is part of the key too;
+* ``jax.disable_jit()`` is not in effect.
+
+Trace-time errors (bad shapes, dtypes, options) are raised as before: JAX re-raises what tracing
+raises. Checks that read values (``lengths`` within ``[0, T]``) run before the compiled call.
+The cache is bounded (:data:`CACHE_SIZE` entries, least recently used dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.core import Tracer
+
+CACHE_SIZE = 64
+
+
+def concrete(*trees: Any) -> bool:
+    """Whether every leaf of ``trees`` is a concrete array: a non-tracer ``jax.Array`` or NumPy array."""
+    return all(isinstance(leaf, (jax.Array, np.ndarray, np.generic)) and not isinstance(leaf, Tracer)
+               for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def hashable(static: tuple) -> bool:
+    """Whether ``static`` can key a cache (a cell without config holding an unhashable object cannot)."""
+    try:
+        hash(static)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _jitted(fn: Callable, static: tuple, context: Hashable) -> Callable:
+    del context                                                 # part of the key only
+    return jax.jit(lambda *dynamic: fn(*static, *dynamic))
+
+
+def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: bool = True,
+         check_values: Callable[[], None] | None = None, context: Hashable = None) -> Any:
+    """``fn(*static, *dynamic)``: compiled once per ``(fn, static)`` when eager, else called directly.
+
+    ``fn`` must be a module-level function (it is part of the key); ``static`` holds everything
+    that is not an array (cells, options, names), ``dynamic`` the arrays (pytrees, ``None`` allowed).
+    ``cacheable=False`` forces the direct path, for calls whose eager behaviour differs under ``jit``
+    (a Newton solve that raises on failure raises its own error only when run eagerly).
+    ``check_values`` runs first on the compiled path: the checks that read concrete values (``fn``
+    makes them itself when run directly, but its trace under ``jit`` cannot read them).
+    ``context`` joins the key without being passed on: what tracing ``fn`` reads from elsewhere (the
+    routing plan), so that a program traced under one context is not served under another.
+    """
+    if cacheable and not _jit_disabled() and concrete(dynamic) and hashable(static):
+        if check_values is not None:
+            check_values()
+        return _jitted(fn, static, context)(*dynamic)
+    return fn(*static, *dynamic)
+
+
+def _jit_disabled() -> bool:
+    """Whether ``jax.disable_jit()`` is in effect (a flag JAX's type stubs do not list)."""
+    return bool(jax.config.jax_disable_jit)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def clear() -> None:
+    """Drop the table of compiled front-door calls, and with it their programs."""
+    _jitted.cache_clear()

@@ -1,0 +1,156 @@
+"""``jlstm.core.eager``: an eager ``jlstm.scan`` or layer call compiles once per configuration.
+
+A cell whose ``step`` counts its own traces shows when a call was traced (compiled) again. The
+cached path must give the answers of a call inside the user's own ``jit`` and of the direct path,
+leave traced calls (``jit``, ``grad``, ``vmap``) to the caller's trace, and keep eager-only
+behaviour: Python-number leaves, ``jax.disable_jit()``, a raising Newton, errors on bad input.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jlstm
+from jlstm.core import eager
+
+T, B, I, H = 5, 3, 2, 4
+
+
+def _counting_cell():
+    """An Elman cell that counts how often its ``step`` is traced (once per compile of a scan)."""
+    traces = []
+
+    def init(key, input_size):
+        k1, k2 = jax.random.split(key)
+        return {"w": jax.random.normal(k1, (input_size, H)) * 0.5, "u": jax.random.normal(k2, (H, H)) * 0.5}
+
+    def initial_state(params, batch_shape=()):
+        return jnp.zeros(jlstm.batch_tuple(batch_shape) + (H,))
+
+    def step(params, h, x):
+        traces.append(1)
+        h = jnp.tanh(x @ params["w"] + h @ params["u"])
+        return h, h
+
+    cell = jlstm.Cell(init=init, initial_state=initial_state, step=step, output_size=H, name="counting")
+    return cell, traces
+
+
+def _inputs(seed=0):
+    return jax.random.normal(jax.random.key(seed), (T, B, I))
+
+
+def test_repeated_eager_calls_trace_once_and_agree_with_jit():
+    eager.clear()
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    h1, ys1 = jlstm.scan(cell, params, xs)
+    first = len(traces)
+    assert first > 0
+    h2, ys2 = jlstm.scan(cell, params, _inputs(1))              # new values, same shapes: no new trace
+    assert len(traces) == first
+    jitted = jax.jit(lambda p, x: jlstm.scan(cell, p, x))
+    for x, (h, ys) in ((xs, (h1, ys1)), (_inputs(1), (h2, ys2))):
+        want_h, want_ys = jitted(params, x)
+        np.testing.assert_allclose(ys, want_ys, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(h, want_h, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(ys1, ys2)                           # the inputs really reached the program
+    jlstm.scan(cell, params, jnp.ones((T + 1, B, I)))            # a new shape compiles anew
+    assert len(traces) > first
+
+
+def test_options_and_argument_structure_are_part_of_the_key():
+    eager.clear()
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    _, fwd = jlstm.scan(cell, params, xs)
+    _, rev = jlstm.scan(cell, params, xs, reverse=True)
+    np.testing.assert_allclose(rev[::-1], jlstm.scan(cell, params, xs[::-1])[1], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(fwd, rev)
+    lengths = jnp.array([T, 2, 0])
+    _, short = jlstm.scan(cell, params, xs, lengths=lengths)
+    np.testing.assert_array_equal(short[2:, 1], 0.0)
+    np.testing.assert_allclose(short[:2, 1], fwd[:2, 1], rtol=1e-6)
+    state = jnp.ones((B, H))
+    _, from_state = jlstm.scan(cell, params, xs, state)
+    assert not np.allclose(from_state[0], fwd[0])
+
+
+def test_traced_calls_stay_in_the_callers_trace():
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+
+    def loss(p, x):
+        return jnp.sum(jlstm.scan(cell, p, x)[1] ** 2)
+
+    g = jax.grad(loss)(params, xs)
+    g_direct = jax.grad(lambda p, x: jnp.sum(_direct(cell, p, x) ** 2))(params, xs)
+    for k in g:
+        np.testing.assert_allclose(g[k], g_direct[k], rtol=1e-5, atol=1e-6)
+    per_seq = jax.vmap(lambda x: jlstm.scan(cell, params, x)[1], in_axes=1, out_axes=1)(xs)
+    np.testing.assert_allclose(per_seq, jlstm.scan(cell, params, xs)[1], rtol=1e-5, atol=1e-6)
+
+
+def _direct(cell, params, xs):
+    """The reference: a Python loop over ``step``."""
+    h, ys = cell.initial_state(params, (B,)), []
+    for t in range(T):
+        h, y = cell.step(params, h, xs[t])
+        ys.append(y)
+    return jnp.stack(ys)
+
+
+def test_eager_only_cases_take_the_direct_path():
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    jlstm.scan(cell, params, xs)
+    n = len(traces)
+    with jax.disable_jit():
+        _, ys = jlstm.scan(cell, params, xs)
+    assert len(traces) > n                                      # ran, not served from the cache
+    np.testing.assert_allclose(ys, _direct(cell, params, xs), rtol=1e-5, atol=1e-6)
+    python_params = {"w": np.asarray(params["w"]).tolist(), "u": params["u"]}
+    assert not eager.concrete(python_params)                    # Python floats are no arrays
+    assert eager.concrete(params, None, np.ones(2), np.float32(1))
+    assert not eager.hashable(({"unhashable": 1},))
+
+
+def test_errors_are_raised_on_every_call():
+    cell, _ = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="lengths"):
+            jlstm.scan(cell, params, _inputs(), lengths=jnp.array([1, 2]))
+
+
+def test_a_raising_newton_raises_its_own_error_eagerly():
+    cell = jlstm.lstm(H)
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs() * 50.0
+    newton = jlstm.Newton("deer", max_iters=1, on_failure="raise")
+    for _ in range(2):
+        with pytest.raises(jlstm.NewtonConvergenceError) as caught:
+            jlstm.scan(cell, params, xs, method=newton)
+        assert type(caught.value) is jlstm.NewtonConvergenceError   # raised eagerly, not wrapped by a program
+
+
+def test_layer_apply_compiles_once_and_keeps_its_key_dynamic():
+    eager.clear()
+    cell, traces = _counting_cell()
+    layer = jlstm.recurrent(cell, input_dropout=0.5)
+    params = layer.init(jax.random.key(0), I)
+    xs = _inputs()
+    _, a = layer.apply(params, xs, key=jax.random.key(1))
+    n = len(traces)
+    _, b = layer.apply(params, xs, key=jax.random.key(2))
+    assert len(traces) == n
+    assert not np.allclose(a, b)                                # the key is an argument, not a constant
+    _, again = layer.apply(params, xs, key=jax.random.key(1))
+    np.testing.assert_array_equal(a, again)
+    _, plain = layer.apply(params, xs)                          # no key: deterministic, its own program
+    np.testing.assert_allclose(plain, jlstm.scan(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
