@@ -158,3 +158,18 @@ def test_step_layout_benchmark_writes_its_json(tmp_path):
     assert jlstm._scan.current_plan is current_plan        # the benchmark put the real plan back
     with pytest.raises(SystemExit):
         step_layout.main(["--cells", "nosuchcell"])
+
+
+def test_eager_benchmark_writes_its_json(tmp_path):
+    """``python -m benchmarks.eager`` at a toy shape: first, repeated, direct and jitted calls timed per cell."""
+    eager = pytest.importorskip("benchmarks.eager")
+    out = tmp_path / "eager.json"
+    assert eager.main(["--shape", "2x4x3x4", "--cells", "lstm,gru", "--rounds", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "eager" and doc["shape_BTIH"] == [2, 4, 3, 4]
+    assert [r["cell"] for r in doc["rows"]] == ["lstm", "gru"]
+    for r in doc["rows"]:
+        assert r["first_s"] > 0 and r["repeat_ms"] > 0 and r["direct_ms"] > 0 and r["jit_ms"] > 0
+        assert r["direct_over_repeat"] > 0
+    with pytest.raises(SystemExit):
+        eager.main(["--cells", "nosuchcell"])

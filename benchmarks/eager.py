@@ -1,0 +1,79 @@
+"""Time eager ``jlstm.scan`` calls, as a notebook makes them: ``python -m benchmarks.eager``.
+
+For each cell, the same call ``jlstm.scan(cell, params, xs)`` made outside any ``jit``:
+
+* ``first_s``: the first call (it compiles);
+* ``repeat_ms``: later calls with new input values, through :mod:`jlstm.core.eager`'s kept program;
+* ``direct_ms``: the same calls on the direct path (``jlstm._scan.run_scan`` op by op, as every eager
+  call ran before that cache: ``lax.scan`` traced and compiled again each time);
+* ``jit_ms``: the call inside the user's own ``jax.jit``, warm: the floor.
+
+Medians over ``--rounds``; ``direct / repeat`` is what the cache saves a repeated call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Sequence
+
+CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.eager", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="8x50x16x64", help="BxTxIxH (default: %(default)s)")
+    p.add_argument("--cells", default=",".join(CELLS), help="comma list from " + ", ".join(CELLS))
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/eager_cpu.json)")
+    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        B, T, I, H = (int(v) for v in args.shape.split("x"))
+    except ValueError:
+        p.error(f"--shape takes BxTxIxH, four integers, e.g. 8x50x16x64; got {args.shape!r}")
+    cells = args.cells.split(",")
+    if bad := [c for c in cells if c not in CELLS]:
+        p.error(f"unknown cells {bad}; use some of {', '.join(CELLS)}")
+
+    import jax
+
+    import jlstm
+    from benchmarks.deer import write
+    from benchmarks.scan import result_header
+    from jlstm._scan import ScanOptions, run_scan
+
+    def timed(f) -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(f())
+        return time.perf_counter() - t0
+
+    rows = []
+    for name in cells:
+        cell = getattr(jlstm, name)(H)
+        params = cell.init(jax.random.key(0), I)
+        inputs = [jax.random.normal(jax.random.key(r), (T, B, I)) for r in range(args.rounds + 1)]
+        user_jit = jax.jit(lambda p, x, cell=cell: jlstm.scan(cell, p, x))
+        first = timed(lambda: jlstm.scan(cell, params, inputs[0]))
+        timed(lambda: user_jit(params, inputs[0]))
+        repeat, direct, jitted = [], [], []
+        for x in inputs[1:]:
+            repeat.append(timed(lambda x=x: jlstm.scan(cell, params, x)))
+            direct.append(timed(lambda x=x: run_scan(cell, params, x, None, None, None, ScanOptions())))
+            jitted.append(timed(lambda x=x: user_jit(params, x)))
+        row = {"cell": name, "first_s": round(first, 4),
+               **{k: round(statistics.median(v) * 1e3, 3) for k, v in
+                  (("repeat_ms", repeat), ("direct_ms", direct), ("jit_ms", jitted))}}
+        row["direct_over_repeat"] = round(row["direct_ms"] / row["repeat_ms"], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        write(args.out, {**result_header("eager"), "shape_BTIH": [B, T, I, H], "rounds": args.rounds,
+                         "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
