@@ -123,9 +123,35 @@ def test_eager_only_cases_take_the_direct_path():
 def test_errors_are_raised_on_every_call():
     cell, _ = _counting_cell()
     params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    jlstm.scan(cell, params, xs, lengths=jnp.array([T, 1, 0]))   # the program for these shapes is kept
     for _ in range(2):
-        with pytest.raises(ValueError, match="lengths"):
-            jlstm.scan(cell, params, _inputs(), lengths=jnp.array([1, 2]))
+        with pytest.raises(ValueError, match="lengths has shape"):          # found while tracing
+            jlstm.scan(cell, params, xs, lengths=jnp.array([1, 2]))
+        with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\] = \[0, 5\]"):   # read from the values
+            jlstm.scan(cell, params, xs, lengths=jnp.array([T + 1, 1, 0]))
+        with pytest.raises(ValueError, match=r"lengths must lie in"):
+            jlstm.recurrent(cell).apply(params, jnp.moveaxis(xs, 0, 1), lengths=np.array([-1, 1, 0]),
+                                        time_major=False)
+
+
+def test_a_program_traced_under_one_plan_is_not_served_under_another(monkeypatch):
+    import jlstm._scan as scan_mod
+
+    eager.clear()
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    jlstm.scan(cell, params, xs)
+    n = len(traces)
+    plan = scan_mod.current_plan()
+    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan._replace(unroll=plan.unroll + 2))
+    jlstm.scan(cell, params, xs)
+    assert len(traces) > n                                      # traced again under the other plan
+    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
+    m = len(traces)
+    jlstm.scan(cell, params, xs)
+    assert len(traces) == m                                     # the first plan's program is still kept
 
 
 def test_a_raising_newton_raises_its_own_error_eagerly():
