@@ -2,9 +2,9 @@
 
 Called outside ``jit``, :func:`jlstm.scan` used to run op by op: every call traced its loop body
 afresh (a new closure each time), so ``lax.scan`` compiled again on every call: 0.2-0.5 s for the
-cells of ``python -m benchmarks.eager`` on CPU, however often a notebook repeated the same call. :func:`call` instead runs such a
-call through a ``jax.jit`` kept per (function, static arguments), so a repeat with the same cell,
-options and argument shapes reuses the compiled program.
+cells of ``python -m benchmarks.eager`` on CPU, however often a notebook repeated the same call.
+:func:`call` instead runs such a call through a ``jax.jit`` kept per (function, static arguments),
+so a repeat with the same cell, options and argument shapes reuses the compiled program.
 
 A call takes this path only where compiling cannot change what the user sees:
 
