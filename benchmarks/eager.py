@@ -13,30 +13,18 @@ Medians over ``--rounds``; ``direct / repeat`` is what the cache saves a repeate
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from typing import Sequence
+
+from benchmarks.scan import cell_benchmark_args
 
 CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.eager", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", default="8x50x16x64", help="BxTxIxH (default: %(default)s)")
-    p.add_argument("--cells", default=",".join(CELLS), help="comma list from " + ", ".join(CELLS))
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/eager_cpu.json)")
-    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        B, T, I, H = (int(v) for v in args.shape.split("x"))
-    except ValueError:
-        p.error(f"--shape takes BxTxIxH, four integers, e.g. 8x50x16x64; got {args.shape!r}")
-    cells = args.cells.split(",")
-    if bad := [c for c in cells if c not in CELLS]:
-        p.error(f"unknown cells {bad}; use some of {', '.join(CELLS)}")
+    args, (B, T, I, H), cells = cell_benchmark_args("eager", __doc__, argv, CELLS, "8x50x16x64", 7)
 
     import jax
 

@@ -19,13 +19,13 @@ jlstm is faster) go to the JSON written with ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Callable, Sequence
 
 import numpy as np
 
+from benchmarks.deer import write
 from benchmarks.peers import Unavailable, torch_device
 from benchmarks.scan import _configure_threads, first_call, result_header, timed_call
 
@@ -149,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {**result_header("gru"), "rounds": args.rounds,
                "command": "python -m benchmarks.gru " + " ".join(sys.argv[1:] if argv is None else argv),
                "results": results, "skipped": skipped}
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        write(args.out, doc)
         print(f"wrote {args.out}")
     return 0
 

@@ -144,6 +144,29 @@ def result_header(suite: str) -> dict:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
+def cell_benchmark_args(prog: str, doc: str, argv: Sequence[str] | None, cells: Sequence[str], shape: str,
+                        rounds: int) -> tuple[argparse.Namespace, tuple[int, int, int, int], list[str]]:
+    """The command line of a benchmark over some cells at one shape (``step_layout``, ``eager``).
+
+    ``--shape BxTxIxH``, ``--cells`` (a comma list from ``cells``), ``--rounds``, ``--out``; returns
+    the arguments, the shape and the cells asked for, or exits with a usage error naming the bad value.
+    """
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{prog}", description=doc.split("\n\n")[0])
+    p.add_argument("--shape", default=shape, help="BxTxIxH (default: %(default)s)")
+    p.add_argument("--cells", default=",".join(cells), help="comma list from " + ", ".join(cells))
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--out", help=f"write JSON here (e.g. benchmarks/results/{prog}_cpu.json)")
+    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        B, T, I, H = (int(v) for v in args.shape.split("x"))
+    except ValueError:
+        p.error(f"--shape takes BxTxIxH, four integers, e.g. {shape}; got {args.shape!r}")
+    asked = args.cells.split(",")
+    if bad := [c for c in asked if c not in cells]:
+        p.error(f"unknown cells {bad}; use some of {', '.join(cells)}")
+    return args, (B, T, I, H), asked
+
+
 def time_runner(run, repeats: int) -> tuple[float, list[float]]:
     """First call (compile + run) in seconds, then ``repeats`` steady-state times in ms."""
     compile_s = first_call(run)

@@ -11,11 +11,11 @@ with and without it, interleaved round by round, and writes the medians and ``ho
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 from typing import Sequence
+
+from benchmarks.deer import write
+from benchmarks.scan import cell_benchmark_args
 
 CELLS = ("gru", "lstm", "lstm_proj", "layer_norm_lstm", "slstm", "min_gru", "para_gru", "simple_rnn")
 
@@ -31,19 +31,7 @@ def _cell(name: str, H: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step_layout", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", default="32x128x128x256", help="BxTxIxH (default: %(default)s)")
-    p.add_argument("--cells", default=",".join(CELLS), help="comma list from " + ", ".join(CELLS))
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/step_layout_cpu.json)")
-    args = p.parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        B, T, I, H = (int(v) for v in args.shape.split("x"))
-    except ValueError:
-        p.error(f"--shape takes BxTxIxH, four integers, e.g. 32x128x128x256; got {args.shape!r}")
-    cells = args.cells.split(",")
-    if bad := [c for c in cells if c not in CELLS]:
-        p.error(f"unknown cells {bad}; use some of {', '.join(CELLS)}")
+    args, (B, T, I, H), cells = cell_benchmark_args("step_layout", __doc__, argv, CELLS, "32x128x128x256", 11)
 
     import jax
     import jax.numpy as jnp
@@ -89,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:>16} {mode:>7}: in loop {inl:8.2f} ms, hoisted {hoi:8.2f} ms  ({hoi / inl:.2f}x)")
     if args.out:
         doc = {**result_header("step_layout"), "rounds": args.rounds, "results": results}
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        write(args.out, doc)
         print(f"wrote {args.out}")
     return 0
 
