@@ -43,6 +43,9 @@ tangent (``F = 0`` there), so its transpose passes no gradient across the reset.
 The primal loop is the ``lax.scan`` above or, where the routing plan allows it (small
 batches on GPU), the Pallas kernel of :mod:`jlstm.kernels.pallas_lstm`, whose saved gates
 and states feed the same tangent recurrence: one ``custom_jvp`` serves both, in both modes.
+On CPU (``Plan.native_from_batch``) the native kernel of :mod:`jlstm.kernels.native_lstm` runs
+the primal loop, the tangent loop and, as its transpose, the backward loop; the hoisted GEMMs
+stay XLA's.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jlstm.core.math import matmul, matmul_t
 from jlstm.core.plan import Plan, current_plan
+from jlstm.kernels import native_lstm as _native
 from jlstm.kernels import pallas_lstm as _pallas_lstm
 from jlstm.kernels import pallas_lstm_wide as _wide
 
@@ -113,7 +117,8 @@ class Options(NamedTuple):
     unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
     inloop: bool = False       # multiply the inputs inside the loop (inference layout)
     peephole: str | None = None
-    engine: str = "xla"        # the primal loop: "xla" (lax.scan), "pallas", "pallas_interpret" or "pallas_wide"
+    engine: str = "xla"        # the loops: "xla" (lax.scan), "native" (C++ on CPU), "pallas", "pallas_interpret"
+    #                            or "pallas_wide" (the Pallas kernels run the primal loop only)
     wide: Any = None           # "pallas_wide": its options (jlstm.kernels.pallas_lstm_wide.Static)
     step_forward: bool = False  # a forward-only call runs the step loop (:func:`_step_forward`), as the plan says
 
@@ -127,6 +132,8 @@ def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
     """
     if opts.engine == "xla":
         return _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=save)
+    if opts.engine == "native":
+        return _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts, save)
     if opts.engine == "pallas_wide":
         return _wide.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.wide)
     return _pallas_lstm.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.engine == "pallas_interpret")
@@ -174,6 +181,61 @@ def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: boo
 
     (hT, cT), (ys, res) = lax.scan(body, (h0, c0), (seq, m, r), unroll=opts.unroll[0])
     return hT, cT, ys, res
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8, 9))
+def _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts: Options, save: bool):
+    """The primal loop on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`), with the XLA loop's
+    results: ``(h_T, c_T, ys, residuals)``, the residuals ``(hs with a mask, None, coefficients)``.
+
+    Its own derivative (needed only at second order: the fused ``custom_jvp`` does not differentiate
+    its primal loop) is the XLA loop's, which computes the same function.
+    """
+    hT, cT, ys, hs, coef = _native.forward(w_x, w_h, b, xs, h0, c0, m, r, save=save,
+                                           keep_states=save and m is not None)
+    res = (hs, None, Coefficients(coef.P, tuple(coef.Q), coef.F)) if coef is not None else None
+    return hT, cT, ys, res
+
+
+@_native_forward.defjvp
+def _native_forward_jvp(opts: Options, save: bool, primals, tangents):
+    xla = opts._replace(engine="xla")
+
+    def loop(w_x, w_h, b, xs, h0, c0, m, r):
+        return _xla_forward(w_x, w_h, b, None, xs, h0, c0, m, r, opts=xla, save=save)
+
+    return jax.jvp(loop, primals, tangents)
+
+
+class _Reference(NamedTuple):
+    """The pure-JAX function a native primitive replaces, over the primitive's operands (hashable, so
+    that it can be a primitive parameter): ``kind`` ``"tangent"`` is :func:`_tangent_loop` on the XLA
+    engine, ``"adjoint"`` its transpose."""
+
+    opts: Options
+    kind: str
+
+    def __call__(self, *args):
+        xla = self.opts._replace(engine="xla")
+        if self.kind == "tangent":
+            drive, P, Qi, Qf, Qg, Qo, F, m, r, w_h, dh0, dc0 = args
+            coef = Coefficients(P, (Qi, Qf, Qg, Qo), F)
+            return _tangent_loop(xla, w_h, drive, coef, _present(m), _present(r), dh0, dc0)
+        g_dys, g_dhT, g_dcT, P, Qi, Qf, Qg, Qo, F, m, r, w_h = args
+        coef = Coefficients(P, (Qi, Qf, Qg, Qo), F)
+        T, B, H = g_dys.shape
+
+        def tangent(drive, dh0, dc0):
+            return _tangent_loop(xla, w_h, drive, coef, _present(m), _present(r), dh0, dc0)
+
+        zeros = tuple(jnp.zeros(shape, g_dys.dtype) for shape in ((T, B, 4 * H), (B, H), (B, H)))
+        _, transpose = jax.vjp(tangent, *zeros)
+        return transpose((g_dhT, g_dcT, g_dys))
+
+
+def _present(a):
+    """A mask operand of the native primitives: empty means absent."""
+    return None if a is None or a.size == 0 else a
 
 
 def _restart(r_t: jax.Array, a: jax.Array) -> jax.Array:
@@ -403,6 +465,9 @@ def _tangent_loop(opts, w_rec, drive, coef, m, r, dh0, dc0):
     products inside the ``dZ`` write: 152 against 131 ms for the training step at T=128, B=32,
     I=128, H=256 on 2 cores, same run.)
     """
+    if opts.engine == "native":  # no peepholes there: w_rec is W_h
+        reference = (_Reference(opts, "tangent"), _Reference(opts, "adjoint"))
+        return _native.tangent(drive, coef, m, r, w_rec, dh0, dc0, reference=reference)
     dtype, full = opts.dtype, opts.peephole == "full"
     H = dc0.shape[-1]
     # W as its transpose [4H, H], laid out before the loop, so the backward loop's ``dz Wᵀ`` reads it
@@ -474,8 +539,10 @@ def _coefficients(c_prev, c_new, gates, m, r, w_c=None, peephole=None) -> Coeffi
 
 def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,
             w: jax.Array) -> tuple[str, Any]:
-    """The primal loop the plan picks, as ``(engine, wide options)``: the one-program Pallas kernel where
-    the plan allows it and the shape fits, else the wide kernel where the plan allows that, else XLA's.
+    """The loops the plan picks, as ``(engine, wide options)``: the native CPU kernel from the plan's
+    ``native_from_batch`` (float32, no peepholes, H a multiple of 8, the library built), else the
+    one-program Pallas kernel where the plan allows it and the shape fits, else the wide kernel where
+    the plan allows that, else XLA's.
 
     The one-program kernel takes float32 inputs and weights and float32 matmuls
     (:func:`jlstm.kernels.pallas_lstm.fits`); the wide one float32 weights and float32 or bf16
@@ -484,6 +551,10 @@ def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: ja
     engines share this module's ``custom_jvp``, so forward mode, reverse mode and resets work on each.
     """
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32
+    native_from = plan.native_from_batch
+    if (f32 and native_from is not None and B >= native_from and peephole is None and dtype in (None, jnp.float32)
+            and _native.enabled() and _native.supports(B, H, xs.shape[-1])):
+        return "native", None
     if f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan):
         return ("pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"), None
     wide_ok = w.dtype == jnp.float32 and (xs.dtype == jnp.float32 or xs.dtype == dtype == jnp.bfloat16)

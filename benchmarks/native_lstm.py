@@ -1,0 +1,98 @@
+"""Time the LSTM's native CPU kernel against the fused XLA scan: ``python -m benchmarks.native_lstm``.
+
+``jlstm.lstm`` on CPU runs its loops on the native kernel (:mod:`jlstm.kernels.native_lstm`) where
+``Plan.native_from_batch`` allows it. This benchmark runs the same ``jlstm.scan`` calls traced under the plan with
+the kernel and without it (then the fused XLA scan runs), interleaved round by round, forward and
+training (the gradient of ``sum(ys * ct)`` with respect to the parameters and the inputs), over a
+grid of shapes. It writes the medians and ``xla / native`` (above 1: the kernel is faster) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Sequence
+
+from benchmarks.deer import write
+
+GRID = ((1, 256, 128, 256), (4, 256, 128, 256), (8, 128, 128, 256), (32, 128, 128, 256), (128, 64, 128, 256),
+        (4, 128, 64, 64), (32, 128, 64, 64), (1, 128, 512, 512), (64, 64, 512, 512), (16, 64, 1024, 1024))
+QUICK = ((2, 8, 4, 8), (3, 6, 5, 16))
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    parts = tuple(int(v) for v in text.lower().split("x"))
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected BxTxIxH with positive sizes, e.g. 32x128x128x256; "
+                                         f"got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.native_lstm", description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", type=_shape, nargs="*", help="BxTxIxH shapes (default: the grid in GRID)")
+    p.add_argument("--quick", action="store_true", help="two tiny shapes, 2 rounds (a smoke run)")
+    p.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds (median)")
+    p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/native_lstm_cpu.json)")
+    args = p.parse_args(argv)
+    shapes = QUICK if args.quick else (args.shapes or GRID)
+    rounds = 2 if args.quick else args.rounds
+
+    import jax
+    import jax.numpy as jnp
+
+    import jlstm
+    import jlstm._scan as scan_mod
+    from benchmarks.scan import first_call, result_header, timed_call
+    from jlstm.core.plan import current_plan
+    from jlstm.kernels import native_lstm
+
+    if not native_lstm.available():
+        print(f"the native kernel is unavailable here: {native_lstm.why_unavailable()}")
+        return 1
+    base = current_plan()
+    runners = {}
+    try:
+        for B, T, I, H in shapes:
+            cell = jlstm.lstm(H)
+            params = cell.init(jax.random.key(0), I)
+            xs = jax.random.normal(jax.random.key(1), (T, B, I))
+            ct = jax.random.normal(jax.random.key(2), (T, B, H))
+            for engine in ("native", "xla"):
+                plan = base._replace(native_from_batch=1 if engine == "native" else None)
+                scan_mod.current_plan = lambda plan=plan: plan          # the plan of the traces made below
+
+                def run(p, x):
+                    return jlstm.scan(cell, p, x)[1]
+
+                fwd = jax.jit(run)
+                train = jax.jit(jax.grad(lambda p, x, run=run, ct=ct: jnp.sum(run(p, x) * ct), argnums=(0, 1)))
+                for mode, f in (("fwd", fwd), ("fwd+bwd", train)):
+                    key = ((B, T, I, H), engine, mode)
+                    runners[key] = (lambda f=f, p=params, x=xs: jax.block_until_ready(f(p, x)))
+                    first_call(runners[key])                                   # traced now, under this plan
+    finally:
+        scan_mod.current_plan = current_plan                        # the real plan back, whatever happened
+    times: dict = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, f in runners.items():
+            times[k].append(timed_call(f))
+    results = []
+    for shape in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            nat, xla = (statistics.median(times[(tuple(shape), eng, mode)]) for eng in ("native", "xla"))
+            B, T, I, H = shape
+            results.append({"B": B, "T": T, "I": I, "H": H, "mode": mode, "native_ms": round(nat, 3),
+                            "xla_ms": round(xla, 3), "xla_over_native": round(xla / nat, 3)})
+            print(f"B={B:>4} T={T:>4} I={I:>5} H={H:>5} {mode:>7}: native {nat:9.3f} ms, xla {xla:9.3f} ms "
+                  f"({xla / nat:.2f}x)")
+    if args.out:
+        doc = {**result_header("native_lstm"), "rounds": rounds, "library": str(native_lstm.library()["path"]),
+               "results": results}
+        write(args.out, doc)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

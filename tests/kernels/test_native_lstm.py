@@ -1,0 +1,234 @@
+"""The native CPU LSTM kernel (``jlstm.kernels.native_lstm``): what ``jlstm.lstm`` runs on CPU from batch 4.
+
+Checked against references that share no code with it: a NumPy float64 transcription of the
+equations, the plain ``lax.scan`` of ``cell.step`` (``fast=False``), and for resets every episode run
+alone by a Python loop (``tests/episodes.py``). Forward mode, second order and ``vmap`` (both batching
+rules: the mapped axis folded into the batch, and mapped weights) are compared with the fused XLA
+loops it replaces. Thread counts must not change a bit of the result; a failed build must leave the
+pure-JAX path running, with a warning. Under ``CI=true`` the kernel must build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from episodes import run_episodes
+from np_reference import lstm_step
+
+import jlstm
+import jlstm.kernels.fused_lstm as fused
+import jlstm.kernels.native_lstm as native
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernel():
+    if not native.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"the native LSTM kernel must build in CI: {native.why_unavailable()}")
+        pytest.skip(f"the native LSTM kernel is unavailable here: {native.why_unavailable()}")
+
+
+def _case(B, T, I, H, seed=0):
+    cell = jlstm.lstm(H)
+    k = jax.random.split(jax.random.key(seed), 5)
+    params = cell.init(k[0], I)
+    params = params._replace(b=params.b + 0.3 * jax.random.normal(k[1], params.b.shape))
+    xs = jax.random.normal(k[2], (T, B, I))
+    state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[3], (B, H)), c=0.5 * jax.random.normal(k[4], (B, H)))
+    return cell, params, xs, state
+
+
+def _uses_kernel(fn, *args) -> bool:
+    return "jlstm_lstm_forward" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _close(a, b, tol):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("B,T,I,H", [(4, 6, 3, 8), (5, 9, 7, 24), (7, 5, 16, 72)])
+def test_forward_matches_the_numpy_equations(B, T, I, H):
+    cell, params, xs, state = _case(B, T, I, H)
+    run = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))
+    assert _uses_kernel(run, params, xs, state)
+    final, ys = run(params, xs, state)
+    h, c = np.asarray(state.h, np.float64), np.asarray(state.c, np.float64)
+    want = []
+    for t in range(T):
+        h, c = lstm_step(params, h, c, np.asarray(xs[t]))
+        want.append(h)
+    np.testing.assert_allclose(np.asarray(ys), np.stack(want), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(final.h), h, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(final.c), c, rtol=2e-5, atol=2e-6)
+
+
+def _loss(cell, ct, fast, **kw):
+    def loss(p, x, s):
+        final, ys = jlstm.scan(cell, p, x, s, fast=fast, **kw)
+        return jnp.sum(ys * ct) + jnp.sum(1.3 * final.h) + jnp.sum(0.7 * jnp.sin(final.c))
+    return loss
+
+
+@pytest.mark.parametrize("flags", ["none", "lengths", "mask"])
+def test_values_and_gradients_match_the_step_loop(flags):
+    B, T, I, H = 6, 8, 5, 16
+    cell, params, xs, state = _case(B, T, I, H, seed=1)
+    ct = jax.random.normal(jax.random.key(9), (T, B, H))
+    kw = {}
+    if flags == "lengths":
+        kw["lengths"] = jnp.array([8, 0, 3, 5, 8, 1])
+    elif flags == "mask":
+        kw["mask"] = jax.random.uniform(jax.random.key(3), (T, B)) > 0.35
+    fast = jax.jit(jax.value_and_grad(_loss(cell, ct, True, **kw), argnums=(0, 1, 2)))
+    assert "jlstm_lstm_adjoint" in str(jax.make_jaxpr(fast)(params, xs, state))
+    ref = jax.jit(jax.value_and_grad(_loss(cell, ct, False, **kw), argnums=(0, 1, 2)))
+    _close(fast(params, xs, state), ref(params, xs, state), 2e-5)
+
+
+def test_resets_match_each_episode_run_alone():
+    B, T, I, H = 5, 10, 4, 16
+    cell, params, xs, state = _case(B, T, I, H, seed=2)
+    resets = np.asarray(jax.random.uniform(jax.random.key(4), (T, B)) < 0.25)
+    valid = np.asarray(jax.random.uniform(jax.random.key(5), (T, B)) < 0.85)
+    ct = jax.random.normal(jax.random.key(6), (T, B, H))
+
+    def loss(scan_fn):
+        def f(p, x):
+            final, ys = scan_fn(p, x)
+            return jnp.sum(ys * ct) + jnp.sum(final.h * final.c)
+        return f
+
+    def native_run(p, x):
+        return jlstm.scan(cell, p, x, state, resets=jnp.asarray(resets), mask=jnp.asarray(valid))
+
+    def episodes(p, x):
+        return run_episodes(cell, p, x, resets, valid=valid, state=state)
+
+    assert _uses_kernel(native_run, params, xs)
+    _close(native_run(params, xs), episodes(params, xs), 2e-5)
+    got = jax.jit(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs)
+    _close(got, jax.grad(loss(episodes), argnums=(0, 1))(params, xs), 3e-5)
+
+
+def _engines(B, T, I, H, seed=3, masked=True):
+    """``f(engine)``: the fused LSTM's loss on one engine, as a function of (w_h, xs, h0)."""
+    cell, params, xs, state = _case(B, T, I, H, seed=seed)
+    m = jax.random.uniform(jax.random.key(7), (T, B)) > 0.3 if masked else None
+    r = (jax.random.uniform(jax.random.key(8), (T, B)) > 0.75) & m if masked else None
+
+    def f(engine):
+        opts = fused.Options(engine=engine)
+
+        def loss(w_h, x, h0):
+            hT, cT, ys = fused._lstm_sequence(params.w_x, w_h, params.b, x, h0, state.c, m, None, r, opts)
+            return jnp.sum(jnp.tanh(ys)) + jnp.sum(hT * cT)
+        return loss
+
+    return f, (params.w_h, xs, state.h)
+
+
+def test_forward_mode_and_second_order_match_the_xla_loops():
+    f, args = _engines(3, 6, 4, 8)
+    tangents = tuple(0.1 * jnp.ones_like(a) for a in args)
+    _close(jax.jvp(f("native"), args, tangents), jax.jvp(f("xla"), args, tangents), 2e-5)
+    hvp = [jax.jvp(jax.grad(f(e), argnums=(0, 1, 2)), args, tangents)[1] for e in ("native", "xla")]
+    _close(hvp[0], hvp[1], 3e-5)
+    _close(jax.hessian(f("native"))(*args), jax.hessian(f("xla"))(*args), 3e-5)
+
+
+def test_vmap_folds_the_batch_and_maps_over_weights():
+    f, (w_h, xs, h0) = _engines(3, 5, 4, 8, seed=4)
+    xs_b, h0_b, w_b = jnp.stack([xs, -0.5 * xs]), jnp.stack([h0, 2.0 * h0]), jnp.stack([w_h, 0.5 * w_h])
+    for in_axes, args in (((None, 0, 0), (w_h, xs_b, h0_b)), ((0, None, None), (w_b, xs, h0))):
+        grads = [jax.vmap(jax.grad(f(e), argnums=(0, 1, 2)), in_axes=in_axes)(*args) for e in ("native", "xla")]
+        _close(grads[0], grads[1], 2e-5)
+
+
+def test_thread_count_does_not_change_a_bit(monkeypatch):
+    B, T, I, H = 5, 7, 6, 72  # 9 unit blocks: uneven shares, and a single-vector group in the adjoint
+    cell, params, xs, state = _case(B, T, I, H, seed=5)
+    ct = jax.random.normal(jax.random.key(10), (T, B, H))
+    run = jax.jit(jax.value_and_grad(_loss(cell, ct, True), argnums=(0, 1, 2)))
+    out = {}
+    for n in ("1", "2", "3"):
+        monkeypatch.setenv("JLSTM_NATIVE_THREADS", n)
+        out[n] = jax.tree.map(np.asarray, run(params, xs, state))
+    for n in ("2", "3"):
+        for a, b in zip(jax.tree.leaves(out["1"]), jax.tree.leaves(out[n])):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("change", ["batch 2", "peephole", "bf16", "H=12", "JLSTM_NATIVE=0"])
+def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, monkeypatch):
+    B, H, kw = 8, 16, {}
+    if change == "batch 2":
+        B = 2
+    elif change == "peephole":
+        kw = {"peephole": "diagonal"}
+    elif change == "bf16":
+        kw = {"dtype": jnp.bfloat16}
+    elif change == "H=12":
+        H = 12
+    else:
+        monkeypatch.setenv("JLSTM_NATIVE", "0")
+    cell = jlstm.lstm(H, **kw)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jnp.ones((4, B, 3))
+    assert not _uses_kernel(lambda p, x: jlstm.scan(cell, p, x), params, xs)
+    assert _uses_kernel(lambda p, x: jlstm.scan(jlstm.lstm(16), p, x), jlstm.lstm(16).init(jax.random.key(0), 3),
+                        jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
+
+
+def test_the_kernel_rejects_shapes_it_cannot_serve():
+    state, seq = jax.ShapeDtypeStruct((2, 12), jnp.float32), jax.ShapeDtypeStruct((3, 2, 12), jnp.float32)
+    empty_out = jax.ShapeDtypeStruct((0,), jnp.float32)
+    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 7)
+    empty = jnp.zeros((0,), jnp.bool_)
+    with pytest.raises(Exception, match="jlstm native LSTM"):
+        jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 48)), jnp.ones((12, 48)), jnp.ones(48),
+                                   jnp.ones((2, 12)), jnp.ones((2, 12)), empty, empty))
+
+
+def test_a_failed_build_warns_and_leaves_the_jax_path(tmp_path):
+    script = textwrap.dedent("""
+        import json, warnings
+        import jax, jax.numpy as jnp
+        import jlstm
+        from jlstm.kernels import native_lstm
+        cell = jlstm.lstm(16)
+        p = cell.init(jax.random.key(0), 3)
+        x = jax.random.normal(jax.random.key(1), (5, 8, 3))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, fast = jlstm.scan(cell, p, x)
+        _, ref = jlstm.scan(cell, p, x, fast=False)
+        jaxpr = str(jax.make_jaxpr(lambda p, x: jlstm.scan(cell, p, x))(p, x))
+        print(json.dumps({"available": native_lstm.available(), "why": native_lstm.why_unavailable(),
+                          "warnings": [str(w.message) for w in caught],
+                          "diff": float(jnp.max(jnp.abs(fast - ref))), "kernel": "jlstm_lstm_forward" in jaxpr}))
+    """)
+    env = {**os.environ, "CXX": "/bin/false", "JLSTM_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not out["available"] and "failed" in out["why"]
+    assert any("native CPU LSTM kernel is unavailable" in w for w in out["warnings"])
+    assert not out["kernel"] and out["diff"] < 1e-5
+    assert not list(tmp_path.glob("*.so"))  # nothing half-written left in the cache
+
+
+def test_the_library_is_cached_by_content():
+    lib = native.library()
+    assert lib is not None and lib["path"].parent == native.cache_dir() and lib["path"].suffix == ".so"
+    assert lib["vector_width"] == 8
