@@ -1,10 +1,11 @@
 """Time the LSTM's native CPU kernel against the fused XLA scan: ``python -m benchmarks.native_lstm``.
 
 ``jlstm.lstm`` on CPU runs its loops on the native kernel (:mod:`jlstm.kernels.native_lstm`) where
-``Plan.native_from_batch`` allows it. This benchmark runs the same ``jlstm.scan`` calls traced under the plan with
-the kernel and without it (then the fused XLA scan runs), interleaved round by round, forward and
-training (the gradient of ``sum(ys * ct)`` with respect to the parameters and the inputs), over a
-grid of shapes. It writes the medians and ``xla / native`` (above 1: the kernel is faster) to ``--out``.
+``Plan.native_from_batch`` and ``Plan.native_train_to_batch`` allow it. This benchmark runs the same
+``jlstm.scan`` calls traced under a plan that always takes the kernel and under one that never does
+(then the fused XLA scan runs), interleaved round by round, forward and training (the gradient of
+``sum(ys * ct)`` with respect to the parameters and the inputs), over a grid of shapes. It writes the
+medians and ``xla / native`` (above 1: the kernel is faster) to ``--out``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Sequence
 
 from benchmarks.deer import write
 
-GRID = ((1, 256, 128, 256), (4, 256, 128, 256), (8, 128, 128, 256), (32, 128, 128, 256), (128, 64, 128, 256),
-        (4, 128, 64, 64), (32, 128, 64, 64), (1, 128, 512, 512), (64, 64, 512, 512), (16, 64, 1024, 1024))
+GRID = ((1, 256, 128, 256), (4, 256, 128, 256), (8, 128, 128, 256), (32, 128, 128, 256),
+        (64, 128, 128, 256), (128, 64, 128, 256), (4, 128, 64, 64), (32, 128, 64, 64), (1, 128, 512, 512),
+        (64, 64, 512, 512), (16, 64, 1024, 1024))
 QUICK = ((2, 8, 4, 8), (3, 6, 5, 16))
 
 
@@ -59,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             xs = jax.random.normal(jax.random.key(1), (T, B, I))
             ct = jax.random.normal(jax.random.key(2), (T, B, H))
             for engine in ("native", "xla"):
-                plan = base._replace(native_from_batch=1 if engine == "native" else None)
+                plan = (base._replace(native_from_batch=1, native_train_to_batch=None) if engine == "native"
+                        else base._replace(native_from_batch=None))
                 scan_mod.current_plan = lambda plan=plan: plan          # the plan of the traces made below
 
                 def run(p, x):

@@ -121,6 +121,7 @@ class Options(NamedTuple):
     #                            or "pallas_wide" (the Pallas kernels run the primal loop only)
     wide: Any = None           # "pallas_wide": its options (jlstm.kernels.pallas_lstm_wide.Static)
     step_forward: bool = False  # a forward-only call runs the step loop (:func:`_step_forward`), as the plan says
+    forward_engine: str | None = None  # a forward-only call's primal loop, where it differs from ``engine``
 
 
 def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
@@ -327,6 +328,8 @@ def _lstm_sequence(w_x, w_h, b, xs, h0, c0, m, w_c, r, opts: Options):
     This primal runs only where nothing differentiates the call (JAX calls :func:`_jvp` otherwise),
     so a forward-only call may take the step loop (``opts.step_forward``) without changing training.
     """
+    if opts.forward_engine is not None:
+        opts = opts._replace(engine=opts.forward_engine)
     if opts.step_forward and opts.engine == "xla" and w_c is None:
         hT, cT, ys = _step_forward(w_x, w_h, b, xs, h0, c0, m, r, opts)
     else:
@@ -537,12 +540,22 @@ def _coefficients(c_prev, c_new, gates, m, r, w_c=None, peephole=None) -> Coeffi
     return Coefficients(P, tuple(Q), F)
 
 
+def _native_fits(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array, w: jax.Array,
+                 train: bool) -> bool:
+    """Whether the plan sends this call to the native CPU kernel: from ``native_from_batch`` on (and for
+    training up to ``native_train_to_batch``), float32, no peepholes, H a multiple of 8, the library built."""
+    start, stop = plan.native_from_batch, plan.native_train_to_batch
+    if start is None or B < start or (train and stop is not None and B > stop):
+        return False
+    f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
+    return f32 and peephole is None and _native.enabled() and _native.supports(B, H, xs.shape[-1])
+
+
 def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,
             w: jax.Array) -> tuple[str, Any]:
-    """The loops the plan picks, as ``(engine, wide options)``: the native CPU kernel from the plan's
-    ``native_from_batch`` (float32, no peepholes, H a multiple of 8, the library built), else the
-    one-program Pallas kernel where the plan allows it and the shape fits, else the wide kernel where
-    the plan allows that, else XLA's.
+    """The loops a differentiated call takes, as ``(engine, wide options)``: the native CPU kernel where
+    :func:`_native_fits`, else the one-program Pallas kernel where the plan allows it and the shape
+    fits, else the wide kernel where the plan allows that, else XLA's.
 
     The one-program kernel takes float32 inputs and weights and float32 matmuls
     (:func:`jlstm.kernels.pallas_lstm.fits`); the wide one float32 weights and float32 or bf16
@@ -551,9 +564,7 @@ def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: ja
     engines share this module's ``custom_jvp``, so forward mode, reverse mode and resets work on each.
     """
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32
-    native_from = plan.native_from_batch
-    if (f32 and native_from is not None and B >= native_from and peephole is None and dtype in (None, jnp.float32)
-            and _native.enabled() and _native.supports(B, H, xs.shape[-1])):
+    if _native_fits(plan, B, H, dtype, peephole, xs, w, train=True):
         return "native", None
     if f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan):
         return ("pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"), None
@@ -589,8 +600,10 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         fwd_unroll, bwd_unroll = _split_unroll(unroll)
         if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
             bwd_unroll = plan.lstm_backward_unroll
+        forward_native = engine != "native" and _native_fits(plan, B, H, dtype, peephole, xs, params.w_h, False)
         opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
-                       peephole=peephole, engine=engine, wide=wide, step_forward=step_forward)
+                       peephole=peephole, engine=engine, wide=wide, step_forward=step_forward,
+                       forward_engine="native" if forward_native else None)
         hT, cT, ys = _lstm_sequence(params.w_x, params.w_h, params.b, xs.reshape(T, B, I), state.h.reshape(B, H),
                                     state.c.reshape(B, H), m, params.w_c if peephole else None, r, opts)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype),

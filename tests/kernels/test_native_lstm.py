@@ -190,6 +190,17 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
                         jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
 
 
+def test_training_above_the_plans_batch_keeps_the_xla_loops():
+    """``Plan.native_train_to_batch``: on CPU, training from B = 33 takes the fused XLA loops (the kernel lost
+    there), while a forward-only call still runs the kernel."""
+    cell, params, xs, state = _case(40, 3, 4, 8)
+    assert _uses_kernel(lambda p, x: jlstm.scan(cell, p, x, state), params, xs)
+    train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
+    assert "jlstm_lstm" not in str(jax.make_jaxpr(train)(params, xs))
+    ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
+    _close(jax.jit(train)(params, xs), ref(params, xs), 2e-5)
+
+
 def test_the_kernel_rejects_shapes_it_cannot_serve():
     state, seq = jax.ShapeDtypeStruct((2, 12), jnp.float32), jax.ShapeDtypeStruct((3, 2, 12), jnp.float32)
     empty_out = jax.ShapeDtypeStruct((0,), jnp.float32)

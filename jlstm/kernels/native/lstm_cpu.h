@@ -306,26 +306,32 @@ inline void tile(vf (&acc)[MR][NV], const float* const* a, int K, const float* w
 }
 
 // z[b][·] += Σ_k rows[b][k] panel[k][·] for all B rows: z is (B, NV·VW), the panel K × NV vectors.
-// K is walked in chunks whose panel part (KC × NV vectors, 8 KB) stays in L1 while every row tile
-// of the batch reads it; the row tiles' partial sums go through z, which stays in L1 too.
+// Blocked for L1: 32 rows at a time, and K in chunks of 256 / NV, so that the panel's chunk (8 KB),
+// the rows' chunk (8 KB for NV = 4) and the rows' partial sums in z (4 KB) stay in L1 while every
+// row tile of the block reads them. (Without the row blocks, at B = 128 the rows' chunk alone filled
+// L1, and the backward loop ran at 0.8x XLA's speed.)
 template <int MR, int NV>
 inline void panel_product(float* z, int B, const float* const* rows, int K, const float* panel) {
   constexpr int KC = 256 / NV;
-  for (int k0 = 0; k0 < K; k0 += KC) {
-    const int kc = std::min(KC, K - k0);
-    const float* pk = panel + static_cast<int64_t>(k0) * NV * VW;
-    for (int b0 = 0; b0 < B; b0 += MR) {
-      const int n = std::min(MR, B - b0);
-      const float* a[MR];
-      vf acc[MR][NV];
-      for (int r = 0; r < MR; ++r) {
-        const int b = b0 + std::min(r, n - 1);
-        a[r] = rows[b] + k0;
-        for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b) * NV + v) * VW);
+  constexpr int RB = 32;
+  for (int r0 = 0; r0 < B; r0 += RB) {
+    const int r1 = std::min(B, r0 + RB);
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      const int kc = std::min(KC, K - k0);
+      const float* pk = panel + static_cast<int64_t>(k0) * NV * VW;
+      for (int b0 = r0; b0 < r1; b0 += MR) {
+        const int n = std::min(MR, r1 - b0);
+        const float* a[MR];
+        vf acc[MR][NV];
+        for (int r = 0; r < MR; ++r) {
+          const int b = b0 + std::min(r, n - 1);
+          a[r] = rows[b] + k0;
+          for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b) * NV + v) * VW);
+        }
+        tile<MR, NV>(acc, a, kc, pk);
+        for (int r = 0; r < n; ++r)
+          for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
       }
-      tile<MR, NV>(acc, a, kc, pk);
-      for (int r = 0; r < n; ++r)
-        for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
     }
   }
 }
