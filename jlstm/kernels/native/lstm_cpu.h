@@ -158,17 +158,20 @@ inline void advise_huge(void* p, size_t bytes) {
 #endif
 }
 
-// How a call's work is shared: each participant owns a range of unit blocks for the whole call,
-// and the participants meet at one barrier per step. The helpers are tasks on the thread pool XLA
-// gives the custom call (its intra-op threads, which would otherwise spin beside ours; in plain C++,
-// std::threads). A barrier needs every participant running, and a pool thread may be busy elsewhere,
-// so the team is formed first: the caller waits at most kJoinWait for the helpers to check in, then
-// closes the team and splits the work among those present. A helper that arrives later finds the team
-// closed and leaves; one that never arrives cannot stall the call.
+// How a call's work is shared. The loop runs in iterations (packing the weights, then one per
+// step), with a barrier after each. In an iteration of n participants, participant j owns the j-th
+// of n ranges of unit blocks, so with a steady team each keeps its weights in its own caches. The
+// helpers are tasks on the thread pool XLA gives the custom call (its intra-op threads, which would
+// otherwise spin beside ours; in plain C++, std::threads). A pool thread may start late (asleep, or
+// busy with another operation), so the team is elastic: the caller starts at once (after a short
+// wait for the helpers), a helper checks in whenever it starts, and the last participant to reach a
+// barrier admits those waiting for the next iteration. Every buffer a step reads or writes is
+// shared, so the ranges may change from one iteration to the next. A helper that arrives after the
+// last barrier leaves untouched; one that never arrives cannot stall the call.
 using Task = std::function<void()>;
 using Spawn = std::function<void(Task)>;
 
-constexpr auto kJoinWait = std::chrono::microseconds(500);
+constexpr auto kFirstWait = std::chrono::microseconds(100);
 
 inline void cpu_relax(int spin) {
   if (spin < 4000) {
@@ -180,68 +183,87 @@ inline void cpu_relax(int spin) {
   }
 }
 
-// A barrier for the participants of one call: spin briefly, then yield (oversubscribed machines).
-class Barrier {
- public:
-  void reset(int n) { n_ = n; }
-  void wait() {
-    if (n_ == 1) return;
-    const int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin) cpu_relax(spin);
-  }
-
- private:
-  int n_ = 1;
-  std::atomic<int> count_{0};
-  std::atomic<int> gen_{0};
-};
+// body(iteration, j, n): participant j of n does its part of the iteration.
+using Body = std::function<void(int, int, int)>;
 
 struct Team {
   static constexpr int kClosed = 1 << 30;
-  std::atomic<int> joined{1};     // participants so far (the caller is 0), | kClosed once closed
-  std::atomic<int> size{0};       // the final size, published after closing (0: not yet)
-  std::atomic<int> finished{0};   // helpers done with the body
-  std::function<void(int, int, Barrier&)> body;
-  Barrier barrier;
+  std::atomic<int> arrived{0};   // helpers that checked in (their tickets), | kClosed once the call ends
+  std::atomic<int> admitted{0};  // helpers admitted: participants 1..admitted
+  std::atomic<int> size{1};      // participants in the current iteration
+  std::atomic<int> start{0};     // the iteration the latest admitted helpers start with
+  std::atomic<bool> over{false};
+  std::atomic<int> finished{0};  // admitted helpers done
+  std::atomic<int> count{0};
+  std::atomic<int> gen{0};
+  int iterations = 0;
+  Body body;
   std::thread::id caller = std::this_thread::get_id();
 
-  // A helper: take a slot unless the team is closed, wait for its size, run, report. A task run on
-  // the caller's own thread (a pool that runs tasks inline when it cannot schedule them) must not
-  // join: it would wait for a size the caller publishes only after it returns.
+  // The barrier after iteration `it` of `n` participants. The last to arrive admits the helpers that
+  // have checked in, for iteration it + 1, before it releases the others.
+  void barrier(int it, int n) {
+    const int g = gen.load(std::memory_order_acquire);
+    if (count.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+      const int a = arrived.load(std::memory_order_acquire) & ~kClosed;
+      if (a > admitted.load(std::memory_order_relaxed)) {
+        size.store(1 + a, std::memory_order_relaxed);
+        start.store(it + 1, std::memory_order_relaxed);
+        admitted.store(a, std::memory_order_release);
+      }
+      count.store(0, std::memory_order_relaxed);
+      gen.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; gen.load(std::memory_order_acquire) == g; ++spin) cpu_relax(spin);
+  }
+
+  void run(int j, int first) {
+    for (int it = first; it < iterations; ++it) {
+      const int n = size.load(std::memory_order_acquire);
+      body(it, j, n);
+      if (it + 1 < iterations) barrier(it, n);
+    }
+  }
+
+  // A helper: take a ticket unless the call has ended, wait to be admitted, run, report. A task run
+  // on the caller's own thread (a pool that runs tasks inline when it cannot schedule them) returns
+  // at once: it would wait for an admission that only the caller's progress can bring.
   void help() {
     if (std::this_thread::get_id() == caller) return;
-    int j = joined.load(std::memory_order_acquire);
+    int t = arrived.load(std::memory_order_acquire);
     do {
-      if (j & kClosed) return;
-    } while (!joined.compare_exchange_weak(j, j + 1, std::memory_order_acq_rel));
-    int n;
-    for (int spin = 0; (n = size.load(std::memory_order_acquire)) == 0; ++spin) cpu_relax(spin);
-    body(j, n, barrier);
+      if (t & kClosed) return;
+    } while (!arrived.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel));
+    for (int spin = 0; admitted.load(std::memory_order_acquire) <= t; ++spin) {
+      if (over.load(std::memory_order_acquire)) return;
+      cpu_relax(spin);
+    }
+    run(t + 1, start.load(std::memory_order_acquire));
     finished.fetch_add(1, std::memory_order_release);
   }
 };
 
-// Run body(j, n) on n participants: the caller (j = 0) and up to `helpers` spawned tasks that check
-// in within kJoinWait. Returns when every participant has finished.
-inline void run_team(int helpers, const Spawn& spawn, std::function<void(int, int, Barrier&)> body) {
+// Run `iterations` iterations of body with the caller and up to `helpers` spawned tasks.
+inline void run_team(int helpers, const Spawn& spawn, int iterations, Body body) {
   auto team = std::make_shared<Team>();
+  team->iterations = iterations;
   team->body = std::move(body);
   for (int k = 0; k < helpers; ++k) spawn([team] { team->help(); });
-  const auto deadline = std::chrono::steady_clock::now() + kJoinWait;
-  for (int spin = 0; team->joined.load(std::memory_order_acquire) < 1 + helpers; ++spin) {
+  // Give the helpers a moment to check in, so that they share the first iteration too.
+  const auto deadline = std::chrono::steady_clock::now() + kFirstWait;
+  for (int spin = 0; (team->arrived.load(std::memory_order_acquire) & ~Team::kClosed) < helpers; ++spin) {
     if ((spin & 63) == 0 && std::chrono::steady_clock::now() > deadline) break;
     cpu_relax(0);
   }
-  const int n = team->joined.fetch_or(Team::kClosed, std::memory_order_acq_rel) & ~Team::kClosed;
-  team->barrier.reset(n);
-  team->size.store(n, std::memory_order_release);
-  team->body(0, n, team->barrier);
-  for (int spin = 0; team->finished.load(std::memory_order_acquire) < n - 1; ++spin) cpu_relax(spin);
+  const int a = team->arrived.load(std::memory_order_acquire) & ~Team::kClosed;
+  team->size.store(1 + a, std::memory_order_relaxed);
+  team->admitted.store(a, std::memory_order_release);
+  team->run(0, 0);
+  team->arrived.fetch_or(Team::kClosed, std::memory_order_acq_rel);
+  team->over.store(true, std::memory_order_release);
+  const int admitted = team->admitted.load(std::memory_order_acquire);
+  for (int spin = 0; team->finished.load(std::memory_order_acquire) < admitted; ++spin) cpu_relax(spin);
 }
 
 // The participants for a loop whose step does `flops` floating-point operations: one per 400k flops
@@ -345,6 +367,17 @@ inline void pack_gates(float* panel, const float* w, int k0, int K, int H, int u
                   w + static_cast<int64_t>(k0 + k) * 4 * H + g * H + u0, VW * sizeof(float));
 }
 
+// A participant's working memory: a GEMM's rows of z, and row pointers.
+struct Scratch {
+  std::vector<float> z;
+  std::vector<const float*> a, b;
+  void size(int B, int vectors) {
+    z.resize(static_cast<size_t>(B) * vectors * VW);
+    a.resize(B);
+    b.resize(B);
+  }
+};
+
 struct ForwardArgs {
   int T, B, I, H;
   const float *x, *wx, *wh, *b, *h0, *c0;
@@ -354,90 +387,84 @@ struct ForwardArgs {
   float *P, *Qi, *Qf, *Qg, *Qo, *F;      // [T, B, H] each, or all null (no residuals)
 };
 
-// The forward loop. Thread j owns unit blocks [lo, hi) and their 4 gate columns.
+// The forward loop. Iteration 0 packs each unit block's gate panel (rows of [W_x; W_h]); iteration
+// t + 1 is step t: per unit block, the GEMM over all rows, the cell update and the outputs.
 inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
   const int T = A.T, B = A.B, I = A.I, H = A.H, K = I + H;
-  const int blocks = H / VW;
-  const int n = std::min(participants(8.0 * B * K * H, threads), blocks);
+  const int nb = H / VW;
+  const int n = std::min(participants(8.0 * B * K * H, threads), nb);
+  const size_t panel = static_cast<size_t>(K) * 4 * VW;
+  std::vector<float> packed(nb * panel);
   std::vector<float> hbuf(2 * static_cast<size_t>(B) * H);
-  std::vector<float> zero(H, 0.0f);
+  std::vector<Scratch> scratch(n);
+  const std::vector<float> zero(H, 0.0f);
   std::memcpy(hbuf.data(), A.h0, sizeof(float) * B * H);
   std::memcpy(A.cT, A.c0, sizeof(float) * B * H);
   const bool save = A.P != nullptr;
   const size_t seq = sizeof(float) * T * B * H;
   for (float* out : {A.ys, A.hs, A.P, A.Qi, A.Qf, A.Qg, A.Qo, A.F}) advise_huge(out, seq);
-  run_team(n - 1, spawn, [&](int j, int nt, Barrier& barrier) {
+  run_team(n - 1, spawn, T + 1, [&](int it, int j, int nt) {
     int lo, hi;
-    share(blocks, j, nt, &lo, &hi);
-    std::vector<float> packed(static_cast<size_t>(hi - lo) * K * 4 * VW);
-    for (int ub = lo; ub < hi; ++ub) {
-      float* p = packed.data() + static_cast<size_t>(ub - lo) * K * 4 * VW;
-      pack_gates(p, A.wx, 0, I, H, ub * VW);
-      pack_gates(p + static_cast<size_t>(I) * 4 * VW, A.wh, 0, H, H, ub * VW);
-    }
-    std::vector<float> z(static_cast<size_t>(B) * 4 * VW);
-    std::vector<const float*> xrows(B), hrows(B);
-    for (int t = 0; t < T; ++t) {
-      const float* hprev = hbuf.data() + static_cast<size_t>(t & 1) * B * H;
-      float* hnext = hbuf.data() + static_cast<size_t>((t + 1) & 1) * B * H;
-      const float* xt = A.x + static_cast<size_t>(t) * B * I;
-      const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
-      const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
-      const size_t off_t = static_cast<size_t>(t) * B * H;
-      for (int b = 0; b < B; ++b) {
-        xrows[b] = xt + static_cast<size_t>(b) * I;
-        hrows[b] = (rt && rt[b]) ? zero.data() : hprev + static_cast<size_t>(b) * H;
-      }
-      // Unit blocks outside, rows inside: a block's weight panel is read from cache by every row tile.
+    share(nb, j, nt, &lo, &hi);
+    if (it == 0) {
       for (int ub = lo; ub < hi; ++ub) {
-        const float* p = packed.data() + static_cast<size_t>(ub - lo) * K * 4 * VW;
-        for (int b = 0; b < B; ++b)
-          for (int g = 0; g < 4; ++g) store(z.data() + (b * 4 + g) * VW, load(A.b + g * H + ub * VW));
-        panel_product<kRows, 4>(z.data(), B, xrows.data(), I, p);
-        panel_product<kRows, 4>(z.data(), B, hrows.data(), H, p + static_cast<size_t>(I) * 4 * VW);
-        for (int b = 0; b < B; ++b) {
-          const float* zb = z.data() + b * 4 * VW;
-          const size_t o = static_cast<size_t>(b) * H + ub * VW;
-          const bool reset = rt && rt[b];
-          const bool valid = !mt || mt[b];
-          const vf c_prev = reset ? splat(0.0f) : load(A.cT + o);
-          const vf ig = sigmoid(load(zb)), fg = sigmoid(load(zb + VW));
-          const vf gg = tanh_v(load(zb + 2 * VW)), og = sigmoid(load(zb + 3 * VW));
-          const vf c_new = fg * c_prev + ig * gg;
-          const vf tc = tanh_v(c_new);
-          const vf h_new = og * tc;
-          if (valid) {
-            store(A.cT + o, c_new);
-            store(hnext + o, h_new);
-            store_out(A.ys + off_t + o, h_new);
-          } else {
-            store(A.cT + o, c_prev);
-            store(hnext + o, load(hprev + o));
-            store_out(A.ys + off_t + o, splat(0.0f));
-          }
-          if (A.hs) store_out(A.hs + off_t + o, load(hnext + o));
-          if (save) {
-            const vf one = splat(1.0f);
-            if (valid) {
-              store_out(A.Qi + off_t + o, gg * ig * (one - ig));
-              store_out(A.Qf + off_t + o, c_prev * fg * (one - fg));
-              store_out(A.Qg + off_t + o, ig * (one - gg * gg));
-              store_out(A.Qo + off_t + o, tc * og * (one - og));
-              store_out(A.P + off_t + o, og * (one - tc * tc));
-              store_out(A.F + off_t + o, reset ? splat(0.0f) : fg);
-            } else {
-              const vf zv = splat(0.0f);
-              store_out(A.Qi + off_t + o, zv);
-              store_out(A.Qf + off_t + o, zv);
-              store_out(A.Qg + off_t + o, zv);
-              store_out(A.Qo + off_t + o, zv);
-              store_out(A.P + off_t + o, zv);
-              store_out(A.F + off_t + o, one);
-            }
-          }
+        float* p = packed.data() + ub * panel;
+        pack_gates(p, A.wx, 0, I, H, ub * VW);
+        pack_gates(p + static_cast<size_t>(I) * 4 * VW, A.wh, 0, H, H, ub * VW);
+      }
+      return;
+    }
+    const int t = it - 1;
+    Scratch& sc = scratch[j];
+    sc.size(B, 4);
+    float* z = sc.z.data();
+    const float* hprev = hbuf.data() + static_cast<size_t>(t & 1) * B * H;
+    float* hnext = hbuf.data() + static_cast<size_t>((t + 1) & 1) * B * H;
+    const float* xt = A.x + static_cast<size_t>(t) * B * I;
+    const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
+    const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
+    const size_t off_t = static_cast<size_t>(t) * B * H;
+    for (int b = 0; b < B; ++b) {
+      sc.a[b] = xt + static_cast<size_t>(b) * I;
+      sc.b[b] = (rt && rt[b]) ? zero.data() : hprev + static_cast<size_t>(b) * H;
+    }
+    for (int ub = lo; ub < hi; ++ub) {
+      const float* p = packed.data() + ub * panel;
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < 4; ++g) store(z + (b * 4 + g) * VW, load(A.b + g * H + ub * VW));
+      panel_product<kRows, 4>(z, B, sc.a.data(), I, p);
+      panel_product<kRows, 4>(z, B, sc.b.data(), H, p + static_cast<size_t>(I) * 4 * VW);
+      for (int b = 0; b < B; ++b) {
+        const float* zb = z + b * 4 * VW;
+        const size_t o = static_cast<size_t>(b) * H + ub * VW;
+        const bool reset = rt && rt[b];
+        const bool valid = !mt || mt[b];
+        const vf c_prev = reset ? splat(0.0f) : load(A.cT + o);
+        const vf ig = sigmoid(load(zb)), fg = sigmoid(load(zb + VW));
+        const vf gg = tanh_v(load(zb + 2 * VW)), og = sigmoid(load(zb + 3 * VW));
+        const vf c_new = fg * c_prev + ig * gg;
+        const vf tc = tanh_v(c_new);
+        const vf h_new = og * tc;
+        if (valid) {
+          store(A.cT + o, c_new);
+          store(hnext + o, h_new);
+          store_out(A.ys + off_t + o, h_new);
+        } else {
+          store(A.cT + o, c_prev);
+          store(hnext + o, load(hprev + o));
+          store_out(A.ys + off_t + o, splat(0.0f));
+        }
+        if (A.hs) store_out(A.hs + off_t + o, load(hnext + o));
+        if (save) {
+          const vf one = splat(1.0f), zv = splat(0.0f);
+          store_out(A.Qi + off_t + o, valid ? gg * ig * (one - ig) : zv);
+          store_out(A.Qf + off_t + o, valid ? c_prev * fg * (one - fg) : zv);
+          store_out(A.Qg + off_t + o, valid ? ig * (one - gg * gg) : zv);
+          store_out(A.Qo + off_t + o, valid ? tc * og * (one - og) : zv);
+          store_out(A.P + off_t + o, valid ? og * (one - tc * tc) : zv);
+          store_out(A.F + off_t + o, valid ? (reset ? zv : fg) : one);
         }
       }
-      barrier.wait();
     }
     fence_out();
   });
@@ -457,52 +484,56 @@ struct TangentArgs {
   float *dhT, *dcT, *dys;
 };
 
-// The tangent recurrence (fused_lstm._tangent_loop): linear in (drive, dh0, dc0).
+// The tangent recurrence (fused_lstm._tangent_loop), linear in (drive, dh0, dc0); iterations as in
+// forward().
 inline void tangent(const TangentArgs& A, int threads, const Spawn& spawn) {
   const int T = A.T, B = A.B, H = A.H;
-  const int blocks = H / VW;
-  const int n = std::min(participants(8.0 * B * H * H, threads), blocks);
+  const int nb = H / VW;
+  const int n = std::min(participants(8.0 * B * H * H, threads), nb);
+  const size_t panel = static_cast<size_t>(H) * 4 * VW;
+  std::vector<float> packed(nb * panel);
   std::vector<float> hbuf(2 * static_cast<size_t>(B) * H);
-  std::vector<float> zero(H, 0.0f);
+  std::vector<Scratch> scratch(n);
+  const std::vector<float> zero(H, 0.0f);
   std::memcpy(hbuf.data(), A.dh0, sizeof(float) * B * H);
   std::memcpy(A.dcT, A.dc0, sizeof(float) * B * H);
   advise_huge(A.dys, sizeof(float) * T * B * H);
-  run_team(n - 1, spawn, [&](int j, int nt, Barrier& barrier) {
+  run_team(n - 1, spawn, T + 1, [&](int it, int j, int nt) {
     int lo, hi;
-    share(blocks, j, nt, &lo, &hi);
-    std::vector<float> packed(static_cast<size_t>(hi - lo) * H * 4 * VW);
-    for (int ub = lo; ub < hi; ++ub)
-      pack_gates(packed.data() + static_cast<size_t>(ub - lo) * H * 4 * VW, A.wh, 0, H, H, ub * VW);
-    std::vector<float> z(static_cast<size_t>(B) * 4 * VW);
-    std::vector<const float*> hrows(B);
-    for (int t = 0; t < T; ++t) {
-      const float* hprev = hbuf.data() + static_cast<size_t>(t & 1) * B * H;
-      float* hnext = hbuf.data() + static_cast<size_t>((t + 1) & 1) * B * H;
-      const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
-      const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
-      const size_t off_t = static_cast<size_t>(t) * B * H;
-      const float* dt = A.drive + static_cast<size_t>(t) * B * 4 * H;
-      for (int b = 0; b < B; ++b) hrows[b] = (rt && rt[b]) ? zero.data() : hprev + static_cast<size_t>(b) * H;
-      for (int ub = lo; ub < hi; ++ub) {
-        for (int b = 0; b < B; ++b)
-          for (int g = 0; g < 4; ++g)
-            store(z.data() + (b * 4 + g) * VW, load(dt + static_cast<size_t>(b) * 4 * H + g * H + ub * VW));
-        panel_product<kRows, 4>(z.data(), B, hrows.data(), H,
-                                   packed.data() + static_cast<size_t>(ub - lo) * H * 4 * VW);
-        for (int b = 0; b < B; ++b) {
-          const float* zb = z.data() + b * 4 * VW;
-          const size_t o = static_cast<size_t>(b) * H + ub * VW;
-          const size_t oc = off_t + o;
-          const vf dc_new = load(A.c.F + oc) * load(A.dcT + o) + load(zb) * load(A.c.Qi + oc) +
-                            load(zb + VW) * load(A.c.Qf + oc) + load(zb + 2 * VW) * load(A.c.Qg + oc);
-          const vf dh_new = load(zb + 3 * VW) * load(A.c.Qo + oc) + load(A.c.P + oc) * dc_new;
-          store(A.dcT + o, dc_new);
-          store(A.dys + oc, dh_new);
-          store(hnext + o, (!mt || mt[b]) ? dh_new : load(hprev + o));
-        }
-      }
-      barrier.wait();
+    share(nb, j, nt, &lo, &hi);
+    if (it == 0) {
+      for (int ub = lo; ub < hi; ++ub) pack_gates(packed.data() + ub * panel, A.wh, 0, H, H, ub * VW);
+      return;
     }
+    const int t = it - 1;
+    Scratch& sc = scratch[j];
+    sc.size(B, 4);
+    float* z = sc.z.data();
+    const float* hprev = hbuf.data() + static_cast<size_t>(t & 1) * B * H;
+    float* hnext = hbuf.data() + static_cast<size_t>((t + 1) & 1) * B * H;
+    const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
+    const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
+    const size_t off_t = static_cast<size_t>(t) * B * H;
+    const float* dt = A.drive + static_cast<size_t>(t) * B * 4 * H;
+    for (int b = 0; b < B; ++b) sc.a[b] = (rt && rt[b]) ? zero.data() : hprev + static_cast<size_t>(b) * H;
+    for (int ub = lo; ub < hi; ++ub) {
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < 4; ++g)
+          store(z + (b * 4 + g) * VW, load(dt + static_cast<size_t>(b) * 4 * H + g * H + ub * VW));
+      panel_product<kRows, 4>(z, B, sc.a.data(), H, packed.data() + ub * panel);
+      for (int b = 0; b < B; ++b) {
+        const float* zb = z + b * 4 * VW;
+        const size_t o = static_cast<size_t>(b) * H + ub * VW;
+        const size_t oc = off_t + o;
+        const vf dc_new = load(A.c.F + oc) * load(A.dcT + o) + load(zb) * load(A.c.Qi + oc) +
+                          load(zb + VW) * load(A.c.Qf + oc) + load(zb + 2 * VW) * load(A.c.Qg + oc);
+        const vf dh_new = load(zb + 3 * VW) * load(A.c.Qo + oc) + load(A.c.P + oc) * dc_new;
+        store(A.dcT + o, dc_new);
+        store_out(A.dys + oc, dh_new);
+        store(hnext + o, (!mt || mt[b]) ? dh_new : load(hprev + o));
+      }
+    }
+    fence_out();
   });
   std::memcpy(A.dhT, hbuf.data() + static_cast<size_t>(T & 1) * B * H, sizeof(float) * B * H);
 }
@@ -516,74 +547,94 @@ struct AdjointArgs {
   float *g_drive, *g_dh0, *g_dc0;  // [T, B, 4H], [B, H], [B, H]
 };
 
-// The transpose of tangent(): the reverse loop. Per step, each thread forms the gate cotangents
-// u of its units (element-wise, into g_drive[t]), waits for all of them, then computes its units'
-// columns of u W_hᵀ (a GEMM over all 4H gate columns).
+// The transpose of tangent(): the reverse loop. Units are grouped by kVecs blocks (single blocks for
+// the rest), and participants own ranges of groups. Iteration 0 packs each group's panel
+// (panel[k][l] = w_h[u0 + l][k]); iteration 1 + i first finishes step t = T - i, whose gate
+// cotangents u_t every group has written: h̄ of the group's units is u_t W_hᵀ (a GEMM over all 4H
+// gate columns) plus what passed a masked step; then it forms the gate cotangents of step T - 1 - i
+// for the group's units (element-wise, into g_drive), which the next iteration's GEMMs read.
 inline void adjoint(const AdjointArgs& A, int threads, const Spawn& spawn) {
-  const int B = A.B, H = A.H, G = 4 * H;
-  const int blocks = H / VW;
-  const int n = std::min(participants(8.0 * B * H * H, threads), blocks);
+  const int T = A.T, B = A.B, H = A.H, G = 4 * H;
+  const int nb = H / VW;
+  std::vector<std::pair<int, int>> groups;  // (first block, blocks)
+  for (int ub = 0; ub < nb;) {
+    const int w = nb - ub >= kVecs ? kVecs : 1;
+    groups.emplace_back(ub, w);
+    ub += w;
+  }
+  const int ng = static_cast<int>(groups.size());
+  const int n = std::min(participants(8.0 * B * H * H, threads), ng);
+  std::vector<float> packed(static_cast<size_t>(nb) * G * VW);
   std::vector<float> hbar(A.g_dhT, A.g_dhT + static_cast<size_t>(B) * H);
+  std::vector<float> pass(static_cast<size_t>(B) * H);
+  std::vector<Scratch> scratch(n);
   std::memcpy(A.g_dc0, A.g_dcT, sizeof(float) * B * H);  // the carried c̄, in place
-  advise_huge(A.g_drive, sizeof(float) * A.T * B * G);
-  run_team(n - 1, spawn, [&](int j, int nt, Barrier& barrier) {
+  advise_huge(A.g_drive, sizeof(float) * T * B * G);
+  run_team(n - 1, spawn, T + 2, [&](int it, int j, int nt) {
     int lo, hi;
-    share(blocks, j, nt, &lo, &hi);
-    // Panels of kVecs unit vectors, then single ones for the rest: panel[k][l] = w_h[u0 + l][k].
-    std::vector<float> packed(static_cast<size_t>(hi - lo) * G * VW);
-    for (int ub = lo, nv = 0; ub < hi; ub += nv) {
-      nv = hi - ub >= kVecs ? kVecs : 1;
-      float* p = packed.data() + static_cast<size_t>(ub - lo) * G * VW;
-      for (int k = 0; k < G; ++k)
-        for (int l = 0; l < nv * VW; ++l) p[static_cast<size_t>(k) * nv * VW + l] =
-            A.wh[static_cast<size_t>(ub * VW + l) * G + k];
+    share(ng, j, nt, &lo, &hi);
+    if (lo >= hi) return;
+    if (it == 0) {
+      for (int gi = lo; gi < hi; ++gi) {
+        const auto [ub, w] = groups[gi];
+        float* p = packed.data() + static_cast<size_t>(ub) * G * VW;
+        for (int k = 0; k < G; ++k)
+          for (int l = 0; l < w * VW; ++l)
+            p[static_cast<size_t>(k) * w * VW + l] = A.wh[static_cast<size_t>(ub * VW + l) * G + k];
+      }
+      return;
     }
-    std::vector<float> pass(static_cast<size_t>(B) * (hi - lo) * VW);
-    std::vector<float> z(static_cast<size_t>(B) * kVecs * VW);
-    std::vector<const float*> urows(B);
-    for (int t = A.T - 1; t >= 0; --t) {
-      const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
+    const int i = it - 1;
+    if (i > 0) {  // h̄ entering step t = T - i, for this participant's groups
+      const int t = T - i;
       const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
+      const float* u = A.g_drive + static_cast<size_t>(t) * B * G;
+      Scratch& sc = scratch[j];
+      sc.size(B, kVecs);
+      float* z = sc.z.data();
+      for (int b = 0; b < B; ++b) sc.a[b] = u + static_cast<size_t>(b) * G;
+      for (int gi = lo; gi < hi; ++gi) {
+        const auto [ub, w] = groups[gi];
+        const float* p = packed.data() + static_cast<size_t>(ub) * G * VW;
+        std::fill(z, z + static_cast<size_t>(B) * w * VW, 0.0f);
+        if (w == kVecs) {
+          panel_product<kRows, kVecs>(z, B, sc.a.data(), G, p);
+        } else {
+          panel_product<kRows, 1>(z, B, sc.a.data(), G, p);
+        }
+        for (int b = 0; b < B; ++b) {
+          const bool reset = rt && rt[b];
+          for (int v = 0; v < w; ++v) {
+            const size_t o = static_cast<size_t>(b) * H + (ub + v) * VW;
+            const vf rec = reset ? splat(0.0f) : load(z + (static_cast<size_t>(b) * w + v) * VW);
+            store(hbar.data() + o, rec + load(pass.data() + o));
+          }
+        }
+      }
+    }
+    if (i < T) {  // the gate cotangents of step T - 1 - i, for this participant's units
+      const int t = T - 1 - i;
+      const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
       const size_t off_t = static_cast<size_t>(t) * B * H;
       float* u = A.g_drive + static_cast<size_t>(t) * B * G;
+      const int ub0 = groups[lo].first, ub1 = hi < ng ? groups[hi].first : nb;
       for (int b = 0; b < B; ++b) {
         const bool valid = !mt || mt[b];
-        for (int ub = lo; ub < hi; ++ub) {
+        for (int ub = ub0; ub < ub1; ++ub) {
           const size_t o = static_cast<size_t>(b) * H + ub * VW;
           const size_t oc = off_t + o;
           const vf hb = load(hbar.data() + o);
           const vf hn = load(A.g_dys + oc) + (valid ? hb : splat(0.0f));
-          store(pass.data() + (static_cast<size_t>(b) * (hi - lo) + ub - lo) * VW, valid ? splat(0.0f) : hb);
+          store(pass.data() + o, valid ? splat(0.0f) : hb);
           const vf cn = load(A.g_dc0 + o) + hn * load(A.c.P + oc);
-          float* ub_row = u + static_cast<size_t>(b) * G + ub * VW;
-          store(ub_row, cn * load(A.c.Qi + oc));
-          store(ub_row + H, cn * load(A.c.Qf + oc));
-          store(ub_row + 2 * H, cn * load(A.c.Qg + oc));
-          store(ub_row + 3 * H, hn * load(A.c.Qo + oc));
+          float* row = u + static_cast<size_t>(b) * G + ub * VW;
+          store(row, cn * load(A.c.Qi + oc));
+          store(row + H, cn * load(A.c.Qf + oc));
+          store(row + 2 * H, cn * load(A.c.Qg + oc));
+          store(row + 3 * H, hn * load(A.c.Qo + oc));
           store(A.g_dc0 + o, cn * load(A.c.F + oc));
         }
       }
-      barrier.wait();
-      for (int b = 0; b < B; ++b) urows[b] = u + static_cast<size_t>(b) * G;
-      for (int ub = lo, nv = 0; ub < hi; ub += nv) {
-        nv = hi - ub >= kVecs ? kVecs : 1;
-        const float* p = packed.data() + static_cast<size_t>(ub - lo) * G * VW;
-        std::fill(z.begin(), z.end(), 0.0f);
-        if (nv == kVecs) {
-          panel_product<kRows, kVecs>(z.data(), B, urows.data(), G, p);
-        } else {
-          panel_product<kRows, 1>(z.data(), B, urows.data(), G, p);
-        }
-        for (int b = 0; b < B; ++b) {
-          const bool reset = rt && rt[b];
-          for (int v = 0; v < nv; ++v) {
-            const vf rec = reset ? splat(0.0f) : load(z.data() + (static_cast<size_t>(b) * nv + v) * VW);
-            const size_t o = static_cast<size_t>(b) * H + (ub + v) * VW;
-            store(hbar.data() + o, rec + load(pass.data() + (static_cast<size_t>(b) * (hi - lo) + ub + v - lo) * VW));
-          }
-        }
-      }
-      // hbar of this thread's units is complete; the next step's element-wise part reads only those.
     }
   });
   std::memcpy(A.g_dh0, hbar.data(), sizeof(float) * B * H);
