@@ -3,7 +3,9 @@
 ``jlstm.lstm`` on CPU runs its loops on the native kernel (:mod:`jlstm.kernels.native_lstm`) where
 ``Plan.native_from_batch`` and ``Plan.native_train_to_batch`` allow it. This benchmark runs the same
 ``jlstm.scan`` calls traced under a plan that always takes the kernel and under one that never does
-(then the fused XLA scan runs), interleaved round by round, forward and training (the gradient of
+(then the fused XLA scan runs), interleaved round by round (each timed call after one untimed call of
+the same program: one call right after another program is slower for both, by up to 2x at B=4),
+forward and training (the gradient of
 ``sum(ys * ct)`` with respect to the parameters and the inputs), over a grid of shapes. It writes the
 medians and ``xla / native`` (above 1: the kernel is faster) to ``--out``.
 """
@@ -79,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     times: dict = {k: [] for k in runners}
     for _ in range(rounds):
         for k, f in runners.items():
+            f()                     # untimed: the previous program's threads and caches settle first
             times[k].append(timed_call(f))
     results = []
     for shape in shapes:

@@ -43,11 +43,12 @@ typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
 
 // A register tile is MR rows × 4 vectors (forward and tangent: the 4 gates of VW units; adjoint:
-// 4·VW units). Two rows keep 8 accumulators, 4 weight vectors and 2 broadcasts within AVX2's 16
-// registers. Measured on a 2-core AVX2 EPYC at B=32, T=128, I=128, H=256 (best of 15, 6 alternating
-// runs): the forward took 22.2 ms against 23.4 with 6 rows × 2 vectors, the adjoint 16.3 against
-// 17.4; 3 rows × 4 vectors (which spills) took 41 ms.
-constexpr int kRows = 2;
+// 4·VW units). Three rows keep 12 accumulators, 3 broadcasts and the weight vector being used within
+// AVX2's 16 registers (7 loads for 12 FMAs; two rows: 6 for 8). Measured on a 2-core AVX2 EPYC
+// (lower quartile of 15 steady calls, 3 alternating processes each): at B=32, T=128, I=128, H=256
+// the forward took 22.0-25.4 ms against 25.7-29.2 with two rows, and at B=64, T=64, I=H=512
+// 107-114 ms against 115-137; training was within the noise (83-98 against 83-96 ms).
+constexpr int kRows = 3;
 constexpr int kVecs = 4;
 
 inline vf load(const float* p) {
@@ -328,32 +329,28 @@ inline void tile(vf (&acc)[MR][NV], const float* const* a, int K, const float* w
 }
 
 // z[b][·] += Σ_k rows[b][k] panel[k][·] for all B rows: z is (B, NV·VW), the panel K × NV vectors.
-// Blocked for L1: 32 rows at a time, and K in chunks of 256 / NV, so that the panel's chunk (8 KB),
-// the rows' chunk (8 KB for NV = 4) and the rows' partial sums in z (4 KB) stay in L1 while every
-// row tile of the block reads them. (Without the row blocks, at B = 128 the rows' chunk alone filled
-// L1, and the backward loop ran at 0.8x XLA's speed.)
+// K is walked in chunks whose panel part (KC × NV vectors, 8 KB) stays in L1 while every row tile
+// of the batch reads it; the rows come from L2, the partial sums go through z. (Blocking the rows
+// too, 32 at a time, read each weight chunk once per row block: at B = 64, H = 512 the forward
+// slowed from 0.95x to 0.65-0.78x XLA's time.)
 template <int MR, int NV>
 inline void panel_product(float* z, int B, const float* const* rows, int K, const float* panel) {
   constexpr int KC = 256 / NV;
-  constexpr int RB = 32;
-  for (int r0 = 0; r0 < B; r0 += RB) {
-    const int r1 = std::min(B, r0 + RB);
-    for (int k0 = 0; k0 < K; k0 += KC) {
-      const int kc = std::min(KC, K - k0);
-      const float* pk = panel + static_cast<int64_t>(k0) * NV * VW;
-      for (int b0 = r0; b0 < r1; b0 += MR) {
-        const int n = std::min(MR, r1 - b0);
-        const float* a[MR];
-        vf acc[MR][NV];
-        for (int r = 0; r < MR; ++r) {
-          const int b = b0 + std::min(r, n - 1);
-          a[r] = rows[b] + k0;
-          for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b) * NV + v) * VW);
-        }
-        tile<MR, NV>(acc, a, kc, pk);
-        for (int r = 0; r < n; ++r)
-          for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
+  for (int k0 = 0; k0 < K; k0 += KC) {
+    const int kc = std::min(KC, K - k0);
+    const float* pk = panel + static_cast<int64_t>(k0) * NV * VW;
+    for (int b0 = 0; b0 < B; b0 += MR) {
+      const int n = std::min(MR, B - b0);
+      const float* a[MR];
+      vf acc[MR][NV];
+      for (int r = 0; r < MR; ++r) {
+        const int b = b0 + std::min(r, n - 1);
+        a[r] = rows[b] + k0;
+        for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b) * NV + v) * VW);
       }
+      tile<MR, NV>(acc, a, kc, pk);
+      for (int r = 0; r < n; ++r)
+        for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
     }
   }
 }
