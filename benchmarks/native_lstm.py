@@ -3,11 +3,11 @@
 ``jlstm.lstm`` on CPU runs its loops on the native kernel (:mod:`jlstm.kernels.native_lstm`) where
 ``Plan.native_from_batch`` and ``Plan.native_train_to_batch`` allow it. This benchmark runs the same
 ``jlstm.scan`` calls traced under a plan that always takes the kernel and under one that never does
-(then the fused XLA scan runs), interleaved round by round (each timed call after one untimed call of
-the same program: one call right after another program is slower for both, by up to 2x at B=4),
-forward and training (the gradient of
-``sum(ys * ct)`` with respect to the parameters and the inputs), over a grid of shapes. It writes the
-medians and ``xla / native`` (above 1: the kernel is faster) to ``--out``.
+(then the fused XLA scan runs), interleaved round by round, forward and training (the gradient of
+``sum(ys * ct)`` with respect to the parameters and the inputs), over a grid of shapes. Each timed
+call follows an untimed call of the same program: a call right after another program was slower for
+both engines, by up to 2x at B=4. It writes the medians and ``xla / native`` (above 1: the kernel is
+faster) to ``--out``.
 """
 
 from __future__ import annotations

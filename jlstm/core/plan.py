@@ -72,9 +72,11 @@ class Plan(NamedTuple):
       native_from_batch: from this batch size on, the LSTM (float32, no peepholes, H a multiple of 8)
         runs its loops on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`; ``None``: never).
         On 2 CPU cores (``benchmarks/results/native_lstm_cpu_epyc.json``, fused XLA time / native time,
-        interleaved) the kernel won the forward at B = 4-32 (1.16-1.35x at H = 64-1024) and training at
-        B = 4, 8 and 32 with H = 64 (1.22-1.53x), tied at B = 32-128 with H = 256, and lost at B = 1
-        (0.63-0.83x: a matrix-vector product per step, bound by reading the weights).
+        interleaved) the kernel won the forward at B = 4-256 (1.05-2.17x, H = 64-1024) and training
+        at B = 8-256 (1.05-1.61x), tied training at B = 4 (0.98-1.14x), and lost at B = 1 (0.72-0.80x:
+        a matrix-vector product per step, bound by reading the weights).
+      native_train_to_batch: the largest batch whose training (the tangent and backward loops) takes
+        the kernel (``None``: no limit; forward-only calls are not capped).
     """
 
     backend: str
@@ -103,7 +105,7 @@ class Plan(NamedTuple):
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_backward_unroll=1, lstm_inloop_from_batch=8,
                 step_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False,
-                native_from_batch=4, native_train_to_batch=32),
+                native_from_batch=4),
     "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, lstm_step_forward_to_batch=64, pallas=True,
                 parallel_from_T=32, associative=True, lapack_solve=True,
                 pallas_slstm=True),

@@ -26,6 +26,7 @@ from np_reference import lstm_step
 import jlstm
 import jlstm.kernels.fused_lstm as fused
 import jlstm.kernels.native_lstm as native
+from jlstm.core.plan import current_plan
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,9 +191,23 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
                         jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
 
 
-def test_training_above_the_plans_batch_keeps_the_xla_loops():
-    """``Plan.native_train_to_batch``: on CPU, training from B = 33 takes the fused XLA loops (the kernel lost
-    there), while a forward-only call still runs the kernel."""
+def test_training_at_any_batch_from_the_plans_start_runs_the_kernel():
+    """The CPU plan sends training to the kernel at every batch from ``native_from_batch`` on (it won up to
+    B = 256 in ``benchmarks/results/native_lstm_cpu_epyc.json``), and the gradients stay right."""
+    cell, params, xs, state = _case(40, 3, 4, 8)
+    train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
+    assert "jlstm_lstm_adjoint" in str(jax.make_jaxpr(train)(params, xs))
+    ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
+    _close(jax.jit(train)(params, xs), ref(params, xs), 2e-5)
+
+
+def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
+    """``Plan.native_train_to_batch``: above it, training takes the fused XLA loops while a forward-only
+    call still runs the kernel."""
+    import jlstm._scan as scan_mod
+
+    capped = current_plan()._replace(native_train_to_batch=32)
+    monkeypatch.setattr(scan_mod, "current_plan", lambda: capped)
     cell, params, xs, state = _case(40, 3, 4, 8)
     assert _uses_kernel(lambda p, x: jlstm.scan(cell, p, x, state), params, xs)
     train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
