@@ -105,7 +105,7 @@ class Plan(NamedTuple):
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_backward_unroll=1, lstm_inloop_from_batch=8,
                 step_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False,
-                native_from_batch=4),
+                native_from_batch=1),
     "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, lstm_step_forward_to_batch=64, pallas=True,
                 parallel_from_T=32, associative=True, lapack_solve=True,
                 pallas_slstm=True),

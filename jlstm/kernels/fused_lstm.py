@@ -188,12 +188,13 @@ def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: boo
 def _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts: Options, save: bool):
     """The primal loop on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`), with the XLA loop's
     results: ``(h_T, c_T, ys, residuals)``, the residuals ``(hs with a mask, None, coefficients)``.
+    Unless ``opts.inloop``, the inputs are projected by one GEMM before the loop, as in the XLA loop.
 
     Its own derivative (needed only at second order: the fused ``custom_jvp`` does not differentiate
     its primal loop) is the XLA loop's, which computes the same function.
     """
     hT, cT, ys, hs, coef = _native.forward(w_x, w_h, b, xs, h0, c0, m, r, save=save,
-                                           keep_states=save and m is not None)
+                                           keep_states=save and m is not None, project_first=not opts.inloop)
     res = (hs, None, Coefficients(coef.P, tuple(coef.Q), coef.F)) if coef is not None else None
     return hT, cT, ys, res
 

@@ -181,11 +181,14 @@ def _pred(a: jax.Array | None) -> jax.Array:
     return jnp.zeros((0,), jnp.bool_) if a is None else a.astype(jnp.bool_)
 
 
-def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool):
+def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool, project_first: bool = False):
     """The primal loop: ``(h_T, c_T, ys, hs, coefficients)``; ``hs`` (the carried states, [T, B, H])
     only with ``keep_states``, the coefficients only with ``save`` (else ``None``). float32 throughout.
 
-    Not differentiable by itself: :mod:`jlstm.kernels.fused_lstm` gives it a ``custom_jvp``.
+    ``project_first`` computes ``xs @ w_x`` for all steps in one XLA GEMM before the loop, so that a
+    step reads only ``w_h`` (faster at small batches, where a step is bound by reading the weights);
+    else each step projects its own inputs. Not differentiable by itself:
+    :mod:`jlstm.kernels.fused_lstm` gives it a ``custom_jvp``.
     """
     _require()
     T, B, _ = xs.shape
@@ -196,8 +199,11 @@ def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool):
     state = jax.ShapeDtypeStruct((B, H), f32)
     outs = [state, state, seq, seq if keep_states else empty] + [seq if save else empty] * 6
     call = jax.ffi.ffi_call("jlstm_lstm_forward", outs, vmap_method="sequential")
-    hT, cT, ys, hs, P, Qi, Qf, Qg, Qo, F = call(xs.astype(f32), w_x.astype(f32), w_h.astype(f32), b.astype(f32),
-                                                h0.astype(f32), c0.astype(f32), _pred(m), _pred(r))
+    x, wx = xs.astype(f32), w_x.astype(f32)
+    if project_first:
+        x, wx = jnp.einsum("tbi,ig->tbg", x, wx, precision=jax.lax.Precision.HIGHEST), jnp.zeros((0,), f32)
+    hT, cT, ys, hs, P, Qi, Qf, Qg, Qo, F = call(x, wx, w_h.astype(f32), b.astype(f32), h0.astype(f32),
+                                                c0.astype(f32), _pred(m), _pred(r))
     coef = Coefficients(P, (Qi, Qf, Qg, Qo), F) if save else None
     return hT, cT, ys, (hs if keep_states else None), coef
 

@@ -58,7 +58,9 @@ def _close(a, b, tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("B,T,I,H", [(4, 6, 3, 8), (5, 9, 7, 24), (7, 5, 16, 72)])
+# Batches below the plan's lstm_inloop_from_batch (8 on CPU) project the inputs before the loop, the rest
+# inside it: both layouts of the kernel's forward are covered.
+@pytest.mark.parametrize("B,T,I,H", [(1, 7, 5, 16), (4, 6, 3, 8), (5, 9, 7, 24), (7, 5, 16, 72), (11, 6, 9, 24)])
 def test_forward_matches_the_numpy_equations(B, T, I, H):
     cell, params, xs, state = _case(B, T, I, H)
     run = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))
@@ -81,14 +83,14 @@ def _loss(cell, ct, fast, **kw):
     return loss
 
 
-@pytest.mark.parametrize("flags", ["none", "lengths", "mask"])
-def test_values_and_gradients_match_the_step_loop(flags):
-    B, T, I, H = 6, 8, 5, 16
+@pytest.mark.parametrize("flags,B", [("none", 6), ("lengths", 6), ("mask", 6), ("mask", 9)])
+def test_values_and_gradients_match_the_step_loop(flags, B):
+    T, I, H = 8, 5, 16
     cell, params, xs, state = _case(B, T, I, H, seed=1)
     ct = jax.random.normal(jax.random.key(9), (T, B, H))
     kw = {}
     if flags == "lengths":
-        kw["lengths"] = jnp.array([8, 0, 3, 5, 8, 1])
+        kw["lengths"] = jnp.array([8, 0, 3, 5, 8, 1][:B])
     elif flags == "mask":
         kw["mask"] = jax.random.uniform(jax.random.key(3), (T, B)) > 0.35
     fast = jax.jit(jax.value_and_grad(_loss(cell, ct, True, **kw), argnums=(0, 1, 2)))
@@ -170,11 +172,14 @@ def test_thread_count_does_not_change_a_bit(monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("change", ["batch 2", "peephole", "bf16", "H=12", "JLSTM_NATIVE=0"])
+@pytest.mark.parametrize("change", ["below the plan's batch", "peephole", "bf16", "H=12", "JLSTM_NATIVE=0"])
 def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, monkeypatch):
     B, H, kw = 8, 16, {}
-    if change == "batch 2":
-        B = 2
+    if change == "below the plan's batch":
+        import jlstm._scan as scan_mod
+
+        B, plan = 2, current_plan()._replace(native_from_batch=4)
+        monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
     elif change == "peephole":
         kw = {"peephole": "diagonal"}
     elif change == "bf16":
@@ -224,6 +229,12 @@ def test_the_kernel_rejects_shapes_it_cannot_serve():
     with pytest.raises(Exception, match="jlstm native LSTM"):
         jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 48)), jnp.ones((12, 48)), jnp.ones(48),
                                    jnp.ones((2, 12)), jnp.ones((2, 12)), empty, empty))
+    # Projected inputs (an empty w_x) must be [T, B, 4H].
+    state, seq = jax.ShapeDtypeStruct((2, 16), jnp.float32), jax.ShapeDtypeStruct((3, 2, 16), jnp.float32)
+    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 7)
+    with pytest.raises(Exception, match=r"x W_x \[T, B, 4H\]"):
+        jax.block_until_ready(call(jnp.ones((3, 2, 40)), jnp.zeros((0,)), jnp.ones((16, 64)), jnp.ones(64),
+                                   jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
 
 
 def test_a_failed_build_warns_and_leaves_the_jax_path(tmp_path):

@@ -267,16 +267,18 @@ inline void run_team(int helpers, const Spawn& spawn, int iterations, Body body)
   for (int spin = 0; team->finished.load(std::memory_order_acquire) < admitted; ++spin) cpu_relax(spin);
 }
 
-// The participants for a loop whose step does `flops` floating-point operations: one per 400k flops
-// of a step, since a step ends at a barrier, at most `threads` (the pool's size, or the CPUs this
-// process may use). On a 2-core EPYC a second thread made B=4, H=64 steps (260k flops) 5x slower, and
-// B=1, H=256 steps (790k) 1.4x faster. JLSTM_NATIVE_THREADS=n asks for n whatever the size.
+// The participants for a loop whose step does `flops` floating-point operations: one per 50k flops
+// of a step (a step ends at a barrier), at most `threads` (the pool's size, or the CPUs this process
+// may use). On a 2-core EPYC a second thread made the forward faster from about 50k flops a step
+// (B = 1, I = 32, H = 64: 0.35 against 0.55 ms for 256 steps; B = 1, H = 256 with the inputs
+// projected first, 524k flops: 3.9 against 6.5 ms) and slower at 16k (B = 2, H = 32: 0.45 against
+// 0.30 ms). JLSTM_NATIVE_THREADS=n asks for n whatever the size.
 inline int participants(double flops, int threads) {
   if (const char* env = std::getenv("JLSTM_NATIVE_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
-  const int by_work = static_cast<int>(std::max(1.0, flops / 4.0e5));
+  const int by_work = static_cast<int>(std::max(1.0, flops / 5.0e4));
   return std::max(1, std::min(threads, by_work));
 }
 
@@ -328,9 +330,24 @@ inline void tile(vf (&acc)[MR][NV], const float* const* a, int K, const float* w
   }
 }
 
+// z[b0 + r][·] += Σ_k rows[b0 + r][k0 + k] panel[k][·] for r < MR, k < kc: one register tile.
+template <int MR, int NV>
+inline void row_tile(float* z, int b0, const float* const* rows, int k0, int kc, const float* pk) {
+  const float* a[MR];
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    a[r] = rows[b0 + r] + k0;
+    for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW);
+  }
+  tile<MR, NV>(acc, a, kc, pk);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
+}
+
 // z[b][·] += Σ_k rows[b][k] panel[k][·] for all B rows: z is (B, NV·VW), the panel K × NV vectors.
 // K is walked in chunks whose panel part (KC × NV vectors, 8 KB) stays in L1 while every row tile
-// of the batch reads it; the rows come from L2, the partial sums go through z. (Blocking the rows
+// of the batch reads it; the rows come from L2, the partial sums go through z. The last rows of a
+// batch that is not a multiple of MR take narrower tiles (no wasted FMAs at B = 1 or 2). (Blocking the rows
 // too, 32 at a time, read each weight chunk once per row block: at B = 64, H = 512 the forward
 // slowed from 0.95x to 0.65-0.78x XLA's time.)
 template <int MR, int NV>
@@ -341,16 +358,13 @@ inline void panel_product(float* z, int B, const float* const* rows, int K, cons
     const float* pk = panel + static_cast<int64_t>(k0) * NV * VW;
     for (int b0 = 0; b0 < B; b0 += MR) {
       const int n = std::min(MR, B - b0);
-      const float* a[MR];
-      vf acc[MR][NV];
-      for (int r = 0; r < MR; ++r) {
-        const int b = b0 + std::min(r, n - 1);
-        a[r] = rows[b] + k0;
-        for (int v = 0; v < NV; ++v) acc[r][v] = load(z + (static_cast<int64_t>(b) * NV + v) * VW);
+      if (n == MR) {
+        row_tile<MR, NV>(z, b0, rows, k0, kc, pk);
+      } else if (MR > 2 && n == 2) {
+        row_tile<2, NV>(z, b0, rows, k0, kc, pk);
+      } else {
+        for (int r = 0; r < n; ++r) row_tile<1, NV>(z, b0 + r, rows, k0, kc, pk);
       }
-      tile<MR, NV>(acc, a, kc, pk);
-      for (int r = 0; r < n; ++r)
-        for (int v = 0; v < NV; ++v) store(z + (static_cast<int64_t>(b0 + r) * NV + v) * VW, acc[r][v]);
     }
   }
 }
@@ -376,16 +390,19 @@ struct Scratch {
 };
 
 struct ForwardArgs {
-  int T, B, I, H;
+  int T, B, I, H;                        // I = 0 where x is projected
   const float *x, *wx, *wh, *b, *h0, *c0;
   const uint8_t *m, *r;                  // [T, B] or null
   float *hT, *cT, *ys;                   // hT, cT [B, H]; ys [T, B, H]
   float *hs;                             // [T, B, H] carried states (with a mask), or null
   float *P, *Qi, *Qf, *Qg, *Qo, *F;      // [T, B, H] each, or all null (no residuals)
+  bool projected = false;
 };
 
 // The forward loop. Iteration 0 packs each unit block's gate panel (rows of [W_x; W_h]); iteration
-// t + 1 is step t: per unit block, the GEMM over all rows, the cell update and the outputs.
+// t + 1 is step t: per unit block, the GEMM over all rows, the cell update and the outputs. Where
+// x is projected (x W_x from one GEMM before the loop, [T, B, 4H]; then I = 0), a step reads only
+// W_h: at B = 1 a step is a matrix-vector product, bound by reading the weights.
 inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
   const int T = A.T, B = A.B, I = A.I, H = A.H, K = I + H;
   const int nb = H / VW;
@@ -417,7 +434,7 @@ inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
     float* z = sc.z.data();
     const float* hprev = hbuf.data() + static_cast<size_t>(t & 1) * B * H;
     float* hnext = hbuf.data() + static_cast<size_t>((t + 1) & 1) * B * H;
-    const float* xt = A.x + static_cast<size_t>(t) * B * I;
+    const float* xt = A.x + static_cast<size_t>(t) * B * (A.projected ? 4 * H : I);
     const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
     const uint8_t* rt = A.r ? A.r + static_cast<size_t>(t) * B : nullptr;
     const size_t off_t = static_cast<size_t>(t) * B * H;
@@ -428,7 +445,11 @@ inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
     for (int ub = lo; ub < hi; ++ub) {
       const float* p = packed.data() + ub * panel;
       for (int b = 0; b < B; ++b)
-        for (int g = 0; g < 4; ++g) store(z + (b * 4 + g) * VW, load(A.b + g * H + ub * VW));
+        for (int g = 0; g < 4; ++g) {
+          const vf bias = load(A.b + g * H + ub * VW);
+          store(z + (b * 4 + g) * VW,
+                !A.projected ? bias : bias + load(xt + static_cast<size_t>(b) * 4 * H + g * H + ub * VW));
+        }
       panel_product<kRows, 4>(z, B, sc.a.data(), I, p);
       panel_product<kRows, 4>(z, B, sc.b.data(), H, p + static_cast<size_t>(I) * 4 * VW);
       for (int b = 0; b < B; ++b) {

@@ -60,11 +60,14 @@ struct PoolSpawn {
 
 ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F32 c0, Pred m, Pred r, Out hT, Out cT, Out ys,
                    Out hs, Out P, Out Qi, Out Qf, Out Qg, Out Qo, Out F) {
-  const int64_t T = dim(x, 0), B = dim(x, 1), I = dim(x, 2), H = dim(h0, 1);
-  if (x.dimensions().size() != 3 || H % nat::VW != 0 || !has(wx, {I, 4 * H}) || !has(wh, {H, 4 * H}) ||
-      !has(b, {4 * H}) || !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
-    return invalid("forward: shapes do not match x [T, B, I], w_x [I, 4H], w_h [H, 4H], b [4H], "
-                   "h0 and c0 [B, H] with H a multiple of 8");
+  const int64_t T = dim(x, 0), B = dim(x, 1), H = dim(h0, 1);
+  const bool projected = wx.element_count() == 0 && dim(x, 2) != 0;  // x is x W_x, [T, B, 4H]
+  const int64_t I = projected ? 0 : dim(x, 2);
+  if (x.dimensions().size() != 3 || H % nat::VW != 0 || (projected ? dim(x, 2) != 4 * H : !has(wx, {I, 4 * H})) ||
+      !has(wh, {H, 4 * H}) || !has(b, {4 * H}) || !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) ||
+      !mask_ok(r, T, B))
+    return invalid("forward: shapes do not match x [T, B, I], w_x [I, 4H] (or x W_x [T, B, 4H] with an empty "
+                   "w_x), w_h [H, 4H], b [4H], h0 and c0 [B, H] with H a multiple of 8");
   const size_t seq = static_cast<size_t>(T * B * H);
   float* coef[6] = {optional_out(P), optional_out(Qi), optional_out(Qf), optional_out(Qg), optional_out(Qo),
                     optional_out(F)};
@@ -79,6 +82,7 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F
                      c0.typed_data(), optional_mask(m, T, B), optional_mask(r, T, B), hT->typed_data(),
                      cT->typed_data(), ys->typed_data(), optional_out(hs),
                      coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]};
+  a.projected = projected;
   if (T > 0) {
     const PoolSpawn ps{pool};
     nat::forward(a, ps.threads(), ps.spawn());
