@@ -174,8 +174,15 @@ using Spawn = std::function<void(Task)>;
 
 constexpr auto kFirstWait = std::chrono::microseconds(100);
 
+// A wait's spin-th round: a pause for the first kSpins rounds (a few microseconds: a step's
+// participants usually meet within that), then a yield of the core. A participant that shares its
+// core with another (more runnable threads than cores: a second process, XLA's own threads) would
+// otherwise hold the core for its whole spin every step: with 4000 pauses (about 90 us on this EPYC)
+// B = 4, H = 64 steps took 86 us each instead of 6 in some processes.
+constexpr int kSpins = 256;
+
 inline void cpu_relax(int spin) {
-  if (spin < 4000) {
+  if (spin < kSpins) {
 #if defined(__x86_64__) || defined(__i386__)
     _mm_pause();
 #endif
@@ -267,18 +274,19 @@ inline void run_team(int helpers, const Spawn& spawn, int iterations, Body body)
   for (int spin = 0; team->finished.load(std::memory_order_acquire) < admitted; ++spin) cpu_relax(spin);
 }
 
-// The participants for a loop whose step does `flops` floating-point operations: one per 50k flops
+// The participants for a loop whose step does `flops` floating-point operations: one per 150k flops
 // of a step (a step ends at a barrier), at most `threads` (the pool's size, or the CPUs this process
-// may use). On a 2-core EPYC a second thread made the forward faster from about 50k flops a step
-// (B = 1, I = 32, H = 64: 0.35 against 0.55 ms for 256 steps; B = 1, H = 256 with the inputs
-// projected first, 524k flops: 3.9 against 6.5 ms) and slower at 16k (B = 2, H = 32: 0.45 against
-// 0.30 ms). JLSTM_NATIVE_THREADS=n asks for n whatever the size.
+// may use). On a 2-core EPYC a second thread made B = 1, H = 256 steps with the inputs projected
+// first (524k flops) 1.7x faster (3.9 against 6.5 ms for 256 steps). Below that the gain was smaller
+// (B = 4, H = 64, 131k flops: 0.57 against 0.73 ms when calls repeat) and turned into a loss right
+// after an XLA program, whose idle pool threads still spin beside the team (1.9 against 1.1 ms), so
+// smaller steps run on one thread. JLSTM_NATIVE_THREADS=n asks for n whatever the size.
 inline int participants(double flops, int threads) {
   if (const char* env = std::getenv("JLSTM_NATIVE_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
-  const int by_work = static_cast<int>(std::max(1.0, flops / 5.0e4));
+  const int by_work = static_cast<int>(std::max(1.0, flops / 1.5e5));
   return std::max(1, std::min(threads, by_work));
 }
 
