@@ -72,9 +72,10 @@ class Plan(NamedTuple):
       native_from_batch: from this batch size on, the LSTM (float32, no peepholes, H a multiple of 8)
         runs its loops on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`; ``None``: never).
         On 2 CPU cores (``benchmarks/results/native_lstm_cpu_epyc.json``, fused XLA time / native time,
-        interleaved) the kernel won the forward at B = 4-256 (1.05-2.17x, H = 64-1024) and training
-        at B = 8-256 (1.05-1.61x), tied training at B = 4 (0.98-1.14x), and lost at B = 1 (0.72-0.80x:
-        a matrix-vector product per step, bound by reading the weights).
+        interleaved) the kernel won the forward at B = 1-128 with H = 256 (1.13-2.03x) and B = 16,
+        H = 1024 (2.22x), training at B = 1-128 with H = 256 (1.14-1.48x), tied at B = 256 (1.01x,
+        0.97x), and tied or lost where a step is tiny (B = 4, H = 64: 0.98x forward, 0.74x
+        training) or a matrix-vector product over a 4 MB W_h (B = 1, H = 512: 0.90x, 0.96x).
       native_train_to_batch: the largest batch whose training (the tangent and backward loops) takes
         the kernel (``None``: no limit; forward-only calls are not capped).
     """

@@ -71,8 +71,9 @@ def test_kernels_with_resets_equal_episodes_run_alone():
     assert float(jnp.max(jnp.abs(got[1][0].w_h))) > 0
 
 
-# The backend's own plan with the kernel allowed: on CPU it runs in interpret mode.
-PALLAS_PLAN = current_plan()._replace(pallas=True, pallas_max_hidden=64, pallas_max_batch=64, native_from_batch=None)
+# The backend's own plan with the kernel allowed: on CPU it runs in interpret mode (the native CPU kernel off).
+PALLAS_PLAN = current_plan()._replace(pallas=True, pallas_max_hidden=64, pallas_max_batch=64,
+                                      native_from_batch=None)
 
 
 @pytest.fixture

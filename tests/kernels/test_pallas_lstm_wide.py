@@ -106,7 +106,8 @@ def test_bf16_operands_match_the_transcription():
 def wide_plan(monkeypatch):
     """Route jlstm.scan by a CPU plan that allows the wide kernel (and not the one-program kernel);
     record each run of its forward kernel."""
-    plan = CPU._replace(pallas=False, pallas_wide=True, pallas_wide_block=8, pallas_wide_tile=2, native_from_batch=None)
+    plan = CPU._replace(pallas=False, pallas_wide=True, pallas_wide_block=8, pallas_wide_tile=2,
+                        native_from_batch=None)
     return route_with_spy(monkeypatch, plan, _wide, "forward")
 
 
