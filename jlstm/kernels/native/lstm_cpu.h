@@ -355,9 +355,9 @@ inline void row_tile(float* z, int b0, const float* const* rows, int k0, int kc,
 // z[b][·] += Σ_k rows[b][k] panel[k][·] for all B rows: z is (B, NV·VW), the panel K × NV vectors.
 // K is walked in chunks whose panel part (KC × NV vectors, 8 KB) stays in L1 while every row tile
 // of the batch reads it; the rows come from L2, the partial sums go through z. The last rows of a
-// batch that is not a multiple of MR take narrower tiles (no wasted FMAs at B = 1 or 2). (Blocking the rows
-// too, 32 at a time, read each weight chunk once per row block: at B = 64, H = 512 the forward
-// slowed from 0.95x to 0.65-0.78x XLA's time.)
+// batch that is not a multiple of MR take narrower tiles (no wasted FMAs at B = 1 or 2). Blocking
+// the rows too, 32 at a time, read each weight chunk once per row block: at B = 64, H = 512 the
+// forward slowed from 0.95x to 0.65-0.78x XLA's time.
 template <int MR, int NV>
 inline void panel_product(float* z, int B, const float* const* rows, int K, const float* panel) {
   constexpr int KC = 256 / NV;
