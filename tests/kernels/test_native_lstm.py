@@ -24,6 +24,7 @@ from episodes import run_episodes
 from np_reference import lstm_step
 
 import jlstm
+import jlstm._scan as scan_mod
 import jlstm.kernels.fused_lstm as fused
 import jlstm.kernels.native_lstm as native
 from jlstm.core.plan import current_plan
@@ -176,10 +177,8 @@ def test_thread_count_does_not_change_a_bit(monkeypatch):
 def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, monkeypatch):
     B, H, kw = 8, 16, {}
     if change == "below the plan's batch":
-        import jlstm._scan as scan_mod
-
-        B, plan = 2, current_plan()._replace(native_from_batch=4)
-        monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
+        B = 2
+        _route_by(monkeypatch, current_plan()._replace(native_from_batch=4))
     elif change == "peephole":
         kw = {"peephole": "diagonal"}
     elif change == "bf16":
@@ -196,29 +195,36 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
                         jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
 
 
+def _route_by(monkeypatch, plan) -> None:
+    """Trace ``jlstm.scan`` under ``plan`` for the rest of the test."""
+    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
+
+
+def _training_and_reference(cell, params, xs, state):
+    """The gradient of ``sum(ys)`` (params, inputs) as a function, and its values against the step loop's."""
+    train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
+    ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
+    return train, (jax.jit(train)(params, xs), ref(params, xs))
+
+
 def test_training_at_any_batch_from_the_plans_start_runs_the_kernel():
     """The CPU plan sends training to the kernel at every batch from ``native_from_batch`` on (it won up to
     B = 256 in ``benchmarks/results/native_lstm_cpu_epyc.json``), and the gradients stay right."""
     cell, params, xs, state = _case(40, 3, 4, 8)
-    train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
+    train, (got, want) = _training_and_reference(cell, params, xs, state)
     assert "jlstm_lstm_adjoint" in str(jax.make_jaxpr(train)(params, xs))
-    ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
-    _close(jax.jit(train)(params, xs), ref(params, xs), 2e-5)
+    _close(got, want, 2e-5)
 
 
 def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
     """``Plan.native_train_to_batch``: above it, training takes the fused XLA loops while a forward-only
     call still runs the kernel."""
-    import jlstm._scan as scan_mod
-
-    capped = current_plan()._replace(native_train_to_batch=32)
-    monkeypatch.setattr(scan_mod, "current_plan", lambda: capped)
+    _route_by(monkeypatch, current_plan()._replace(native_train_to_batch=32))
     cell, params, xs, state = _case(40, 3, 4, 8)
     assert _uses_kernel(lambda p, x: jlstm.scan(cell, p, x, state), params, xs)
-    train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
+    train, (got, want) = _training_and_reference(cell, params, xs, state)
     assert "jlstm_lstm" not in str(jax.make_jaxpr(train)(params, xs))
-    ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
-    _close(jax.jit(train)(params, xs), ref(params, xs), 2e-5)
+    _close(got, want, 2e-5)
 
 
 def test_the_kernel_rejects_shapes_it_cannot_serve():
