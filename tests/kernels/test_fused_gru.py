@@ -4,7 +4,7 @@ The reference path is itself checked against a NumPy transcription of the GRU in
 ``tests/cells/test_cells.py``. Here: values and gradients (params, xs, initial state) with lengths,
 masks, reverse, several batch dims, unbatched input, unroll variants and segment remat, in both forward layouts
 (inputs hoisted into one GEMM, or multiplied inside the loop); bf16 matmuls; forward mode and second
-order in float64; vmap; resets against each episode run alone (``tests/episodes.py``); and the loop
+order in float64; vmap; resets against each episode run alone (``tests/episodes.py``, once per case); and the loop
 structure (one recurrent GEMM per step, weight gradients outside the loops).
 """
 
@@ -162,7 +162,8 @@ def test_vmap_equals_the_batched_call():
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, params2)
     many = jax.jit(jax.vmap(lambda p: jlstm.scan(cell, p, xs, state, lengths=lengths)[1]))(both)
     _assert_close(many[0], ys, 1e-6)
-    _assert_close(many[1], jlstm.scan(cell, params2, xs, state, lengths=lengths, fast=False)[1], 2e-5)
+    ref = jax.jit(lambda p: jlstm.scan(cell, p, xs, state, lengths=lengths, fast=False)[1])
+    _assert_close(many[1], ref(params2), 2e-5)
 
 
 RESETS = np.zeros((T, 2), bool)
@@ -191,6 +192,17 @@ def _loss_and_jvp(run, params, xs, state, ct):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, xs, state), jvp(params, xs)
 
 
+@functools.cache
+def _episodes_reference(name):
+    """Each episode run alone (``tests/episodes.py``): values, gradients and jvp, computed once per case."""
+    cell, params, xs, state, ct = _setup((2,))
+
+    def episodes(p, x, s):
+        return run_episodes(cell, p, x, RESETS, valid=_valid(RESET_CASES[name]), state=s)
+
+    return _loss_and_jvp(episodes, params, xs, state, ct)
+
+
 @pytest.mark.parametrize("name,inloop", [("plain", False), ("lengths", True), ("mask", True), ("mask", False)])
 def test_resets_equal_episodes_run_alone(name, inloop, monkeypatch):
     """jlstm.scan(resets=) on the fused path: values, gradients and jvp equal each episode run alone."""
@@ -201,12 +213,9 @@ def test_resets_equal_episodes_run_alone(name, inloop, monkeypatch):
     def fused(p, x, s):
         return jlstm.scan(cell, p, x, s, resets=jnp.asarray(RESETS), **kw)
 
-    def episodes(p, x, s):
-        return run_episodes(cell, p, x, RESETS, valid=_valid(RESET_CASES[name]), state=s)
-
     assert "custom_jvp_call" in str(jax.make_jaxpr(fused)(params, xs, state))
     got, jvp_got = _loss_and_jvp(fused, params, xs, state, ct)
-    want, jvp_want = _loss_and_jvp(episodes, params, xs, state, ct)
+    want, jvp_want = _episodes_reference(name)
     _assert_close(got, want, 1e-4)
     _assert_close(jvp_got, jvp_want, 1e-4)
     # Row 0 restarts at t=0: nothing reaches its initial state; row 1's does.

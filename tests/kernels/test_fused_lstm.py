@@ -238,8 +238,9 @@ def test_separate_backward_unroll_matches():
         _, _, ys = jlstm.lstm_sequence(p.w_x, p.w_h, p.b, x, state.h, state.c, unroll=unroll)
         return jnp.sum(ys * ct)
 
-    g1 = jax.grad(loss)(p, xs, 1)
-    g2 = jax.grad(loss)(p, xs, (2, 4))
+    grad = jax.jit(jax.grad(loss), static_argnums=2)
+    g1 = grad(p, xs, 1)
+    g2 = grad(p, xs, (2, 4))
     _assert_close(g1, g2, 2e-5)
 
 
@@ -258,7 +259,7 @@ def test_backward_unroll_from_the_plan_unless_the_caller_gives_one(monkeypatch):
     def grads(unroll):
         def loss(p, x):
             return jnp.sum(jlstm.scan(cell, p, x, state, unroll=unroll)[1] * ct)
-        return jax.grad(loss, argnums=(0, 1))(params, xs)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, xs)
 
     by_plan = grads(None)
     assert calls[-1].unroll == (2, 1)
@@ -409,9 +410,10 @@ def test_forward_only_calls_take_the_step_loop_where_the_plan_says(name, step_fo
     final, ys = jax.jit(lambda p: jlstm.scan(cell, p, xs, state, **kw))(params)
     assert step_forward_plan                      # the forward ran the step loop
     if name == "resets":
-        want = run_episodes(cell, params, xs, RESETS, valid=np.ones((T, 2), bool), state=state)
+        want = jax.jit(lambda p: run_episodes(cell, p, xs, RESETS, valid=np.ones((T, 2), bool), state=state))(
+            params)
     else:
-        want = jlstm.scan(cell, params, xs, state, fast=False, **kw)
+        want = jax.jit(lambda p: jlstm.scan(cell, p, xs, state, fast=False, **kw))(params)
     _assert_close((final, ys), want, 2e-2 if dtype else 2e-5)
     assert ys.dtype == want[1].dtype
     del step_forward_plan[:]
@@ -420,5 +422,5 @@ def test_forward_only_calls_take_the_step_loop_where_the_plan_says(name, step_fo
         assert not step_forward_plan
         _assert_close(got, _reference(name), 2e-5)
         cell, params, xs, state, _ = _setup((5,), dtype=dtype)
-        jlstm.scan(cell, params, xs, state)       # B = 5: the fused forward
+        jax.eval_shape(lambda p: jlstm.scan(cell, p, xs, state), params)   # B = 5: the fused forward
         assert not step_forward_plan

@@ -120,9 +120,9 @@ def test_resets_match_each_episode_run_alone():
         return run_episodes(cell, p, x, resets, valid=valid, state=state)
 
     assert _uses_kernel(native_run, params, xs)
-    _close(native_run(params, xs), episodes(params, xs), 2e-5)
+    _close(jax.jit(native_run)(params, xs), jax.jit(episodes)(params, xs), 2e-5)
     got = jax.jit(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs)
-    _close(got, jax.grad(loss(episodes), argnums=(0, 1))(params, xs), 3e-5)
+    _close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)
 
 
 def _engines(B, T, I, H, seed=3, masked=True):
@@ -143,19 +143,25 @@ def _engines(B, T, I, H, seed=3, masked=True):
 
 
 def test_forward_mode_and_second_order_match_the_xla_loops():
+    """jvp, a Hessian-vector product (jvp of grad) and the Hessian in w_h, each one compiled program per engine."""
     f, args = _engines(3, 6, 4, 8)
     tangents = tuple(0.1 * jnp.ones_like(a) for a in args)
-    _close(jax.jvp(f("native"), args, tangents), jax.jvp(f("xla"), args, tangents), 2e-5)
-    hvp = [jax.jvp(jax.grad(f(e), argnums=(0, 1, 2)), args, tangents)[1] for e in ("native", "xla")]
+
+    def jvp(g):
+        return jax.jit(lambda a, t: jax.jvp(g, a, t))(args, tangents)
+
+    _close(jvp(f("native")), jvp(f("xla")), 2e-5)
+    hvp = [jvp(jax.grad(f(e), argnums=(0, 1, 2)))[1] for e in ("native", "xla")]
     _close(hvp[0], hvp[1], 3e-5)
-    _close(jax.hessian(f("native"))(*args), jax.hessian(f("xla"))(*args), 3e-5)
+    _close(jax.jit(jax.hessian(f("native")))(*args), jax.jit(jax.hessian(f("xla")))(*args), 3e-5)
 
 
 def test_vmap_folds_the_batch_and_maps_over_weights():
     f, (w_h, xs, h0) = _engines(3, 5, 4, 8, seed=4)
     xs_b, h0_b, w_b = jnp.stack([xs, -0.5 * xs]), jnp.stack([h0, 2.0 * h0]), jnp.stack([w_h, 0.5 * w_h])
     for in_axes, args in (((None, 0, 0), (w_h, xs_b, h0_b)), ((0, None, None), (w_b, xs, h0))):
-        grads = [jax.vmap(jax.grad(f(e), argnums=(0, 1, 2)), in_axes=in_axes)(*args) for e in ("native", "xla")]
+        grads = [jax.jit(jax.vmap(jax.grad(f(e), argnums=(0, 1, 2)), in_axes=in_axes))(*args)
+                 for e in ("native", "xla")]
         _close(grads[0], grads[1], 2e-5)
 
 
@@ -204,7 +210,7 @@ def _training_and_reference(cell, params, xs, state):
     """The gradient of ``sum(ys)`` (params, inputs) as a function, and its values against the step loop's."""
     train = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state)[1]), argnums=(0, 1))
     ref = jax.grad(lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=False)[1]), argnums=(0, 1))
-    return train, (jax.jit(train)(params, xs), ref(params, xs))
+    return train, (jax.jit(train)(params, xs), jax.jit(ref)(params, xs))
 
 
 def test_training_at_any_batch_from_the_plans_start_runs_the_kernel():

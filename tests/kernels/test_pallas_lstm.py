@@ -98,9 +98,13 @@ def test_jlstm_lstm_takes_the_kernel_where_the_plan_allows(pallas_plan):
     close(got, loss_and_grads(run(False), params, xs, state, ct))
     del pallas_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
-    got = jax.jvp(lambda x: run(True)(params, x, state)[1], (xs,), (tangent,))
+
+    def jvp(fast):                    # one compiled program each (eager jvp compiles op by op)
+        return jax.jit(lambda x, t: jax.jvp(lambda x: run(fast)(params, x, state)[1], (x,), (t,)))(xs, tangent)
+
+    got = jvp(True)
     assert pallas_plan  # forward mode runs the kernel too
-    close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
+    close(got, jvp(False))
 
 
 def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
@@ -125,8 +129,11 @@ def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
     close(got[0], want[0], 2e-5)
     close(got[1], want[1], 1e-4)
     tangent = jax.random.normal(jax.random.key(8), xs.shape)
-    close(jax.jvp(lambda x: kernel(params, x, state)[1], (xs,), (tangent,)),
-           jax.jvp(lambda x: alone(params, x, state)[1], (xs,), (tangent,)), 1e-4)
+
+    def jvp(run):
+        return jax.jit(lambda x, t: jax.jvp(lambda x: run(params, x, state)[1], (x,), (t,)))(xs, tangent)
+
+    close(jvp(kernel), jvp(alone), 1e-4)
 
 
 def test_vmap_of_grad_through_the_kernel_route(pallas_plan):
@@ -137,7 +144,7 @@ def test_vmap_of_grad_through_the_kernel_route(pallas_plan):
 
     def grad(fast):
         loss = lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=fast)[1] * ct)  # noqa: E731
-        return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, members)
+        return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, members)
 
     got = grad(True)
     assert pallas_plan

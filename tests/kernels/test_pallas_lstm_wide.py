@@ -98,7 +98,7 @@ def test_bf16_operands_match_the_transcription():
     want = loss_and_grads(lambda p, x, s: _bf16_transcription(p, x, s.h, s.c), params, xs, state, ct)
     close(got[0], want[0], 3e-3)
     close(got[1], want[1], 3e-2)
-    f32 = _kernel(_wide.options(B, H, plan=CPU, block=8, tile=2))(params, xs, state)[1]
+    f32 = jax.jit(_kernel(_wide.options(B, H, plan=CPU, block=8, tile=2)))(params, xs, state)[1]
     assert float(jnp.max(jnp.abs(got[0][1] - f32))) > 1e-4
 
 
@@ -127,14 +127,18 @@ def test_jlstm_lstm_takes_the_wide_kernel_where_a_plan_allows(wide_plan):
     close(got, loss_and_grads(run(False), params, xs, state, ct))
     del wide_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
-    got = jax.jvp(lambda x: run(True)(params, x, state)[1], (xs,), (tangent,))
+
+    def jvp(fast):                    # one compiled program each (eager jvp compiles op by op)
+        return jax.jit(lambda x, t: jax.jvp(lambda x: run(fast)(params, x, state)[1], (x,), (t,)))(xs, tangent)
+
+    got = jvp(True)
     assert wide_plan
-    close(got, jax.jvp(lambda x: run(False)(params, x, state)[1], (xs,), (tangent,)))
+    close(got, jvp(False))
     del wide_plan[:]
 
     def grad(fast):
         loss = lambda p, x: jnp.sum(jlstm.scan(cell, p, x, state, fast=fast)[1] * ct)  # noqa: E731
-        return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, jnp.stack([xs, 2.0 * xs]))
+        return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, jnp.stack([xs, 2.0 * xs]))
 
     got = grad(True)
     assert wide_plan
@@ -147,9 +151,9 @@ def test_a_bf16_lstm_takes_the_wide_kernel(wide_plan):
     T, B, I, H = 3, 2, 3, 16
     _, params, xs, state, _ = setup(T, B, I, H, seed=2)
     cell = jlstm.lstm(H, dtype=jnp.bfloat16)
-    final, ys = jlstm.scan(cell, params, xs, state)
+    final, ys = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))(params, xs, state)
     assert wide_plan and wide_plan[0].matmul_dtype == jnp.bfloat16
-    want_final, want_ys = jlstm.scan(cell, params, xs, state, fast=False)
+    want_final, want_ys = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s, fast=False))(params, xs, state)
     assert ys.dtype == want_ys.dtype
     close((final, ys), (want_final, want_ys), 2e-2)
 
