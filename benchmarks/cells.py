@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
 from typing import Sequence
+
+from benchmarks.deer import write
 
 CELLS = ("lstm", "slstm", "mlstm", "min_lstm", "min_gru")
 DEFAULT_LENGTHS = (128, 1024, 4096, 16384, 65536)
@@ -175,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "command": command, "cpu_count": os.cpu_count(), "note": a.note, "complete": done,
                "results": results, "speedups": speedups(results), "skipped": skipped}
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        write(a.out, doc)   # atomically
 
     results, skipped = run(cells, _ints(a.lengths), batch=a.batch, input_size=a.input_size, hidden=a.hidden,
                            heads=a.heads, repeats=a.repeats, modes=modes, max_call_s=a.max_call_s,

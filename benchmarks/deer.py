@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import tempfile
 import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -183,11 +184,20 @@ def summary(cases: list[dict]) -> list[str]:
 
 
 def write(path: str, results: dict) -> None:
-    """``results`` as JSON at ``path``, atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(results, fh, indent=1)
-    os.replace(tmp, path)
+    """``results`` as JSON at ``path``, atomically: a temporary file in the same folder, flushed to disk,
+    then renamed over ``path``. A run killed midway leaves the previous file whole, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(results, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)                       # mkstemp's 0600: results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main(argv=None) -> None:

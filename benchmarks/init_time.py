@@ -17,6 +17,8 @@ import platform
 import subprocess
 import sys
 
+from benchmarks.deer import write
+
 _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -73,8 +75,7 @@ def main(argv=None) -> int:
               "note": "shared machine (other jobs running): absolute times are noisy; the ratios within a "
                       "run are steadier", "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write(args.out, result)   # atomically
     print("wrote", args.out)
     return 0
 

@@ -48,6 +48,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from benchmarks.deer import write
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REMATS = ("none", "step", "segment")
 IMPLS = ("jlstm.scan", "time_loop+cell.step")
@@ -281,8 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         out = a.out or os.path.join(RESULTS, f"memory_{backend}_long.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump({**header, "results": [row]}, f, indent=1)
+        write(out, {**header, "results": [row]})   # atomically
         print(json.dumps(row, indent=1))
         return 0 if row.get("finite") else 1
 
@@ -303,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"  {row['median_ms']:.0f} ms/step" if rss else ""), flush=True)
     out = a.out or os.path.join(RESULTS, f"memory_{backend}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({**header, "results": rows}, f, indent=1)
+    write(out, {**header, "results": rows})   # atomically
     png = a.plot or os.path.splitext(out)[0] + ".png"
     plot(out, png)
     print(f"wrote {out} and {png}")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 import jlstm
+from benchmarks.deer import write
 
 
 def main(argv=None) -> dict:
@@ -60,8 +61,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(result))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write(args.out, result)   # atomically
     return result
 
 

@@ -173,3 +173,21 @@ def test_eager_benchmark_writes_its_json(tmp_path):
         assert r["direct_over_repeat"] > 0
     with pytest.raises(SystemExit):
         eager.main(["--cells", "nosuchcell"])
+
+
+def test_results_are_written_atomically(tmp_path):
+    """A results file is replaced whole or not at all: a dump that fails midway keeps the previous file
+    and leaves no temporary file behind."""
+    import json
+
+    from benchmarks.deer import write
+
+    path = tmp_path / "results.json"
+    write(str(path), {"run": 1})
+    assert json.loads(path.read_text()) == {"run": 1}
+    with pytest.raises(TypeError):
+        write(str(path), {"run": 2, "bad": object()})        # not JSON: fails after part of it was dumped
+    assert json.loads(path.read_text()) == {"run": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    write(str(path), {"run": 3})
+    assert json.loads(path.read_text()) == {"run": 3}
