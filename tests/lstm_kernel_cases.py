@@ -37,6 +37,12 @@ def loss_and_grads(run, params, xs, state, ct):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
 
 
+def outputs_jvp(run, params, xs, state, tangent):
+    """``jax.jvp`` of the outputs ``ys`` of ``run(params, x, state) -> (final, ys)`` in the inputs ``x``
+    at ``xs`` along ``tangent``: ``(ys, ys_dot)``, as one compiled program."""
+    return jax.jit(lambda x, t: jax.jvp(lambda x: run(params, x, state)[1], (x,), (t,)))(xs, tangent)
+
+
 def close(a: Any, b: Any, tol: float = 2e-5) -> None:
     """Two pytrees with the same leaves, equal within ``tol`` (absolute and relative), compared in float32."""
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)

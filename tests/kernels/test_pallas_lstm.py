@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
-from lstm_kernel_cases import close, loss_and_grads, route_with_spy, setup
+from lstm_kernel_cases import close, loss_and_grads, outputs_jvp, route_with_spy, setup
 
 import jlstm
 from jlstm.core.plan import PLANS, current_plan
@@ -98,13 +98,9 @@ def test_jlstm_lstm_takes_the_kernel_where_the_plan_allows(pallas_plan):
     close(got, loss_and_grads(run(False), params, xs, state, ct))
     del pallas_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
-
-    def jvp(fast):                    # one compiled program each (eager jvp compiles op by op)
-        return jax.jit(lambda x, t: jax.jvp(lambda x: run(fast)(params, x, state)[1], (x,), (t,)))(xs, tangent)
-
-    got = jvp(True)
+    got = outputs_jvp(run(True), params, xs, state, tangent)
     assert pallas_plan  # forward mode runs the kernel too
-    close(got, jvp(False))
+    close(got, outputs_jvp(run(False), params, xs, state, tangent))
 
 
 def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
@@ -129,11 +125,7 @@ def test_resets_through_the_kernel_route_equal_episodes(pallas_plan):
     close(got[0], want[0], 2e-5)
     close(got[1], want[1], 1e-4)
     tangent = jax.random.normal(jax.random.key(8), xs.shape)
-
-    def jvp(run):
-        return jax.jit(lambda x, t: jax.jvp(lambda x: run(params, x, state)[1], (x,), (t,)))(xs, tangent)
-
-    close(jvp(kernel), jvp(alone), 1e-4)
+    close(outputs_jvp(kernel, params, xs, state, tangent), outputs_jvp(alone, params, xs, state, tangent), 1e-4)
 
 
 def test_vmap_of_grad_through_the_kernel_route(pallas_plan):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
-from lstm_kernel_cases import close, loss_and_grads, route_with_spy, setup
+from lstm_kernel_cases import close, loss_and_grads, outputs_jvp, route_with_spy, setup
 
 import jlstm
 from jlstm.core.plan import PLANS
@@ -127,13 +127,9 @@ def test_jlstm_lstm_takes_the_wide_kernel_where_a_plan_allows(wide_plan):
     close(got, loss_and_grads(run(False), params, xs, state, ct))
     del wide_plan[:]
     tangent = jax.random.normal(jax.random.key(9), xs.shape)
-
-    def jvp(fast):                    # one compiled program each (eager jvp compiles op by op)
-        return jax.jit(lambda x, t: jax.jvp(lambda x: run(fast)(params, x, state)[1], (x,), (t,)))(xs, tangent)
-
-    got = jvp(True)
+    got = outputs_jvp(run(True), params, xs, state, tangent)
     assert wide_plan
-    close(got, jvp(False))
+    close(got, outputs_jvp(run(False), params, xs, state, tangent))
     del wide_plan[:]
 
     def grad(fast):
