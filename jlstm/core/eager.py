@@ -68,10 +68,15 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: 
     ``context`` joins the key without being passed on: what tracing ``fn`` reads from elsewhere (the
     routing plan), so that a program traced under one context is not served under another.
     """
-    if cacheable and not _jit_disabled() and concrete(dynamic) and hashable(static):
-        if check_values is not None:
-            check_values()
-        return _jitted(fn, static, context)(*dynamic)
+    if cacheable and not _jit_disabled() and concrete(dynamic):
+        try:
+            jitted = _jitted(fn, static, context)               # the cache's lookup hashes the key once
+        except TypeError:                                       # unhashable static: the direct path
+            jitted = None
+        if jitted is not None:
+            if check_values is not None:
+                check_values()
+            return jitted(*dynamic)
     return fn(*static, *dynamic)
 
 

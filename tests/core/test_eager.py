@@ -180,3 +180,23 @@ def test_layer_apply_compiles_once_and_keeps_its_key_dynamic():
     np.testing.assert_array_equal(a, again)
     _, plain = layer.apply(params, xs)                          # no key: deterministic, its own program
     np.testing.assert_allclose(plain, jlstm.scan(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
+
+
+_SCALED_CALLS: list[bool] = []
+
+
+def _scaled(factor, x):
+    """``x * factor["k"]`` (or ``x * factor``), noting whether it ran on a tracer (compiled) or on the array."""
+    _SCALED_CALLS.append(isinstance(x, jax.core.Tracer))
+    return x * (factor["k"] if isinstance(factor, dict) else factor)
+
+
+def test_an_unhashable_static_argument_runs_directly_and_a_hashable_one_compiled():
+    _SCALED_CALLS.clear()
+    out = eager.call(_scaled, ({"k": 2.0},), (jnp.ones(3),))           # a dict cannot key the cache
+    np.testing.assert_allclose(out, 2.0 * np.ones(3))
+    assert _SCALED_CALLS == [False]
+    checked = []
+    out = eager.call(_scaled, (3.0,), (jnp.ones(3),), check_values=lambda: checked.append(True))
+    np.testing.assert_allclose(out, 3.0 * np.ones(3))
+    assert _SCALED_CALLS == [False, True] and checked == [True]
