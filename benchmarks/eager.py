@@ -8,6 +8,11 @@ For each cell, the same call ``jlstm.scan(cell, params, xs)`` made outside any `
   call ran before that cache: ``lax.scan`` traced and compiled again each time);
 * ``jit_ms``: the call inside the user's own ``jax.jit``, warm: the floor.
 
+Two more rows run the LSTM with Newton's method, which eager calls ran op by op until
+``jlstm.scan`` compiled them too: ``lstm_deer_raise`` (``Newton("deer", on_failure="raise")``) and
+``lstm_deer_warm`` (``Newton("deer", init=...)``, a new warm start each call: the quasi-DEER
+trajectory of that call's inputs, as a training loop passes the last one).
+
 Medians over ``--rounds``; ``direct / repeat`` is what the cache saves a repeated call.
 """
 
@@ -20,7 +25,8 @@ from typing import Sequence
 
 from benchmarks.scan import cell_benchmark_args
 
-CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm")
+NEWTON = {"lstm_deer_raise": "raise", "lstm_deer_warm": "warm"}
+CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm", *NEWTON)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,19 +44,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         jax.block_until_ready(f())
         return time.perf_counter() - t0
 
+    def method(case, start):
+        """The call's method: the default, or a fresh Newton as a loop makes one per call."""
+        if case is None:
+            return "auto"
+        return jlstm.Newton("deer", on_failure="raise") if case == "raise" else jlstm.Newton("deer", init=start)
+
     rows = []
     for name in cells:
-        cell = getattr(jlstm, name)(H)
+        case = NEWTON.get(name)
+        cell = getattr(jlstm, "lstm" if case else name)(H)
         params = cell.init(jax.random.key(0), I)
         inputs = [jax.random.normal(jax.random.key(r), (T, B, I)) for r in range(args.rounds + 1)]
-        user_jit = jax.jit(lambda p, x, cell=cell: jlstm.scan(cell, p, x))
-        first = timed(lambda: jlstm.scan(cell, params, inputs[0]))
-        timed(lambda: user_jit(params, inputs[0]))
+        starts = [jlstm.scan(cell, params, x, method="quasi_deer", return_info=True)[2].trajectory
+                  if case == "warm" else None for x in inputs]
+        user_jit = jax.jit(lambda p, x, s, cell=cell, case=case: jlstm.scan(cell, p, x, method=method(case, s)))
+        first = timed(lambda: jlstm.scan(cell, params, inputs[0], method=method(case, starts[0])))
+        timed(lambda: user_jit(params, inputs[0], starts[0]))
         repeat, direct, jitted = [], [], []
-        for x in inputs[1:]:
-            repeat.append(timed(lambda x=x: jlstm.scan(cell, params, x)))
-            direct.append(timed(lambda x=x: run_scan(cell, params, x, None, None, None, ScanOptions())))
-            jitted.append(timed(lambda x=x: user_jit(params, x)))
+        for x, s in zip(inputs[1:], starts[1:]):
+            repeat.append(timed(lambda x=x, s=s: jlstm.scan(cell, params, x, method=method(case, s))))
+            direct.append(timed(lambda x=x, s=s: run_scan(cell, params, x, None, None, None,
+                                                          ScanOptions(method=method(case, s)))))
+            jitted.append(timed(lambda x=x, s=s: user_jit(params, x, s)))
         row = {"cell": name, "first_s": round(first, 4),
                **{k: round(statistics.median(v) * 1e3, 3) for k, v in
                   (("repeat_ms", repeat), ("direct_ms", direct), ("jit_ms", jitted))}}

@@ -10,6 +10,7 @@ object (:func:`as_strategy`): :class:`~jlstm.Sequential`, :class:`~jlstm.Paralle
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple, Union
 
 import jax
@@ -23,7 +24,7 @@ from jlstm.core.plan import current_plan, plan_for
 from jlstm.core.time import check_concrete_lengths, flip_time, reverse_index, time_flags, valid_steps
 from jlstm.core.types import Cell, Method, Params, RematPolicy, State
 from jlstm.newton.method import METHODS as NEWTON_METHODS
-from jlstm.newton.method import Newton
+from jlstm.newton.method import Newton, raise_unless_converged
 from jlstm.strategies.auto import Auto
 from jlstm.strategies.base import NO_REGULARISERS, Request, StepRegularisers, Strategy
 from jlstm.strategies.forms import Chunkwise, Parallel
@@ -128,9 +129,55 @@ def scan(
     """
     options = ScanOptions(reverse=reverse, unroll=unroll, time_major=time_major, remat=remat,
                           fast=fast, method=method)
-    final, ys, info = eager_call(_run_scan_call, (cell, options), (params, xs, state, lengths, mask, resets),
-                                 method=method, time_major=time_major, where="jlstm.scan")
+    dynamic = (params, xs, state, lengths, mask, resets)
+    if isinstance(method, Newton) and _compiled_newton(method, dynamic):
+        final, ys, info = _eager_newton(cell, options, method, dynamic, time_major)
+    else:
+        final, ys, info = eager_call(_run_scan_call, (cell, options), dynamic,
+                                     method=method, time_major=time_major, where="jlstm.scan")
     return (final, ys, info) if return_info else (final, ys)
+
+
+def _compiled_newton(method: Newton, dynamic: tuple) -> bool:
+    """Whether an eager call with a Newton that raises on failure, or starts warm, can run compiled.
+
+    Those two keep :func:`eager_call` on the direct path (an error inside a compiled program comes out
+    wrapped; a warm start has no value hash). Called eagerly on concrete arrays, :func:`_eager_newton`
+    compiles them anyway: the warm start becomes an argument and the convergence check runs after.
+    """
+    return ((method.on_failure == "raise" or method.init is not None)
+            and eager.concrete(dynamic, method.init) and not eager.jit_disabled())
+
+
+def _eager_newton(cell: Cell, options: ScanOptions, method: Newton, dynamic: tuple, time_major: bool):
+    """``run_scan`` compiled once per configuration for a raising or warm-started Newton, called eagerly.
+
+    The program runs the same Newton iterations with ``on_failure="ignore"`` and the warm start as an
+    argument; a solve that did not converge then raises :class:`jlstm.NewtonConvergenceError` here, with
+    the message the direct path gives, so the error is the error itself and not a ``JaxRuntimeError``.
+    """
+    keep = dataclasses.replace(method, init=None, on_failure="ignore" if method.on_failure == "raise"
+                               else method.on_failure)
+    xs, lengths = dynamic[1], dynamic[3]
+
+    def check_values():
+        check_concrete_lengths(xs, lengths, time_major, "jlstm.scan")
+
+    final, ys, info = eager.call(_run_newton_call, (cell, options._replace(method=keep)), (*dynamic, method.init),
+                                 context=current_plan(), check_values=check_values)
+    if method.on_failure == "raise":
+        dtype = jnp.result_type(*jax.tree.leaves(info.trajectory))    # the flat state's, as the solve's tol
+        raise_unless_converged(info.converged, info.iterations, info.error, method=method.method,
+                               tol=method.tolerance(dtype))
+    return final, ys, info
+
+
+def _run_newton_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Array, state: State,
+                     lengths: jax.Array | None, mask: jax.Array | None, resets: jax.Array | None, init: Any):
+    """:func:`run_scan` with the Newton's warm start ``init`` (traced, or ``None``) put back in its options."""
+    if init is not None and isinstance(options.method, Newton):
+        options = options._replace(method=dataclasses.replace(options.method, init=init))
+    return run_scan(cell, params, xs, state, lengths, mask, options, resets=resets)
 
 
 def _run_scan_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Array, state: State,
@@ -143,10 +190,11 @@ def eager_call(fn: Any, static: tuple, dynamic: tuple, *, method: Any, time_majo
     """A front door's call of ``fn``, which runs :func:`run_scan`, through :func:`jlstm.core.eager.call`.
 
     ``dynamic`` opens with ``(params, xs, state, lengths, ...)``. The program is keyed by the plan as
-    well (tracing reads it); ``lengths`` is range-checked on its values first. Eager calls with a
-    Newton method that raises on failure stay op by op: only then does :class:`jlstm.NewtonConvergenceError`
-    come out itself rather than inside a ``JaxRuntimeError``. So do those with a warm-started Newton,
-    whose start would become a constant of a kept program.
+    well (tracing reads it); ``lengths`` is range-checked on its values first. Here, eager calls with
+    a Newton method that raises on failure stay op by op: only then does
+    :class:`jlstm.NewtonConvergenceError` come out itself rather than inside a ``JaxRuntimeError``. So
+    do those with a warm-started Newton, whose start would become a constant of a kept program.
+    :func:`scan` compiles both itself (:func:`_eager_newton`); a layer's ``apply`` does not yet.
     """
     xs, lengths = dynamic[1], dynamic[3]
     cacheable = not (isinstance(method, Newton) and (method.on_failure == "raise" or method.init is not None))

@@ -68,7 +68,7 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: 
     ``context`` joins the key without being passed on: what tracing ``fn`` reads from elsewhere (the
     routing plan), so that a program traced under one context is not served under another.
     """
-    if cacheable and not _jit_disabled() and concrete(dynamic):
+    if cacheable and not jit_disabled() and concrete(dynamic):
         try:
             jitted = _jitted(fn, static, context)               # the cache's lookup hashes the key once
         except TypeError:                                       # unhashable static: the direct path
@@ -80,7 +80,7 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: 
     return fn(*static, *dynamic)
 
 
-def _jit_disabled() -> bool:
+def jit_disabled() -> bool:
     """Whether ``jax.disable_jit()`` is in effect (a flag JAX's type stubs do not list)."""
     return bool(jax.config.jax_disable_jit)  # pyright: ignore[reportAttributeAccessIssue]
 

@@ -496,14 +496,15 @@ def _sequential(cell: Any, params: Any, xs: jax.Array, state: Any, valid: jax.Ar
 
 def _raise(converged: jax.Array, iterations: jax.Array, error: jax.Array, *, method: str, tol: float) -> None:
     """Raise :class:`NewtonConvergenceError` now where the values are concrete, else from the compiled program."""
-    raise_unless = functools.partial(_raise_unless, method=method, tol=tol)
+    raise_unless = functools.partial(raise_unless_converged, method=method, tol=tol)
     if any(isinstance(a, Tracer) for a in (converged, iterations, error)):
         jax.debug.callback(raise_unless, converged, iterations, error)
     else:
         raise_unless(converged, iterations, error)
 
 
-def _raise_unless(converged, iterations, error, *, method: str, tol: float) -> None:
+def raise_unless_converged(converged, iterations, error, *, method: str, tol: float) -> None:
+    """Raise :class:`NewtonConvergenceError` unless every sequence ``converged`` (concrete values)."""
     if not np.all(converged):
         raise NewtonConvergenceError(
             f"jlstm.scan(method={method!r}): Newton's method did not converge: estimated error "

@@ -6,6 +6,8 @@ leave traced calls (``jit``, ``grad``, ``vmap``) to the caller's trace, and keep
 behaviour: Python-number leaves, ``jax.disable_jit()``, a raising Newton, errors on bad input.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,15 +156,62 @@ def test_a_program_traced_under_one_plan_is_not_served_under_another(monkeypatch
     assert len(traces) == m                                     # the first plan's program is still kept
 
 
-def test_a_raising_newton_raises_its_own_error_eagerly():
-    cell = jlstm.lstm(H)
+def test_a_raising_newton_raises_its_own_error_eagerly_and_compiles_once():
+    cell, traces = _counting_cell()
     params = cell.init(jax.random.key(0), I)
-    xs = _inputs() * 50.0
+    params = {"w": params["w"], "u": 6.0 * params["u"]}              # chaotic: one iteration cannot converge
+    xs = _inputs() * 3.0
     newton = jlstm.Newton("deer", max_iters=1, on_failure="raise")
-    for _ in range(2):
+    messages = []
+    for seed in range(2):
         with pytest.raises(jlstm.NewtonConvergenceError) as caught:
-            jlstm.scan(cell, params, xs, method=newton)
+            jlstm.scan(cell, params, _inputs(seed) * 3.0, method=newton)
         assert type(caught.value) is jlstm.NewtonConvergenceError   # raised eagerly, not wrapped by a program
+        messages.append(str(caught.value))
+        if seed == 0:
+            first = len(traces)
+    assert len(traces) == first                                  # the second call reused the program
+    with jax.disable_jit(), pytest.raises(jlstm.NewtonConvergenceError) as direct:
+        jlstm.scan(cell, params, xs, method=newton)                # the op-by-op path, as before
+    pattern = r"method='deer'\): Newton's method did not converge: estimated error \S+ > tol 1e-05 after 1 iter"
+    for message in (messages[0], str(direct.value)):
+        assert re.search(pattern, message), message
+    # Converged: the same values as the solve that ignores failures, and as the sequential scan.
+    enough = jlstm.Newton("deer", max_iters=T, on_failure="raise")
+    _, ys, info = jlstm.scan(cell, params, xs, method=enough, return_info=True)
+    _, ys_ignore = jlstm.scan(cell, params, xs, method=jlstm.Newton("deer", max_iters=T, on_failure="ignore"))
+    assert bool(info.converged)
+    np.testing.assert_array_equal(ys, ys_ignore)
+    np.testing.assert_allclose(ys, jlstm.scan(cell, params, xs)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_warm_started_newton_compiles_once_and_uses_its_start():
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    _, ys_seq = jlstm.scan(cell, params, xs)
+    exact = jlstm.scan(cell, params, xs, method="quasi_deer", return_info=True)[2].trajectory
+    one_step = jax.jit(lambda p, x, init: jlstm.scan(
+        cell, p, x, method=jlstm.Newton("deer", max_iters=1, init=init, on_failure="ignore"), return_info=True))
+    starts = (exact, jnp.zeros_like(exact))
+    runs = []
+    for start in starts:
+        newton = jlstm.Newton("deer", max_iters=1, init=start, on_failure="ignore")
+        runs.append(jlstm.scan(cell, params, xs, method=newton, return_info=True))
+        if len(runs) == 1:
+            first = len(traces)
+    assert len(traces) == first                                  # a new start value, the same program
+    for start, run in zip(starts, runs):
+        want = one_step(params, xs, start)                      # the same solve inside the user's jit
+        for got, ref in zip(jax.tree.leaves(run), jax.tree.leaves(want)):
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    (_, ys_warm, info_warm), (_, ys_cold, info_cold) = runs
+    assert bool(info_warm.converged) and not bool(info_cold.converged)   # the start reached the solve
+    np.testing.assert_allclose(ys_warm, ys_seq, rtol=1e-5, atol=1e-5)
+    raising = jlstm.Newton("deer", max_iters=1, init=jnp.zeros_like(exact), on_failure="raise")
+    with pytest.raises(jlstm.NewtonConvergenceError) as caught:
+        jlstm.scan(cell, params, xs, method=raising)
+    assert type(caught.value) is jlstm.NewtonConvergenceError
 
 
 def test_layer_apply_compiles_once_and_keeps_its_key_dynamic():
