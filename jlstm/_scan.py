@@ -22,7 +22,7 @@ from jlstm.core import eager
 from jlstm.core.loop import time_loop
 from jlstm.core.plan import current_plan, plan_for
 from jlstm.core.time import check_concrete_lengths, flip_time, reverse_index, time_flags, valid_steps
-from jlstm.core.types import Cell, Method, Params, RematPolicy, State
+from jlstm.core.types import Cell, CellConfig, Method, Params, RematPolicy, State
 from jlstm.newton.method import METHODS as NEWTON_METHODS
 from jlstm.newton.method import Newton, raise_unless_converged
 from jlstm.strategies.auto import Auto
@@ -129,55 +129,9 @@ def scan(
     """
     options = ScanOptions(reverse=reverse, unroll=unroll, time_major=time_major, remat=remat,
                           fast=fast, method=method)
-    dynamic = (params, xs, state, lengths, mask, resets)
-    if isinstance(method, Newton) and _compiled_newton(method, dynamic):
-        final, ys, info = _eager_newton(cell, options, method, dynamic, time_major)
-    else:
-        final, ys, info = eager_call(_run_scan_call, (cell, options), dynamic,
-                                     method=method, time_major=time_major, where="jlstm.scan")
+    final, ys, info = eager_call(_run_scan_call, (cell, options), (params, xs, state, lengths, mask, resets),
+                                 method=method, time_major=time_major, where="jlstm.scan")
     return (final, ys, info) if return_info else (final, ys)
-
-
-def _compiled_newton(method: Newton, dynamic: tuple) -> bool:
-    """Whether an eager call with a Newton that raises on failure, or starts warm, can run compiled.
-
-    Those two keep :func:`eager_call` on the direct path (an error inside a compiled program comes out
-    wrapped; a warm start has no value hash). Called eagerly on concrete arrays, :func:`_eager_newton`
-    compiles them anyway: the warm start becomes an argument and the convergence check runs after.
-    """
-    return ((method.on_failure == "raise" or method.init is not None)
-            and eager.concrete(dynamic, method.init) and not eager.jit_disabled())
-
-
-def _eager_newton(cell: Cell, options: ScanOptions, method: Newton, dynamic: tuple, time_major: bool):
-    """``run_scan`` compiled once per configuration for a raising or warm-started Newton, called eagerly.
-
-    The program runs the same Newton iterations with ``on_failure="ignore"`` and the warm start as an
-    argument; a solve that did not converge then raises :class:`jlstm.NewtonConvergenceError` here, with
-    the message the direct path gives, so the error is the error itself and not a ``JaxRuntimeError``.
-    """
-    keep = dataclasses.replace(method, init=None, on_failure="ignore" if method.on_failure == "raise"
-                               else method.on_failure)
-    xs, lengths = dynamic[1], dynamic[3]
-
-    def check_values():
-        check_concrete_lengths(xs, lengths, time_major, "jlstm.scan")
-
-    final, ys, info = eager.call(_run_newton_call, (cell, options._replace(method=keep)), (*dynamic, method.init),
-                                 context=current_plan(), check_values=check_values)
-    if method.on_failure == "raise":
-        dtype = jnp.result_type(*jax.tree.leaves(info.trajectory))    # the flat state's, as the solve's tol
-        raise_unless_converged(info.converged, info.iterations, info.error, method=method.method,
-                               tol=method.tolerance(dtype))
-    return final, ys, info
-
-
-def _run_newton_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Array, state: State,
-                     lengths: jax.Array | None, mask: jax.Array | None, resets: jax.Array | None, init: Any):
-    """:func:`run_scan` with the Newton's warm start ``init`` (traced, or ``None``) put back in its options."""
-    if init is not None and isinstance(options.method, Newton):
-        options = options._replace(method=dataclasses.replace(options.method, init=init))
-    return run_scan(cell, params, xs, state, lengths, mask, options, resets=resets)
 
 
 def _run_scan_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Array, state: State,
@@ -189,17 +143,62 @@ def _run_scan_call(cell: Cell, options: ScanOptions, params: Params, xs: jax.Arr
 def eager_call(fn: Any, static: tuple, dynamic: tuple, *, method: Any, time_major: bool, where: str) -> Any:
     """A front door's call of ``fn``, which runs :func:`run_scan`, through :func:`jlstm.core.eager.call`.
 
-    ``dynamic`` opens with ``(params, xs, state, lengths, ...)``. The program is keyed by the plan as
-    well (tracing reads it); ``lengths`` is range-checked on its values first. Here, eager calls with
-    a Newton method that raises on failure stay op by op: only then does
-    :class:`jlstm.NewtonConvergenceError` come out itself rather than inside a ``JaxRuntimeError``. So
-    do those with a warm-started Newton, whose start would become a constant of a kept program.
-    :func:`scan` compiles both itself (:func:`_eager_newton`); a layer's ``apply`` does not yet.
+    ``dynamic`` opens with ``(params, xs, state, lengths, ...)``; ``fn`` returns ``(final, ys, info)``.
+    The program is keyed by the plan as well (tracing reads it); ``lengths`` is range-checked on its
+    values first. Two Newton options need more than the cache (:func:`_eager_newton`): one that raises
+    on failure, and a warm start.
     """
     xs, lengths = dynamic[1], dynamic[3]
-    cacheable = not (isinstance(method, Newton) and (method.on_failure == "raise" or method.init is not None))
-    return eager.call(fn, static, dynamic, cacheable=cacheable, context=current_plan(),
-                      check_values=lambda: check_concrete_lengths(xs, lengths, time_major, where))
+
+    def check_values() -> None:
+        check_concrete_lengths(xs, lengths, time_major, where)
+
+    if isinstance(method, Newton) and (method.on_failure == "raise" or method.init is not None):
+        return _eager_newton(fn, static, dynamic, method, check_values)
+    return eager.call(fn, static, dynamic, context=current_plan(), check_values=check_values)
+
+
+def _eager_newton(fn: Any, static: tuple, dynamic: tuple, method: Newton, check_values: Any) -> Any:
+    """``fn`` with a Newton that raises on failure or starts warm: compiled once per configuration when eager.
+
+    Inside a trace (or under ``jax.disable_jit()``) the call runs directly: there a failure raises from
+    the compiled program (a debug callback) and the start is the caller's tracer. Called eagerly, the
+    kept program runs the same iterations with ``on_failure="ignore"`` and takes the warm start as an
+    argument (a trajectory has no value hash, and as a constant it would key a program per start);
+    an unconverged solve then raises :class:`jlstm.NewtonConvergenceError` here, with the direct path's
+    message, so the error is itself and not wrapped in a ``JaxRuntimeError``.
+    """
+    if not eager.concrete(dynamic, method.init) or eager.jit_disabled():
+        return fn(*static, *dynamic)
+    keep = dataclasses.replace(method, init=None, on_failure="ignore" if method.on_failure == "raise"
+                               else method.on_failure)
+    static = tuple(_with_method(s, method, keep) for s in static)
+    out = eager.call(_call_with_start, (fn, len(static), *static), (*dynamic, method.init),
+                     context=current_plan(), check_values=check_values)
+    if method.on_failure == "raise":
+        info = out[2]
+        dtype = jnp.result_type(*jax.tree.leaves(info.trajectory))    # the flat state's, as the solve's tol
+        raise_unless_converged(info.converged, info.iterations, info.error, method=method.method,
+                               tol=method.tolerance(dtype))
+    return out
+
+
+def _with_method(arg: Any, method: Newton, keep: Newton) -> Any:
+    """A static argument with ``method`` replaced by ``keep``: the scan options, or a layer's config."""
+    if isinstance(arg, ScanOptions) and arg.method is method:
+        return arg._replace(method=keep)
+    if isinstance(arg, CellConfig) and arg.get("method") is method:
+        return arg.replace(method=keep)
+    return arg
+
+
+def _call_with_start(fn: Any, n_static: int, *args: Any) -> Any:
+    """``fn(*static, *dynamic)`` with the warm start ``args[-1]`` (traced, or ``None``) put back in the options."""
+    static, dynamic, start = args[:n_static], args[n_static:-1], args[-1]
+    if start is not None:
+        static = tuple(s._replace(method=dataclasses.replace(s.method, init=start))
+                       if isinstance(s, ScanOptions) and isinstance(s.method, Newton) else s for s in static)
+    return fn(*static, *dynamic)
 
 
 def run_scan(

@@ -61,8 +61,9 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: 
 
     ``fn`` must be a module-level function (it is part of the key); ``static`` holds everything
     that is not an array (cells, options, names), ``dynamic`` the arrays (pytrees, ``None`` allowed).
-    ``cacheable=False`` forces the direct path, for calls whose eager behaviour differs under ``jit``
-    (a Newton solve that raises on failure raises its own error only when run eagerly).
+    ``cacheable=False`` forces the direct path, for a call whose eager behaviour would differ under
+    ``jit`` (:func:`jlstm._scan.eager_call` instead reshapes its Newton calls that would: a raise on
+    failure, a warm start).
     ``check_values`` runs first on the compiled path: the checks that read concrete values (``fn``
     makes them itself when run directly, but its trace under ``jit`` cannot read them).
     ``context`` joins the key without being passed on: what tracing ``fn`` reads from elsewhere (the

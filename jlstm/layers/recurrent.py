@@ -66,13 +66,15 @@ def recurrent(
 def _apply(config: CellConfig, options: ScanOptions, name: str, params: Any, xs: jax.Array, state: Any = None, *,
            lengths=None, mask=None, resets=None, key=None, time_major: bool = True) -> tuple[Any, jax.Array]:
     """The layer's ``apply``; eagerly, compiled once per layer and shapes (:func:`jlstm._scan.eager_call`)."""
-    return eager_call(_run, (config, options, name, time_major), (params, xs, state, lengths, mask, resets, key),
-                      method=options.method, time_major=time_major, where=name + ".apply")
+    final, ys, _ = eager_call(_run, (config, options, name, time_major),
+                              (params, xs, state, lengths, mask, resets, key),
+                              method=options.method, time_major=time_major, where=name + ".apply")
+    return final, ys
 
 
 def _run(config: CellConfig, options: ScanOptions, name: str, time_major: bool, params: Any, xs: jax.Array,
-         state: Any, lengths: Any, mask: Any, resets: Any, key: Any) -> tuple[Any, jax.Array]:
-    """The regularisers drawn from ``key``, then :func:`jlstm.scan`."""
+         state: Any, lengths: Any, mask: Any, resets: Any, key: Any) -> tuple[Any, jax.Array, Any]:
+    """The regularisers drawn from ``key``, then :func:`jlstm.scan`: ``(final, ys, info)``."""
     where = name + ".apply"
     check_key(key, where)
     cell = config.cell
@@ -87,9 +89,8 @@ def _run(config: CellConfig, options: ScanOptions, name: str, time_major: bool, 
             rec_mask = variational_mask(k_rec, config.recurrent_dropout, tuple(batch) + (cell.output_size,),
                                         xs.dtype)
     regs = StepRegularisers(recurrent_mask=rec_mask, zoneout=config.zoneout, zoneout_key=zo_key)
-    final, ys, _ = run_scan(cell, params, xs, state, lengths, mask, options._replace(time_major=time_major), regs,
-                            where, resets=resets)
-    return final, ys
+    return run_scan(cell, params, xs, state, lengths, mask, options._replace(time_major=time_major), regs,
+                    where, resets=resets)
 
 
 def _check_options(cell: Any, input_dropout: float, recurrent_dropout: float, zoneout: float,

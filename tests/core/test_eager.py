@@ -214,6 +214,31 @@ def test_a_warm_started_newton_compiles_once_and_uses_its_start():
     assert type(caught.value) is jlstm.NewtonConvergenceError
 
 
+def test_a_layer_with_a_raising_or_warm_started_newton_compiles_once():
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    exact = jlstm.scan(cell, params, _inputs(), method="quasi_deer", return_info=True)[2].trajectory
+    raising = jlstm.recurrent(cell, method=jlstm.Newton("deer", max_iters=T, on_failure="raise"))
+    _, ys = raising.apply(params, _inputs())
+    np.testing.assert_allclose(ys, jlstm.scan(cell, params, _inputs())[1], rtol=1e-5, atol=1e-5)
+    first = len(traces)
+    raising.apply(params, _inputs(1))
+    assert len(traces) == first                                  # new inputs, the same program
+    failing = jlstm.recurrent(cell, method=jlstm.Newton("deer", max_iters=0, on_failure="raise"))
+    with pytest.raises(jlstm.NewtonConvergenceError) as caught:
+        failing.apply(params, _inputs())
+    assert type(caught.value) is jlstm.NewtonConvergenceError
+    outs = []
+    for start in (exact, 0.5 * exact):                          # a new layer and start each call
+        warm = jlstm.recurrent(cell, method=jlstm.Newton("deer", max_iters=1, init=start, on_failure="ignore"))
+        outs.append(warm.apply(params, _inputs())[1])
+        if len(outs) == 1:
+            first = len(traces)
+    assert len(traces) == first
+    np.testing.assert_allclose(outs[0], jlstm.scan(cell, params, _inputs())[1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(outs[0], outs[1], atol=1e-4)            # one iteration from a worse start
+
+
 def test_layer_apply_compiles_once_and_keeps_its_key_dynamic():
     eager.clear()
     cell, traces = _counting_cell()
