@@ -55,21 +55,20 @@ def _jitted(fn: Callable, static: tuple, context: Hashable) -> Callable:
     return jax.jit(lambda *dynamic: fn(*static, *dynamic))
 
 
-def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple, cacheable: bool = True,
+def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
          check_values: Callable[[], None] | None = None, context: Hashable = None) -> Any:
     """``fn(*static, *dynamic)``: compiled once per ``(fn, static)`` when eager, else called directly.
 
     ``fn`` must be a module-level function (it is part of the key); ``static`` holds everything
     that is not an array (cells, options, names), ``dynamic`` the arrays (pytrees, ``None`` allowed).
-    ``cacheable=False`` forces the direct path, for a call whose eager behaviour would differ under
-    ``jit`` (:func:`jlstm._scan.eager_call` instead reshapes its Newton calls that would: a raise on
-    failure, a warm start).
+    A call whose eager behaviour would differ under ``jit`` must be reshaped by its caller first
+    (:func:`jlstm._scan.eager_call` does so for a Newton that raises on failure or starts warm).
     ``check_values`` runs first on the compiled path: the checks that read concrete values (``fn``
     makes them itself when run directly, but its trace under ``jit`` cannot read them).
     ``context`` joins the key without being passed on: what tracing ``fn`` reads from elsewhere (the
     routing plan), so that a program traced under one context is not served under another.
     """
-    if cacheable and not jit_disabled() and concrete(dynamic):
+    if not jit_disabled() and concrete(dynamic):
         try:
             jitted = _jitted(fn, static, context)               # the cache's lookup hashes the key once
         except TypeError:                                       # unhashable static: the direct path
