@@ -175,7 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                "command": command, "cpu_count": os.cpu_count(), "note": a.note, "complete": done,
                "results": results, "speedups": speedups(results), "skipped": skipped}
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         write(a.out, doc)   # atomically
 
     results, skipped = run(cells, _ints(a.lengths), batch=a.batch, input_size=a.input_size, hidden=a.hidden,

@@ -185,12 +185,15 @@ def summary(cases: list[dict]) -> list[str]:
 
 def write(path: str, results: dict) -> None:
     """``results`` as JSON at ``path``, atomically: a temporary file in the same folder, flushed to disk,
-    then renamed over ``path``. A run killed midway leaves the previous file whole, never half of one."""
+    then renamed over ``path`` (its folder made if missing). A run killed midway leaves the previous file
+    whole, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(results, fh, indent=1)
+            fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)                       # mkstemp's 0600: results are for everyone to read

@@ -74,7 +74,6 @@ def main(argv=None) -> int:
               "cpus": os.cpu_count(), "repeats": args.repeats,
               "note": "shared machine (other jobs running): absolute times are noisy; the ratios within a "
                       "run are steadier", "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     write(args.out, result)   # atomically
     print("wrote", args.out)
     return 0

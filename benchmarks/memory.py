@@ -282,7 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   a.device, a.timeout))
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         out = a.out or os.path.join(RESULTS, f"memory_{backend}_long.json")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
         write(out, {**header, "results": [row]})   # atomically
         print(json.dumps(row, indent=1))
         return 0 if row.get("finite") else 1
@@ -303,7 +302,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f" (before run {row['rss_before_run_bytes'] / 2**20:.1f})"
                          f"  {row['median_ms']:.0f} ms/step" if rss else ""), flush=True)
     out = a.out or os.path.join(RESULTS, f"memory_{backend}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     write(out, {**header, "results": rows})   # atomically
     png = a.plot or os.path.splitext(out)[0] + ".png"
     plot(out, png)

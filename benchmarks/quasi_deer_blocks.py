@@ -84,7 +84,6 @@ def main(argv=None) -> None:
                       "dtype": "float32", "tol": "default (1e-5 for float32)", "max_iters": args.max_iters,
                       "note": "iterations to convergence; max_abs_error is against the sequential scan"},
            "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write(args.out, doc)
     print(f"wrote {args.out}")
 

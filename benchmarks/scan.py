@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -394,13 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "gemm_floor median (x_floor_cpu: the same by process CPU time, steadier on a shared host); "
                     "cpu_ms: median process CPU time of a call (all threads)"}
     if args.out:
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, args.out)
+        from benchmarks.deer import write
+
+        write(args.out, doc)
         print(f"wrote {args.out}")
     jlstm_ok = any(r["impl"] == "jlstm" for r in results)
     return 0 if jlstm_ok or not cases else 1

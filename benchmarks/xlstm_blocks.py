@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
 from typing import Callable, Sequence
+
+from benchmarks.deer import write
 
 FORMS = ("parallel", "chunkwise", "sequential")
 MODES = ("fwd", "fwd+bwd")
@@ -161,16 +162,6 @@ def ratios(results: list[dict]) -> list[dict]:
             out.append({"block": r["block"], "form": r["form"], "mode": r["mode"], "T": r["T"], "over": over,
                         "speedup": round(base[key] / r["median_ms"], 3)})
     return out
-
-
-def write(path: str, doc: dict) -> None:
-    """``doc`` as JSON at ``path``, atomically (a temporary file, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

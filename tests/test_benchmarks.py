@@ -197,3 +197,6 @@ def test_results_are_written_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     write(str(path), {"run": 3})
     assert json.loads(path.read_text()) == {"run": 3}
+    nested = tmp_path / "new" / "folder" / "results.json"       # the folder is made, as every benchmark needs
+    write(str(nested), {"run": 4})
+    assert json.loads(nested.read_text()) == {"run": 4} and nested.read_text().endswith("}\n")
