@@ -15,6 +15,7 @@ layout. Keras dropout and recurrent dropout (training only) are not converted.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,13 @@ def _check_cell(cell: Any, kind: str, what: str, where: str) -> None:
 
 def _split_layer(layer: Any, kind: str, where: str) -> tuple[list[Any], Merge | None]:
     """Return ``([rnn_layer] or [forward, backward], merge)`` after checking the layer type."""
-    keras = _keras()
     name = "keras.layers.LSTM" if kind == "lstm" else "keras.layers.GRU"
+    if sys.modules.get("keras") is None:
+        # A Keras layer means Keras is imported. Importing it here only to say no would pick Keras' default
+        # backend, TensorFlow, and fail with "No module named 'tensorflow'" where TensorFlow is absent.
+        raise TypeError(f"{where}: expected a {name} (or keras.layers.RNN of its cell, or a Bidirectional of "
+                        f"one), got {type(layer).__name__}, and Keras is not imported.")
+    keras = _keras()
     if isinstance(layer, keras.layers.Bidirectional):
         mode = layer.merge_mode
         if mode not in _MERGES:

@@ -6,6 +6,7 @@ gradients must agree to 1e-5.
 """
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -199,3 +200,13 @@ def test_bad_keras_layers():
         interop.to_keras_lstm(None, (params, params))
     with pytest.raises(TypeError, match="GRUParams"):
         interop.to_keras_gru(None, params)
+
+
+def test_a_non_layer_is_refused_without_importing_keras(monkeypatch):
+    """Where Keras is not imported, the object cannot be a Keras layer: the converter says so instead of
+    importing Keras, whose default backend (TensorFlow) may be absent."""
+    monkeypatch.setitem(sys.modules, "keras", None)          # `import keras` would now raise
+    for convert, name in ((interop.from_keras_lstm, "keras.layers.LSTM"),
+                          (interop.from_keras_gru, "keras.layers.GRU")):
+        with pytest.raises(TypeError, match=f"expected a {name}.*got list, and Keras is not imported"):
+            convert([np.zeros((4, 32)), np.zeros((8, 32)), np.zeros(32)])
