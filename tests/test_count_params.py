@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jlstm
 
@@ -22,3 +23,18 @@ def test_counts_every_leaf_of_cells_layers_and_plain_pytrees():
         jlstm.lstm(H).init(jax.random.key(1), H))
     assert jlstm.count_params({"w": jnp.ones((2, 3)), "b": [np.zeros(4), 1.5], "none": None}) == 11
     assert jlstm.count_params({}) == 0 and isinstance(jlstm.count_params(stacked), int)
+
+
+def test_a_cell_model_or_other_non_array_is_refused():
+    """count_params(cell) once returned 1 and count_params(layer) 6: a cell is one leaf, a layer's
+    functions six. Anything but arrays, numbers and None now says what to pass."""
+    cell = jlstm.lstm(8)
+    for wrong, at, what in ((cell, "the root", "Cell"), (jlstm.recurrent(cell), "the root", "SequenceModel"),
+                            ({"params": cell.init(jax.random.key(0), 3), "cell": cell}, r"\['cell'\]", "Cell")):
+        with pytest.raises(TypeError, match=rf"leaf at {at} is a jlstm.{what}, .*cell.init\(key, input_size\)"):
+            jlstm.count_params(wrong)
+    with pytest.raises(TypeError, match=r"leaf at \['act'\] is a function"):
+        jlstm.count_params({"w": jnp.ones(3), "act": jnp.tanh})
+    with pytest.raises(TypeError, match=r"leaf at \['name'\] is a str"):
+        jlstm.count_params({"w": jnp.ones(3), "name": "lstm"})
+    assert jlstm.count_params({"key": jax.random.key(0), "step": 3, "lr": 1e-3, "w": np.ones((2, 2))}) == 7
