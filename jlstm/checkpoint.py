@@ -169,12 +169,21 @@ def save(path: str | os.PathLike, target: Any, *, metadata: dict[str, Any] | Non
 
     Raises:
       TypeError: a leaf is not an array (or metadata is not JSON-serialisable).
+      FileNotFoundError: the folder of ``path`` does not exist (save creates no folders).
+      IsADirectoryError: ``path`` is a folder.
       OSError: the file cannot be written; the previous file at ``path`` is left intact and
         no temporary file remains.
     """
     data = _encode(target, metadata)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint.save: the folder {directory!r} of {path!r} does not exist; create it "
+                                f"first (os.makedirs(folder, exist_ok=True)). save creates no folders, so that a "
+                                f"mistyped path fails instead of writing somewhere unexpected.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint.save: {path!r} is a folder; pass the path of a file in it, "
+                                f"such as {os.path.join(path, 'params.ckpt')!r}.")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

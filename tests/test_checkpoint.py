@@ -216,6 +216,18 @@ def test_bad_targets_raise():
     assert not os.path.exists("/tmp/never.ckpt")
 
 
+def test_a_missing_folder_or_a_folder_as_the_path_is_named(tmp_path):
+    """Both once surfaced as an OSError about the hidden temporary file (``.ckpt.x1y2.tmp``)."""
+    params = {"w": jnp.ones(2)}
+    missing = tmp_path / "runs" / "exp1"
+    with pytest.raises(FileNotFoundError, match=r"folder '.*runs/exp1' of .* does not exist.*os.makedirs"):
+        ckpt.save(missing / "params.ckpt", params)
+    assert not (tmp_path / "runs").exists()                 # nothing created
+    with pytest.raises(IsADirectoryError, match=r"is a folder; pass the path of a file in it"):
+        ckpt.save(tmp_path, params)
+    assert list(tmp_path.iterdir()) == []                   # no temporary file left behind
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     """N steps straight == N/2 steps, save, load into fresh templates, N/2 more: bit for bit."""
     opt, step = OPT, STEP
