@@ -156,6 +156,19 @@ def _encode(target: Any, metadata: dict[str, Any] | None) -> bytes:
             + header_bytes + payload)
 
 
+def check_path(path: str | os.PathLike, where: str) -> None:
+    """Raise unless ``path`` can name a checkpoint file: its folder exists and it is not a folder itself."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{where}: the folder {directory!r} of {path!r} does not exist; create it first "
+                                f"(os.makedirs(folder, exist_ok=True)). Checkpoints create no folders, so that a "
+                                f"mistyped path fails instead of writing somewhere unexpected.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{where}: {path!r} is a folder; pass the path of a file in it, "
+                                f"such as {os.path.join(path, 'params.ckpt')!r}.")
+
+
 def save(path: str | os.PathLike, target: Any, *, metadata: dict[str, Any] | None = None) -> None:
     """Write ``target`` to ``path`` atomically, with checksums and a structure description.
 
@@ -177,13 +190,7 @@ def save(path: str | os.PathLike, target: Any, *, metadata: dict[str, Any] | Non
     data = _encode(target, metadata)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint.save: the folder {directory!r} of {path!r} does not exist; create it "
-                                f"first (os.makedirs(folder, exist_ok=True)). save creates no folders, so that a "
-                                f"mistyped path fails instead of writing somewhere unexpected.")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint.save: {path!r} is a folder; pass the path of a file in it, "
-                                f"such as {os.path.join(path, 'params.ckpt')!r}.")
+    check_path(path, "checkpoint.save")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

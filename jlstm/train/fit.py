@@ -290,6 +290,8 @@ def _check_args(epochs: Any, resume: bool, path: Any, clip_norm: float | None, c
         raise ValueError(f"fit: steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}.")
     if resume and path is None:
         raise ValueError("fit: resume=True needs checkpoint_path=... to resume from.")
+    if path is not None:   # before training, not at the first checkpoint an epoch later
+        _ckpt.check_path(path, "fit(checkpoint_path=...)")
     if carry is not None and not isinstance(carry, Carry):
         raise TypeError(f"fit: carry must be jlstm.train.Carry(model.initial_state, batch_shape), got "
                         f"{type(carry).__name__}.")
@@ -332,7 +334,8 @@ def fit(
     ``n`` gets ``fold_in(key, n)``. Then it evaluates on ``eval_data`` (no key) and/or
     ``eval_fn(params) -> dict``, records ``train_*``/``eval_*`` means in the :class:`History`,
     applies early stopping (``monitor``: default ``eval_loss`` or ``train_loss``; ``mode``;
-    ``patience``; ``min_delta``; ``restore_best``) and writes ``checkpoint_path``. ``clip_norm``
+    ``patience``; ``min_delta``; ``restore_best``) and writes ``checkpoint_path`` (its folder must exist:
+    that is checked before the first step). ``clip_norm``
     chains ``optax.clip_by_global_norm`` in front (``grad_norm`` is recorded before clipping).
     ``carry=Carry(...)`` carries a recurrent state across batches (truncated BPTT).
     ``resume=True`` continues from the checkpoint bit-identically and says so. With a checkpoint

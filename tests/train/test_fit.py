@@ -149,9 +149,25 @@ def test_bad_arguments():
         fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [], progress=False)
     with pytest.raises(ValueError, match="checkpoint_path"):
         fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], resume=True)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), [jnp.ones(2)], checkpoint_path=os.getcwd(), progress=False)
     # a one-shot iterator is fine for a single epoch
     _, _, hist = fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), iter([jnp.ones(2)] * 3), progress=False)
     assert hist.loss.shape == (3,)
+
+
+def test_a_checkpoint_path_in_a_missing_folder_fails_before_training(tmp_path):
+    """Not at the first checkpoint, an epoch of training later."""
+    epochs_started = []
+
+    def data(epoch):
+        epochs_started.append(epoch)
+        yield jnp.ones(2)
+
+    with pytest.raises(FileNotFoundError, match=r"fit\(checkpoint_path=...\): the folder .*nope' of "):
+        fit(quad, {"w": jnp.zeros(2)}, optax.sgd(0.1), data, checkpoint_path=tmp_path / "nope" / "run.ckpt",
+            progress=False)
+    assert epochs_started == [] and list(tmp_path.iterdir()) == []
 
 
 class Hinted:
