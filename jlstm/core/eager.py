@@ -80,6 +80,36 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
     return fn(*static, *dynamic)
 
 
+def compiled_apply(apply: Callable, where: str) -> Callable:
+    """A sequence model's ``apply`` whose eager calls run through :func:`call`, compiled once per model and shapes.
+
+    For models whose ``apply`` is more than one :func:`jlstm.scan` (the xLSTM blocks and stacks: norms,
+    projections, a causal convolution around the scan), which otherwise run op by op when called
+    outside ``jit``. The key is the ``apply`` itself, so a model built once and called repeatedly
+    reuses its program; inside a trace the call is ``apply``'s own. ``lengths`` is range-checked on
+    its values first, as the direct call checks it.
+    """
+
+    @functools.wraps(apply)
+    def wrapped(params: Any, xs: Any, state: Any = None, *, lengths: Any = None, mask: Any = None, key: Any = None,
+                time_major: bool = True, resets: Any = None) -> Any:
+        from jlstm.core.plan import current_plan
+        from jlstm.core.time import check_concrete_lengths
+
+        def check_values() -> None:
+            check_concrete_lengths(xs, lengths, time_major, where)
+
+        return call(_apply_with, (apply, time_major), (params, xs, state, lengths, mask, key, resets),
+                    check_values=check_values, context=current_plan())
+
+    return wrapped
+
+
+def _apply_with(apply: Callable, time_major: bool, params: Any, xs: Any, state: Any, lengths: Any, mask: Any,
+                key: Any, resets: Any) -> Any:
+    return apply(params, xs, state, lengths=lengths, mask=mask, key=key, time_major=time_major, resets=resets)
+
+
 def jit_disabled() -> bool:
     """Whether ``jax.disable_jit()`` is in effect (a flag JAX's type stubs do not list)."""
     return bool(jax.config.jax_disable_jit)  # pyright: ignore[reportAttributeAccessIssue]

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 
 import jlstm.xlstm._shared as _shared
+from jlstm.core.eager import compiled_apply
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm.feedforward import FeedForwardParams, feedforward
 from jlstm.xlstm.mlstm import mlstm_layer
@@ -91,7 +92,8 @@ def block(layer: SequenceModel, feedforward: SequenceModel | None = None, *, nor
             x = x + feedforward.apply(params.ffn, layer_norm(params.ffn_norm, x, norm_eps), key=k_ff)[1]
         return final, _shared.finish(x, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=apply, initial_state=lambda params, batch_shape=(): layer.initial_state(
+    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply"),
+                         initial_state=lambda params, batch_shape=(): layer.initial_state(
         params.layer, batch_shape), output_size=E, name=name, config=config)
 
 

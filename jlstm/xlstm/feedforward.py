@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import jlstm.xlstm._shared as _shared
+from jlstm.core.eager import compiled_apply
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm._init import small_init, wang_init
 
@@ -84,6 +85,7 @@ def feedforward(embedding_dim: int, *, proj_factor: float = 1.3, act_fn: str = "
             y = _shared.dropout(key, dropout, y)
         return (), _shared.finish(y, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=apply, initial_state=lambda params, batch_shape=(): (),
+    return SequenceModel(init=init, apply=compiled_apply(apply, where + ".apply"),
+                         initial_state=lambda params, batch_shape=(): (),
                          output_size=E, name=where, config=config)
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 import jlstm
 import jlstm.xlstm._shared as _shared
+from jlstm.core.eager import compiled_apply
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm._init import small_init, wang_init
 from jlstm.xlstm.conv import ConvParams, causal_conv, empty_window, init_conv
@@ -124,7 +125,8 @@ def mlstm_layer(embedding_dim: int, *, num_heads: int = 4, proj_factor: float = 
     cfg = _config(where, embedding_dim, num_heads, proj_factor, round_to, inner_size, conv1d_kernel_size,
                   qkv_proj_blocksize, bias, dropout, method, chunk_size, parallel_max_length, eps, norm_eps,
                   num_blocks, remat, unroll, param_dtype)
-    return SequenceModel(init=functools.partial(_init, cfg), apply=functools.partial(_apply, cfg),
+    return SequenceModel(init=functools.partial(_init, cfg),
+                         apply=compiled_apply(functools.partial(_apply, cfg), where + ".apply"),
                          initial_state=functools.partial(_initial_state, cfg), output_size=cfg.embedding_dim,
                          name=where, config=cfg)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 import jlstm
 import jlstm.xlstm._shared as _shared
+from jlstm.core.eager import compiled_apply
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm._init import small_init
 from jlstm.xlstm.conv import ConvParams, causal_conv, empty_window, init_conv
@@ -114,7 +115,8 @@ def slstm_layer(embedding_dim: int, *, num_heads: int = 4, conv1d_kernel_size: i
                      recurrent_init=recurrent_init, norm_eps=float(norm_eps), norm_bias=bool(norm_bias),
                      block_index=int(block_index), num_blocks=int(num_blocks), method=method, remat=remat,
                      unroll=unroll, param_dtype=jnp.dtype(param_dtype), where=where, core=core)
-    return SequenceModel(init=functools.partial(_init, cfg), apply=functools.partial(_apply, cfg),
+    return SequenceModel(init=functools.partial(_init, cfg),
+                         apply=compiled_apply(functools.partial(_apply, cfg), where + ".apply"),
                          initial_state=functools.partial(_initial_state, cfg), output_size=int(embedding_dim),
                          name=where, config=cfg)
 

@@ -8,6 +8,7 @@ import jax
 
 import jlstm
 import jlstm.xlstm._shared as _shared
+from jlstm.core.eager import compiled_apply
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.xlstm.blocks import mlstm_block, slstm_block
 from jlstm.xlstm.norms import LayerNormParams, init_layer_norm, layer_norm
@@ -77,7 +78,8 @@ def block_stack(blocks: Sequence[SequenceModel], *, post_norm: bool = True,
             x = layer_norm(params.post_norm, x, norm_eps)
         return tuple(finals), _shared.finish(x, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=apply, initial_state=initial_state, output_size=E, name=name,
+    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply"),
+                         initial_state=initial_state, output_size=E, name=name,
                          config=config)
 
 

@@ -274,3 +274,64 @@ def test_an_unhashable_static_argument_runs_directly_and_a_hashable_one_compiled
     out = eager.call(_scaled, (3.0,), (jnp.ones(3),), check_values=lambda: checked.append(True))
     np.testing.assert_allclose(out, 3.0 * np.ones(3))
     assert _SCALED_CALLS == [False, True] and checked == [True]
+
+
+def _xlstm_stack():
+    from jlstm import xlstm
+
+    E = 8
+    return E, xlstm.block_stack([xlstm.mlstm_block(E, num_heads=2, round_to=8, chunk_size=4),
+                                 xlstm.slstm_block(E, num_heads=2, conv1d_kernel_size=3, dropout=0.25)])
+
+
+def test_an_xlstm_stack_called_eagerly_compiles_one_program_and_agrees_with_jit():
+    """The xLSTM blocks' apply (norms, projections, a causal conv around the scan) ran op by op when eager:
+    dozens of programs on a first call, each operation dispatched on every call."""
+    import collections
+
+    E, stack = _xlstm_stack()
+    params = stack.init(jax.random.key(0), E)
+    xs = jax.random.normal(jax.random.key(1), (T, B, E))
+    kw = dict(lengths=jnp.array([T, 3, 0]), mask=jnp.ones((T, B), bool).at[1, 0].set(False),
+              resets=jnp.zeros((T, B), bool).at[2, 1].set(True), key=jax.random.key(2))
+    compiles = collections.Counter()
+
+    def count(event, _secs, **_kw):
+        if event.endswith(("backend_compile_duration", "cache_retrieval_time_sec")):
+            compiles[event] += 1
+
+    eager.clear()
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        final, ys = stack.apply(params, xs, **kw)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert sum(compiles.values()) <= 3, compiles          # the program (op by op: over a hundred)
+    assert eager._jitted.cache_info().currsize == 1
+    stack.apply(params, xs + 1.0, **kw)                    # new values, same shapes: the same program
+    assert eager._jitted.cache_info().hits == 1
+    want_final, want_ys = jax.jit(lambda p, x: stack.apply(p, x, **kw))(params, xs)
+    np.testing.assert_allclose(ys, want_ys, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(want_final), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with jax.disable_jit():                                 # the direct path, op by op
+        direct_final, direct_ys = stack.apply(params, xs, **kw)
+    np.testing.assert_allclose(ys, direct_ys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ys[:, 2], 0.0)
+    # batch-major input and a carried state take the same path
+    _, bm = stack.apply(params, jnp.moveaxis(xs, 0, 1), final, time_major=False)
+    np.testing.assert_allclose(jnp.moveaxis(bm, 1, 0), jax.jit(stack.apply)(params, xs, final)[1], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_an_xlstm_stack_checks_length_values_before_the_compiled_call():
+    E, stack = _xlstm_stack()
+    params = stack.init(jax.random.key(0), E)
+    xs = jnp.ones((T, B, E))
+    with jax.disable_jit():
+        with pytest.raises(ValueError) as direct:
+            stack.apply(params, xs, lengths=jnp.array([T + 1, 1, 0]))
+    with pytest.raises(ValueError, match=re.escape(str(direct.value))):
+        stack.apply(params, xs, lengths=jnp.array([T + 1, 1, 0]))
+    with pytest.raises(ValueError, match="xs must have shape"):    # trace-time checks still name the model
+        stack.apply(params, jnp.ones((T, B, E + 1)))
