@@ -11,22 +11,27 @@ For each cell, the same call ``jlstm.scan(cell, params, xs)`` made outside any `
 Two more rows run the LSTM with Newton's method, which eager calls ran op by op until
 ``jlstm.scan`` compiled them too: ``lstm_deer_raise`` (``Newton("deer", on_failure="raise")``) and
 ``lstm_deer_warm`` (``Newton("deer", init=...)``, a new warm start each call: the quasi-DEER
-trajectory of that call's inputs, as a training loop passes the last one).
+trajectory of that call's inputs, as a training loop passes the last one). ``xlstm_stack`` calls an
+xLSTM block stack's ``apply`` (an mLSTM and an sLSTM block of width H, two heads, on ``[T, B, H]``),
+whose eager calls ran op by op until :func:`jlstm.core.eager.compiled_apply`; its ``direct_ms`` is
+the same model built without that wrapper (its scans still kept compiled by ``jlstm.scan``).
 
 Medians over ``--rounds``; ``direct / repeat`` is what the cache saves a repeated call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
 from typing import Sequence
+from unittest import mock
 
 from benchmarks.scan import cell_benchmark_args
 
 NEWTON = {"lstm_deer_raise": "raise", "lstm_deer_warm": "warm"}
-CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm", *NEWTON)
+CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm", *NEWTON, "xlstm_stack")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     for name in cells:
+        if name == "xlstm_stack":
+            rows.append(_xlstm_row(B, T, H, args.rounds, timed))
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         case = NEWTON.get(name)
         cell = getattr(jlstm, "lstm" if case else name)(H)
         params = cell.init(jax.random.key(0), I)
@@ -77,6 +86,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         write(args.out, {**result_header("eager"), "shape_BTIH": [B, T, I, H], "rounds": args.rounds,
                          "rows": rows})
     return 0
+
+
+def _xlstm_row(B: int, T: int, H: int, rounds: int, timed) -> dict:
+    """The ``xlstm_stack`` row: first, repeated, op-by-op and jitted calls of a block stack's ``apply``."""
+    import jax
+
+    from jlstm import xlstm
+
+    def build():
+        return xlstm.block_stack([xlstm.mlstm_block(H, num_heads=2), xlstm.slstm_block(H, num_heads=2)])
+
+    model = build()
+    with contextlib.ExitStack() as unwrapped:      # the same model, its applies as they ran before (op by op)
+        for module in ("blocks", "feedforward", "mlstm", "slstm", "stack"):
+            unwrapped.enter_context(mock.patch(f"jlstm.xlstm.{module}.compiled_apply", lambda apply, where: apply))
+        op_by_op = build().apply
+    params = model.init(jax.random.key(0), H)
+    inputs = [jax.random.normal(jax.random.key(r), (T, B, H)) for r in range(rounds + 1)]
+    user_jit = jax.jit(model.apply)
+    first = timed(lambda: model.apply(params, inputs[0]))
+    timed(lambda: user_jit(params, inputs[0]))
+    timed(lambda: op_by_op(params, inputs[0]))
+    times: dict[str, list[float]] = {"repeat_ms": [], "direct_ms": [], "jit_ms": []}
+    for x in inputs[1:]:
+        times["repeat_ms"].append(timed(lambda x=x: model.apply(params, x)))
+        times["direct_ms"].append(timed(lambda x=x: op_by_op(params, x)))
+        times["jit_ms"].append(timed(lambda x=x: user_jit(params, x)))
+    row = {"cell": "xlstm_stack", "first_s": round(first, 4),
+           **{k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}}
+    row["direct_over_repeat"] = round(row["direct_ms"] / row["repeat_ms"], 1)
+    return row
 
 
 if __name__ == "__main__":
