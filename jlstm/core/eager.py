@@ -80,19 +80,26 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
     return fn(*static, *dynamic)
 
 
-def compiled_apply(apply: Callable, where: str) -> Callable:
+def compiled_apply(apply: Callable, where: str, config: Any) -> Callable:
     """A sequence model's ``apply`` whose eager calls run through :func:`call`, compiled once per model and shapes.
 
     For models whose ``apply`` is more than one :func:`jlstm.scan` (the xLSTM blocks and stacks: norms,
     projections, a causal convolution around the scan), which otherwise run op by op when called
     outside ``jit``. The key is the ``apply`` itself, so a model built once and called repeatedly
     reuses its program; inside a trace the call is ``apply``'s own. ``lengths`` is range-checked on
-    its values first, as the direct call checks it.
+    its values first, as the direct call checks it. A model whose ``config`` holds a Newton method
+    that raises on failure or starts warm keeps the direct path, where each of its scans handles
+    those eagerly (:func:`jlstm._scan.eager_call`): compiled whole, the failure would surface as a
+    ``JaxRuntimeError`` from a callback instead of a ``jlstm.NewtonConvergenceError``.
     """
+    direct = _eager_only(config)
 
     @functools.wraps(apply)
     def wrapped(params: Any, xs: Any, state: Any = None, *, lengths: Any = None, mask: Any = None, key: Any = None,
                 time_major: bool = True, resets: Any = None) -> Any:
+        if direct:
+            return apply(params, xs, state, lengths=lengths, mask=mask, key=key, time_major=time_major,
+                         resets=resets)
         from jlstm.core.plan import current_plan
         from jlstm.core.time import check_concrete_lengths
 
@@ -103,6 +110,22 @@ def compiled_apply(apply: Callable, where: str) -> Callable:
                     check_values=check_values, context=current_plan())
 
     return wrapped
+
+
+def _eager_only(obj: Any) -> bool:
+    """Whether a model's configuration holds a Newton that raises on failure or starts warm, at any depth."""
+    from jlstm.core.types import Cell, CellConfig, SequenceModel
+    from jlstm.newton.method import Newton
+
+    if isinstance(obj, Newton):
+        return obj.on_failure == "raise" or obj.init is not None
+    if isinstance(obj, (Cell, SequenceModel)):
+        return _eager_only(obj.config)
+    if isinstance(obj, CellConfig):
+        return any(_eager_only(v) for v in obj.as_dict().values())
+    if isinstance(obj, (tuple, list)):
+        return any(_eager_only(v) for v in obj)
+    return False
 
 
 def _apply_with(apply: Callable, time_major: bool, params: Any, xs: Any, state: Any, lengths: Any, mask: Any,

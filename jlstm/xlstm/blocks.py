@@ -92,7 +92,7 @@ def block(layer: SequenceModel, feedforward: SequenceModel | None = None, *, nor
             x = x + feedforward.apply(params.ffn, layer_norm(params.ffn_norm, x, norm_eps), key=k_ff)[1]
         return final, _shared.finish(x, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply"),
+    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply", config),
                          initial_state=lambda params, batch_shape=(): layer.initial_state(
         params.layer, batch_shape), output_size=E, name=name, config=config)
 

@@ -85,7 +85,7 @@ def feedforward(embedding_dim: int, *, proj_factor: float = 1.3, act_fn: str = "
             y = _shared.dropout(key, dropout, y)
         return (), _shared.finish(y, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=compiled_apply(apply, where + ".apply"),
+    return SequenceModel(init=init, apply=compiled_apply(apply, where + ".apply", config),
                          initial_state=lambda params, batch_shape=(): (),
                          output_size=E, name=where, config=config)
 

@@ -126,7 +126,7 @@ def mlstm_layer(embedding_dim: int, *, num_heads: int = 4, proj_factor: float = 
                   qkv_proj_blocksize, bias, dropout, method, chunk_size, parallel_max_length, eps, norm_eps,
                   num_blocks, remat, unroll, param_dtype)
     return SequenceModel(init=functools.partial(_init, cfg),
-                         apply=compiled_apply(functools.partial(_apply, cfg), where + ".apply"),
+                         apply=compiled_apply(functools.partial(_apply, cfg), where + ".apply", cfg),
                          initial_state=functools.partial(_initial_state, cfg), output_size=cfg.embedding_dim,
                          name=where, config=cfg)
 

@@ -78,7 +78,7 @@ def block_stack(blocks: Sequence[SequenceModel], *, post_norm: bool = True,
             x = layer_norm(params.post_norm, x, norm_eps)
         return tuple(finals), _shared.finish(x, inp.valid, time_major)
 
-    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply"),
+    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply", config),
                          initial_state=initial_state, output_size=E, name=name,
                          config=config)
 

@@ -335,3 +335,24 @@ def test_an_xlstm_stack_checks_length_values_before_the_compiled_call():
         stack.apply(params, xs, lengths=jnp.array([T + 1, 1, 0]))
     with pytest.raises(ValueError, match="xs must have shape"):    # trace-time checks still name the model
         stack.apply(params, jnp.ones((T, B, E + 1)))
+
+
+def test_an_xlstm_block_with_a_raising_newton_raises_its_own_error_eagerly():
+    """Compiled whole, the failure would come out of a callback as a JaxRuntimeError; such a model
+    (at any depth: a block inside a stack) keeps the direct path, where each scan raises it itself."""
+    from jlstm import xlstm
+
+    E = 8
+    raising = jlstm.Newton("deer", on_failure="raise", max_iters=1)
+    block = xlstm.slstm_block(E, num_heads=2, method=raising)
+    stack = xlstm.block_stack([xlstm.mlstm_block(E, num_heads=2, round_to=8), block])
+    xs = 3.0 * jax.random.normal(jax.random.key(1), (40, 2, E))
+    for model in (block, stack):
+        params = model.init(jax.random.key(0), E)
+        with pytest.raises(jlstm.NewtonConvergenceError, match="did not converge") as err:
+            model.apply(params, xs)
+        assert type(err.value) is jlstm.NewtonConvergenceError      # not a JaxRuntimeError that matches it
+    converging = xlstm.slstm_block(E, num_heads=2, method=jlstm.Newton("deer", on_failure="raise"))
+    params = converging.init(jax.random.key(0), E)
+    _, ys = converging.apply(params, xs[:6])
+    np.testing.assert_allclose(ys, xlstm.slstm_block(E, num_heads=2).apply(params, xs[:6])[1], atol=1e-4)
