@@ -100,7 +100,7 @@ def _xlstm_row(B: int, T: int, H: int, rounds: int, timed) -> dict:
     model = build()
     with contextlib.ExitStack() as unwrapped:      # the same model, its applies as they ran before (op by op)
         for module in ("blocks", "feedforward", "mlstm", "slstm", "stack"):
-            unwrapped.enter_context(mock.patch(f"jlstm.xlstm.{module}.compiled_apply", lambda apply, where: apply))
+            unwrapped.enter_context(mock.patch(f"jlstm.xlstm.{module}.compiled_apply", lambda apply, *_: apply))
         op_by_op = build().apply
     params = model.init(jax.random.key(0), H)
     inputs = [jax.random.normal(jax.random.key(r), (T, B, H)) for r in range(rounds + 1)]
