@@ -115,10 +115,9 @@ def slstm_layer(embedding_dim: int, *, num_heads: int = 4, conv1d_kernel_size: i
                      recurrent_init=recurrent_init, norm_eps=float(norm_eps), norm_bias=bool(norm_bias),
                      block_index=int(block_index), num_blocks=int(num_blocks), method=method, remat=remat,
                      unroll=unroll, param_dtype=jnp.dtype(param_dtype), where=where, core=core)
-    return SequenceModel(init=functools.partial(_init, cfg),
+    return SequenceModel(init=functools.partial(_init, cfg), initial_state=functools.partial(_initial_state, cfg),
                          apply=compiled_apply(functools.partial(_apply, cfg), where + ".apply", cfg),
-                         initial_state=functools.partial(_initial_state, cfg), output_size=int(embedding_dim),
-                         name=where, config=cfg)
+                         output_size=int(embedding_dim), name=where, config=cfg)
 
 
 def _bias(cfg: CellConfig, key: jax.Array) -> jax.Array:
