@@ -286,7 +286,7 @@ def _xlstm_stack():
 
 def test_an_xlstm_stack_called_eagerly_compiles_one_program_and_agrees_with_jit():
     """The xLSTM blocks' apply (norms, projections, a causal conv around the scan) ran op by op when eager:
-    dozens of programs on a first call, each operation dispatched on every call."""
+    over a hundred programs on a first call, each operation dispatched on every call."""
     import collections
 
     E, stack = _xlstm_stack()
