@@ -156,8 +156,9 @@ def _encode(target: Any, metadata: dict[str, Any] | None) -> bytes:
             + header_bytes + payload)
 
 
-def check_path(path: str | os.PathLike, where: str) -> None:
-    """Raise unless ``path`` can name a checkpoint file: its folder exists and it is not a folder itself."""
+def check_path(path: str | os.PathLike, where: str) -> str:
+    """The folder of ``path``, once checked that ``path`` can name a checkpoint file: the folder exists and
+    ``path`` is not a folder itself."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -167,6 +168,7 @@ def check_path(path: str | os.PathLike, where: str) -> None:
     if os.path.isdir(path):
         raise IsADirectoryError(f"{where}: {path!r} is a folder; pass the path of a file in it, "
                                 f"such as {os.path.join(path, 'params.ckpt')!r}.")
+    return directory
 
 
 def save(path: str | os.PathLike, target: Any, *, metadata: dict[str, Any] | None = None) -> None:
@@ -189,8 +191,7 @@ def save(path: str | os.PathLike, target: Any, *, metadata: dict[str, Any] | Non
     """
     data = _encode(target, metadata)
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    check_path(path, "checkpoint.save")
+    directory = check_path(path, "checkpoint.save")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

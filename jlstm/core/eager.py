@@ -31,6 +31,9 @@ import jax
 import numpy as np
 from jax.core import Tracer
 
+from jlstm.core.plan import current_plan
+from jlstm.core.time import check_concrete_lengths
+
 CACHE_SIZE = 64
 
 
@@ -100,9 +103,6 @@ def compiled_apply(apply: Callable, where: str, config: Any) -> Callable:
         if direct:
             return apply(params, xs, state, lengths=lengths, mask=mask, key=key, time_major=time_major,
                          resets=resets)
-        from jlstm.core.plan import current_plan
-        from jlstm.core.time import check_concrete_lengths
-
         def check_values() -> None:
             check_concrete_lengths(xs, lengths, time_major, where)
 

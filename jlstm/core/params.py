@@ -22,12 +22,11 @@ def count_params(params: Any) -> int:
     """
     from jlstm.core.types import Cell, SequenceModel
 
-    if isinstance(params, (Cell, SequenceModel)):   # a model flattens into its functions
-        _refuse("the root", f"a jlstm.{type(params).__name__}")
+    models = (Cell, SequenceModel)                  # a layer would otherwise flatten into its functions
     total = 0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if isinstance(leaf, (Cell, SequenceModel)):
-            _refuse(jax.tree_util.keystr(path), f"a jlstm.{type(leaf).__name__}")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, models)):
+        if isinstance(leaf, models):
+            _refuse(jax.tree_util.keystr(path) or "the root", f"a jlstm.{type(leaf).__name__}")
         is_number = isinstance(leaf, (int, float, complex))
         if isinstance(leaf, (str, bytes)) or not (hasattr(leaf, "shape") or is_number):
             _refuse(jax.tree_util.keystr(path) or "the root",
