@@ -76,10 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             direct.append(timed(lambda x=x, s=s: run_scan(cell, params, x, None, None, None,
                                                           ScanOptions(method=method(case, s)))))
             jitted.append(timed(lambda x=x, s=s: user_jit(params, x, s)))
-        row = {"cell": name, "first_s": round(first, 4),
-               **{k: round(statistics.median(v) * 1e3, 3) for k, v in
-                  (("repeat_ms", repeat), ("direct_ms", direct), ("jit_ms", jitted))}}
-        row["direct_over_repeat"] = round(row["direct_ms"] / row["repeat_ms"], 1)
+        row = _row(name, first, repeat, direct, jitted)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
@@ -108,13 +105,19 @@ def _xlstm_row(B: int, T: int, H: int, rounds: int, timed) -> dict:
     first = timed(lambda: model.apply(params, inputs[0]))
     timed(lambda: user_jit(params, inputs[0]))
     timed(lambda: op_by_op(params, inputs[0]))
-    times: dict[str, list[float]] = {"repeat_ms": [], "direct_ms": [], "jit_ms": []}
+    repeat, direct, jitted = [], [], []
     for x in inputs[1:]:
-        times["repeat_ms"].append(timed(lambda x=x: model.apply(params, x)))
-        times["direct_ms"].append(timed(lambda x=x: op_by_op(params, x)))
-        times["jit_ms"].append(timed(lambda x=x: user_jit(params, x)))
-    row = {"cell": "xlstm_stack", "first_s": round(first, 4),
-           **{k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()}}
+        repeat.append(timed(lambda x=x: model.apply(params, x)))
+        direct.append(timed(lambda x=x: op_by_op(params, x)))
+        jitted.append(timed(lambda x=x: user_jit(params, x)))
+    return _row("xlstm_stack", first, repeat, direct, jitted)
+
+
+def _row(name: str, first: float, repeat: list[float], direct: list[float], jitted: list[float]) -> dict:
+    """One row of results: the first call in s, the medians of the others in ms, and direct / repeat."""
+    row = {"cell": name, "first_s": round(first, 4),
+           **{k: round(statistics.median(v) * 1e3, 3) for k, v in
+              (("repeat_ms", repeat), ("direct_ms", direct), ("jit_ms", jitted))}}
     row["direct_over_repeat"] = round(row["direct_ms"] / row["repeat_ms"], 1)
     return row
 
