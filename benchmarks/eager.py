@@ -14,7 +14,11 @@ Two more rows run the LSTM with Newton's method, which eager calls ran op by op 
 trajectory of that call's inputs, as a training loop passes the last one). ``xlstm_stack`` calls an
 xLSTM block stack's ``apply`` (an mLSTM and an sLSTM block of width H, two heads, on ``[T, B, H]``),
 whose eager calls ran op by op until :func:`jlstm.core.eager.compiled_apply`; its ``direct_ms`` is
-the same model built without that wrapper (its scans still kept compiled by ``jlstm.scan``).
+the same model built without that wrapper (its scans still kept compiled by ``jlstm.scan``). The last
+three rows call the front doors over whole arrays, ``jlstm.mlstm_core`` (the parallel form, two heads
+of H/2), ``jlstm.linear_recurrence`` (``[T, B, H]``) and ``jlstm.lstm_sequence`` (an LSTM(H)), whose
+eager calls ran op by op, or compiled their loop again, until they went through the same cache; their
+``direct_ms`` calls the function's body.
 
 Medians over ``--rounds``; ``direct / repeat`` is what the cache saves a repeated call.
 """
@@ -31,7 +35,8 @@ from unittest import mock
 from benchmarks.scan import cell_benchmark_args
 
 NEWTON = {"lstm_deer_raise": "raise", "lstm_deer_warm": "warm"}
-CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm", *NEWTON, "xlstm_stack")
+FRONT_DOORS = ("mlstm_core", "linear_recurrence", "lstm_sequence")
+CELLS = ("lstm", "gru", "slstm", "min_gru", "layer_norm_lstm", *NEWTON, "xlstm_stack", *FRONT_DOORS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     for name in cells:
-        if name == "xlstm_stack":
-            rows.append(_xlstm_row(B, T, H, args.rounds, timed))
+        if name == "xlstm_stack" or name in FRONT_DOORS:
+            build = _xlstm_calls if name == "xlstm_stack" else _front_door_calls
+            rows.append(_calls_row(name, *build(name, B, T, I, H, args.rounds), timed))
             print(json.dumps(rows[-1]), flush=True)
             continue
         case = NEWTON.get(name)
@@ -85,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _xlstm_row(B: int, T: int, H: int, rounds: int, timed) -> dict:
-    """The ``xlstm_stack`` row: first, repeated, op-by-op and jitted calls of a block stack's ``apply``."""
+def _xlstm_calls(name: str, B: int, T: int, I: int, H: int, rounds: int):
+    """The ``xlstm_stack`` row's calls (a block stack's ``apply``, and the same model unwrapped) and inputs."""
     import jax
 
     from jlstm import xlstm
@@ -100,17 +106,52 @@ def _xlstm_row(B: int, T: int, H: int, rounds: int, timed) -> dict:
             unwrapped.enter_context(mock.patch(f"jlstm.xlstm.{module}.compiled_apply", lambda apply, *_: apply))
         op_by_op = build().apply
     params = model.init(jax.random.key(0), H)
-    inputs = [jax.random.normal(jax.random.key(r), (T, B, H)) for r in range(rounds + 1)]
-    user_jit = jax.jit(model.apply)
-    first = timed(lambda: model.apply(params, inputs[0]))
-    timed(lambda: user_jit(params, inputs[0]))
-    timed(lambda: op_by_op(params, inputs[0]))
-    repeat, direct, jitted = [], [], []
+    inputs = [(params, jax.random.normal(jax.random.key(r), (T, B, H))) for r in range(rounds + 1)]
+    return model.apply, op_by_op, inputs
+
+
+def _front_door_calls(name: str, B: int, T: int, I: int, H: int, rounds: int):
+    """A front door over whole arrays: its public call, its body called op by op (how every eager call ran
+    before :func:`jlstm.core.eager.call` kept it compiled) and inputs: ``mlstm_core`` (two heads of H/2,
+    the parallel form), ``linear_recurrence`` (``[T, B, H]``) or ``lstm_sequence`` (an LSTM(H) on
+    ``[T, B, I]``)."""
+    import jax
+
+    import jlstm
+    from jlstm.cells.mlstm import run_core
+    from jlstm.core.linear import _linear_call
+    from jlstm.kernels.fused_lstm import _sequence_call
+
+    def normal(r, *shape):
+        return jax.random.normal(jax.random.key(r), shape)
+
+    if name == "mlstm_core":
+        inputs = [(*normal(r, 3, T, B, 2, H // 2), *normal(r + 100, 2, T, B, 2)) for r in range(rounds + 1)]
+        return jlstm.mlstm_core, lambda *x: run_core("parallel", 64, 1e-6, False, 1, *x, None, None, None), inputs
+    if name == "linear_recurrence":
+        inputs = [(jax.nn.sigmoid(normal(r, T, B, H)), normal(r + 100, T, B, H)) for r in range(rounds + 1)]
+        direct = lambda a, b: _linear_call(False, "auto", (None,) * 3, a, b, None, None)   # noqa: E731
+        return jlstm.linear_recurrence, direct, inputs
+    p = jlstm.lstm(H).init(jax.random.key(0), I)
+    inputs = [(p.w_x, p.w_h, p.b, normal(r, T, B, I), normal(r + 100, B, H), normal(r + 200, B, H))
+              for r in range(rounds + 1)]
+    return jlstm.lstm_sequence, lambda *x: _sequence_call(None, None, 1, None, *x, None, None, None), inputs
+
+
+def _calls_row(name: str, call, direct, inputs: list[tuple], timed) -> dict:
+    """First, repeated, direct (op by op) and jitted calls of ``call`` on each input tuple."""
+    import jax
+
+    user_jit = jax.jit(call)
+    first = timed(lambda: call(*inputs[0]))
+    timed(lambda: user_jit(*inputs[0]))
+    timed(lambda: direct(*inputs[0]))
+    repeat, op_by_op, jitted = [], [], []
     for x in inputs[1:]:
-        repeat.append(timed(lambda x=x: model.apply(params, x)))
-        direct.append(timed(lambda x=x: op_by_op(params, x)))
-        jitted.append(timed(lambda x=x: user_jit(params, x)))
-    return _row("xlstm_stack", first, repeat, direct, jitted)
+        repeat.append(timed(lambda x=x: call(*x)))
+        op_by_op.append(timed(lambda x=x: direct(*x)))
+        jitted.append(timed(lambda x=x: user_jit(*x)))
+    return _row(name, first, repeat, op_by_op, jitted)
 
 
 def _row(name: str, first: float, repeat: list[float], direct: list[float], jitted: list[float]) -> dict:

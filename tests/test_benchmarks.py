@@ -162,7 +162,7 @@ def test_step_layout_benchmark_writes_its_json(tmp_path):
 
 def test_eager_benchmark_writes_its_json(tmp_path):
     """``python -m benchmarks.eager`` at toy shapes: first, repeated, direct and jitted calls timed per cell, for
-    a warm-started Newton and for an xLSTM block stack."""
+    a warm-started Newton, an xLSTM block stack and the front doors over whole arrays."""
     eager = pytest.importorskip("benchmarks.eager")
     out = tmp_path / "eager.json"
     assert eager.main(["--shape", "2x4x3x4", "--cells", "lstm,gru", "--rounds", "2", "--out", str(out)]) == 0
@@ -172,11 +172,12 @@ def test_eager_benchmark_writes_its_json(tmp_path):
     for r in doc["rows"]:
         assert r["first_s"] > 0 and r["repeat_ms"] > 0 and r["direct_ms"] > 0 and r["jit_ms"] > 0
         assert r["direct_over_repeat"] > 0
-    newton = tmp_path / "newton.json"              # a fresh warm start each call; an xLSTM stack's apply
-    assert eager.main(["--shape", "1x3x2x2", "--cells", "lstm_deer_warm,xlstm_stack", "--rounds", "1",
+    newton = tmp_path / "newton.json"      # a fresh warm start each call; an xLSTM stack's apply; the front doors
+    others = ["lstm_deer_warm", "xlstm_stack", "mlstm_core", "linear_recurrence", "lstm_sequence"]
+    assert eager.main(["--shape", "1x3x2x2", "--cells", ",".join(others), "--rounds", "1",
                        "--out", str(newton)]) == 0
     rows = json.loads(newton.read_text())["rows"]
-    assert [r["cell"] for r in rows] == ["lstm_deer_warm", "xlstm_stack"]
+    assert [r["cell"] for r in rows] == others
     assert all(r["repeat_ms"] > 0 and r["direct_ms"] > 0 and r["jit_ms"] > 0 for r in rows)
     with pytest.raises(SystemExit):
         eager.main(["--cells", "nosuchcell"])

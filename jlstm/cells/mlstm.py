@@ -37,6 +37,7 @@ import numpy as np
 from jlstm.cells.make_cell import make_cell
 from jlstm.cells.options import MinCellOptions, Unpack, resolve
 from jlstm.core import checks as _checks
+from jlstm.core import eager
 from jlstm.core.loop import time_loop
 from jlstm.core.math import carry_dtype, matmul, output
 from jlstm.core.time import join_blocks, split_blocks
@@ -321,6 +322,15 @@ def mlstm_core(
       >>> h.shape, bool(jnp.allclose(h, h2, atol=1e-5))
       ((20, 2, 4, 8), True)
     """
+    return eager.call(run_core, (method, chunk_size, eps, return_state, unroll),
+                      (q, k, v, i_pre, f_pre, valid, state, resets))
+
+
+def run_core(method: str, chunk_size: int, eps: float, return_state: bool, unroll: Union[int, bool],
+             q: jax.Array, k: jax.Array, v: jax.Array, i_pre: jax.Array, f_pre: jax.Array, valid: jax.Array | None,
+             state: MLSTMState | None, resets: jax.Array | None) -> Union[jax.Array, tuple[jax.Array, MLSTMState]]:
+    """:func:`mlstm_core` itself, the options first: what its eager calls compile once per options and shapes
+    (:func:`jlstm.core.eager.call`), and what callers that are already traced may call directly."""
     where = "jlstm.mlstm_core"
     _check_core(q, k, v, i_pre, f_pre, method, chunk_size, eps, valid, state, where)
     resets = _check_resets(resets, q.shape[:-2], valid, where)

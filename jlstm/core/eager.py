@@ -4,7 +4,9 @@ Called outside ``jit``, :func:`jlstm.scan` used to run op by op: every call trac
 afresh (a new closure each time), so ``lax.scan`` compiled again on every call: 0.2-0.5 s for the
 cells of ``python -m benchmarks.eager`` on CPU, however often a notebook repeated the same call.
 :func:`call` instead runs such a call through a ``jax.jit`` kept per (function, static arguments),
-so a repeat with the same cell, options and argument shapes reuses the compiled program.
+so a repeat with the same cell, options and argument shapes reuses the compiled program. The other
+front doors over whole arrays (:func:`jlstm.mlstm_core`, :func:`jlstm.linear_recurrence`,
+:func:`jlstm.lstm_sequence`) and the xLSTM models' ``apply`` (:func:`compiled_apply`) go the same way.
 
 A call takes this path only where compiling cannot change what the user sees:
 
@@ -12,8 +14,9 @@ A call takes this path only where compiling cannot change what the user sees:
   NumPy array). Under ``jit``, ``grad`` or ``vmap`` the leaves are tracers and the call runs as
   before, inside the caller's trace. Python numbers stay on the direct path too: under ``jit`` they
   would become weakly typed tracers and a cell branching on them would break;
-* the static arguments hash (cells hash by their config, strategies by value); the routing plan
-  that tracing reads is part of the key too;
+* the static arguments hash (cells hash by their config, strategies by value); each number among
+  them is keyed with its type (``reverse=1`` is not ``reverse=True``); the routing plan that
+  tracing reads is part of the key too;
 * ``jax.disable_jit()`` is not in effect.
 
 Trace-time errors (bad shapes, dtypes, options) are raised as before: JAX re-raises what tracing
@@ -43,19 +46,41 @@ def concrete(*trees: Any) -> bool:
                for leaf in jax.tree_util.tree_leaves(trees))
 
 
-def hashable(static: tuple) -> bool:
-    """Whether ``static`` can key a cache (a cell without config holding an unhashable object cannot)."""
-    try:
-        hash(static)
-    except TypeError:
-        return False
-    return True
+class _Static:
+    """The static arguments as a cache key that tells apart values which compare equal but trace differently.
+
+    ``True == 1 == 1.0`` and they hash alike, so as plain tuple members ``reverse=1`` (refused by its check)
+    and ``reverse=True`` would share a program, and so would ``unroll=1`` and ``unroll=True`` (no unrolling
+    against a full one). The key pairs each number with its type, inside tuples (named ones included) too.
+    """
+
+    __slots__ = ("args", "_key", "_hash")
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+        self._key = _typed(args)
+        self._hash = hash(self._key)                            # TypeError when unhashable: the direct path
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and self._key == other._key
+
+
+def _typed(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return type(x), tuple(_typed(item) for item in x)
+    if isinstance(x, (bool, int, float, complex)):
+        return type(x), x
+    return x
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def _jitted(fn: Callable, static: tuple, context: Hashable) -> Callable:
+def _jitted(fn: Callable, static: _Static, context: Hashable) -> Callable:
     del context                                                 # part of the key only
-    return jax.jit(lambda *dynamic: fn(*static, *dynamic))
+    args = static.args
+    return jax.jit(lambda *dynamic: fn(*args, *dynamic))
 
 
 def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
@@ -73,7 +98,7 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
     """
     if not jit_disabled() and concrete(dynamic):
         try:
-            jitted = _jitted(fn, static, context)               # the cache's lookup hashes the key once
+            jitted = _jitted(fn, _Static(static), context)
         except TypeError:                                       # unhashable static: the direct path
             jitted = None
         if jitted is not None:
@@ -81,6 +106,26 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
                 check_values()
             return jitted(*dynamic)
     return fn(*static, *dynamic)
+
+
+def split_numbers(values: tuple) -> tuple[tuple, tuple]:
+    """Python numbers among ``values`` as static keys, the rest as dynamic arguments (``None`` in their place).
+
+    For :func:`call`'s front doors that take a number where an array may go (``linear_recurrence(0.99,
+    rewards)``): a number is part of the key instead of sending the call down the direct path, and the
+    program sees the number itself, weakly typed as the direct call would. Each key holds the number's
+    type, because ``1``, ``1.0`` and ``True`` hash and compare alike but trace differently.
+    """
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float, complex)) and not isinstance(x, bool)
+
+    return (tuple((type(x), x) if number(x) else None for x in values),
+            tuple(None if number(x) else x for x in values))
+
+
+def join_numbers(keys: tuple, values: tuple) -> tuple:
+    """The inverse of :func:`split_numbers`: each value, or its number where the key holds one."""
+    return tuple(value if key is None else key[1] for key, value in zip(keys, values))
 
 
 def compiled_apply(apply: Callable, where: str, config: Any) -> Callable:
@@ -113,12 +158,13 @@ def compiled_apply(apply: Callable, where: str, config: Any) -> Callable:
 
 
 def _eager_only(obj: Any) -> bool:
-    """Whether a model's configuration holds a Newton that raises on failure or starts warm, at any depth."""
+    """Whether a model's configuration holds, at any depth, an object whose class has an ``eager_only``
+    property that is true: a :class:`jlstm.Strategy` (a Newton that raises on failure or starts warm).
+    Read off the class, so that ``core`` imports no strategy."""
     from jlstm.core.types import Cell, CellConfig, SequenceModel
-    from jlstm.newton.method import Newton
 
-    if isinstance(obj, Newton):
-        return obj.on_failure == "raise" or obj.init is not None
+    if isinstance(getattr(type(obj), "eager_only", None), property):
+        return bool(obj.eager_only)
     if isinstance(obj, (Cell, SequenceModel)):
         return _eager_only(obj.config)
     if isinstance(obj, CellConfig):

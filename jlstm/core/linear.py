@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jlstm.core import eager
 from jlstm.core.plan import current_plan
 from jlstm.core.time import block_count, join_blocks, split_blocks, sqrt_length
 from jlstm.core.types import Cell
@@ -281,9 +282,16 @@ def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array | None = None, *
       >>> jlstm.linear_recurrence(a, b, resets=resets, reverse=True)[:, 0]
       Array([1.5 , 1.  , 1.75, 1.5 , 1.  ], dtype=float32)
     """
-    where = "jlstm.linear_recurrence"
-    method = _legacy_method(method, associative, where)
-    a, b, h0, resets = _check_linear(a, b, h0, resets, reverse, method, where)
+    method = _legacy_method(method, associative, "jlstm.linear_recurrence")
+    numbers, arrays = eager.split_numbers((a, b, h0))
+    return eager.call(_linear_call, (reverse, method, numbers), (*arrays, resets), context=current_plan())
+
+
+def _linear_call(reverse: bool, method: str, numbers: tuple, a: Any, b: Any, h0: Any, resets: Any) -> jax.Array:
+    """:func:`linear_recurrence` with the options (and any Python-number operand) first, for
+    :func:`jlstm.core.eager.call`."""
+    a, b, h0 = eager.join_numbers(numbers, (a, b, h0))
+    a, b, h0, resets = _check_linear(a, b, h0, resets, reverse, method, "jlstm.linear_recurrence")
     if b.shape[0] == 0:
         return b
     if resets is not None:

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jlstm.core import eager
 from jlstm.core.math import matmul, matmul_t
 from jlstm.core.plan import Plan, current_plan
 from jlstm.kernels import native_lstm as _native
@@ -300,6 +301,14 @@ def lstm_sequence(
     recurrence with its GEMMs hoisted, and reverse mode is its transpose, so the weight
     gradients are single GEMMs over all steps.
     """
+    return eager.call(_sequence_call, (peephole, dtype, unroll, inloop), (w_x, w_h, b, xs, h0, c0, m, w_c, resets),
+                      context=current_plan())
+
+
+def _sequence_call(peephole: str | None, dtype: Any, unroll: Unroll, inloop: bool | None, w_x: jax.Array,
+                   w_h: jax.Array, b: jax.Array, xs: jax.Array, h0: jax.Array, c0: jax.Array, m: jax.Array | None,
+                   w_c: jax.Array | None, resets: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`lstm_sequence` with its options first, for :func:`jlstm.core.eager.call`."""
     if (peephole is None) != (w_c is None):
         raise ValueError(f"lstm_sequence: pass w_c exactly when peephole is set; got peephole="
                          f"{peephole!r} and w_c {'None' if w_c is None else 'given'}.")

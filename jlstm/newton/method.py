@@ -239,6 +239,12 @@ class Newton(Strategy):
     def lam(self) -> float:
         return (1.0 if self.damping is None else float(self.damping)) if self.damped else 0.0
 
+    @property
+    def eager_only(self) -> bool:
+        """A solve that raises on failure (eagerly, the error itself; traced, a callback's) or starts warm
+        (eagerly, from the caller's concrete trajectory) runs each of its scans' eager handling."""
+        return self.on_failure == "raise" or self.init is not None
+
     def tolerance(self, dtype: Any) -> float:
         if self.tol is not None:
             return float(self.tol)

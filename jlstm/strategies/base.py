@@ -73,6 +73,12 @@ class Strategy(abc.ABC):
         invalid steps) from ``state``: ``(final_state, ys [T, *batch, O], info)``.
         """
 
+    @property
+    def eager_only(self) -> bool:
+        """Whether a model holding this strategy must keep its eager calls op by op, uncompiled
+        (:func:`jlstm.core.eager.compiled_apply`): what it does eagerly differs from what it does traced."""
+        return False
+
     def check(self, cell: Cell, request: Request, where: str) -> None:
         """Reject, at trace time, a cell or request this strategy cannot serve (default: the
         layers' step regularisers, which act inside the step loop alone)."""

@@ -119,7 +119,6 @@ def test_eager_only_cases_take_the_direct_path():
     python_params = {"w": np.asarray(params["w"]).tolist(), "u": params["u"]}
     assert not eager.concrete(python_params)                    # Python floats are no arrays
     assert eager.concrete(params, None, np.ones(2), np.float32(1))
-    assert not eager.hashable(({"unhashable": 1},))
 
 
 def test_errors_are_raised_on_every_call():
@@ -355,3 +354,94 @@ def test_an_xlstm_block_with_a_raising_newton_raises_its_own_error_eagerly():
     params = converging.init(jax.random.key(0), E)
     _, ys = converging.apply(params, xs[:6])
     np.testing.assert_allclose(ys, xlstm.slstm_block(E, num_heads=2).apply(params, xs[:6])[1], atol=1e-4)
+
+
+def test_options_that_compare_equal_but_differ_in_type_do_not_share_a_program():
+    """``True == 1`` and both hash alike: a refused ``reverse=1`` once poisoned the cache for ``reverse=True``
+    (the kept program held the 1 and raised on the valid call), and ``unroll=True`` (a full unroll) was
+    served ``unroll=1``'s program."""
+    eager.clear()
+    cell, traces = _counting_cell()
+    params = cell.init(jax.random.key(0), I)
+    xs = _inputs()
+    for _ in range(2):
+        with pytest.raises(TypeError, match="reverse must be True or False, got 1"):
+            jlstm.scan(cell, params, xs, reverse=1)
+        _, ys = jlstm.scan(cell, params, xs, reverse=True)
+        np.testing.assert_allclose(ys[::-1], jlstm.scan(cell, params, xs[::-1])[1], rtol=1e-6, atol=1e-6)
+    jlstm.scan(cell, params, xs, unroll=1)
+    n = len(traces)
+    jlstm.scan(cell, params, xs, unroll=True)
+    assert len(traces) > n                                      # its own program
+    assert eager._typed((1, (True, 1.0))) != eager._typed((True, (1, 1)))
+
+
+def _count_compiles(fn):
+    """``fn()``'s value and the number of programs its call compiled or read from the compilation cache."""
+    compiles = []
+
+    def count(event, _secs, **_kw):
+        if event.endswith(("backend_compile_duration", "cache_retrieval_time_sec")):
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        out = jax.block_until_ready(fn())
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    return out, len(compiles)
+
+
+def _front_doors():
+    """The front doors over whole arrays, each as (its call on ``args``, ``args``): once op by op when eager
+    (mlstm_core: 63 programs on a first call; linear_recurrence and lstm_sequence compiled their loop
+    again on every call, 0.2-0.35 s each)."""
+    k = jax.random.split(jax.random.key(3), 8)
+    q, kk, v = jax.random.normal(k[0], (3, T, B, 2, 4))
+    i_pre, f_pre = jax.random.normal(k[1], (2, T, B, 2))
+    resets = jnp.zeros((T, B), bool).at[2, 1].set(True)
+    a, b = jax.nn.sigmoid(jax.random.normal(k[2], (T, B, H))), jax.random.normal(k[3], (T, B, H))
+    cell = jlstm.lstm(H)
+    p = cell.init(k[4], I)
+    xs, h0 = jax.random.normal(k[5], (T, B, I)), jax.random.normal(k[6], (B, H))
+    return {
+        "mlstm_core": (lambda *x: jlstm.mlstm_core(*x, method="chunkwise", chunk_size=2, return_state=True),
+                       (q, kk, v, i_pre, f_pre)),
+        "mlstm_core_resets": (lambda *x: jlstm.mlstm_core(*x[:5], resets=x[5]), (q, kk, v, i_pre, f_pre, resets)),
+        "linear_recurrence": (lambda *x: jlstm.linear_recurrence(*x, reverse=True, method="blocked"), (a, b, h0)),
+        "linear_recurrence_number": (lambda *x: jlstm.linear_recurrence(0.5, *x, resets=resets), (b,)),
+        "lstm_sequence": (lambda *x: jlstm.lstm_sequence(*x, resets=resets), (p.w_x, p.w_h, p.b, xs, h0, h0)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_front_doors()))
+def test_array_front_doors_compile_once_when_eager_and_agree_with_jit_and_the_direct_path(name):
+    call, args = _front_doors()[name]
+    eager.clear()
+    out, first = _count_compiles(lambda: call(*args))
+    assert first <= 2, first                                   # the program
+    shifted = [~x if x.dtype == jnp.bool_ else x + 1.0 for x in args]
+    again, repeat = _count_compiles(lambda: call(*shifted))    # new values, same shapes: the same program
+    assert repeat == 0 and eager._jitted.cache_info().hits == 1
+    jitted = (jax.jit(call)(*args), jax.jit(call)(*shifted))
+    for got, want in zip(jax.tree.leaves((out, again)), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with jax.disable_jit():                                     # the direct path, op by op
+        direct = call(*args)
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(direct), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_python_number_operand_keys_the_program_by_type_and_value():
+    b = jax.random.normal(jax.random.key(0), (T, B))
+    eager.clear()
+    half = jlstm.linear_recurrence(0.5, b)
+    np.testing.assert_allclose(half, jlstm.linear_recurrence(jnp.full((T, B), 0.5), b), rtol=1e-6)
+    quarter = jlstm.linear_recurrence(0.25, b)                  # another number: another program
+    assert not np.allclose(half, quarter)
+    np.testing.assert_allclose(jlstm.linear_recurrence(1, b), jnp.cumsum(b, 0), rtol=1e-5, atol=1e-6)
+    jlstm.linear_recurrence(1.0, b)
+    assert eager._jitted.cache_info().currsize == 5             # the array a and 0.5, 0.25, 1, 1.0
+    assert jlstm.linear_recurrence(1, b).dtype == jnp.float32   # a weakly typed int, as the direct call
+    with pytest.raises(TypeError, match="b must hold floating point"):
+        jlstm.linear_recurrence(0.5, jnp.ones((T, B), jnp.int32))
