@@ -17,6 +17,7 @@ as an eager one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Callable
@@ -154,27 +155,34 @@ def per_gate(init: Initializer, key: jax.Array, rows: int, units: int, gates: in
 
 def uniform(scale: float) -> Initializer:
     """U(-scale, scale), PyTorch's default for recurrent layers with scale = 1/sqrt(H)."""
-    return _scaled_draws("uniform", "uniform", scale)
+    return _ScaledDraws("uniform", "uniform", float(scale))
 
 
 def normal(stddev: float) -> Initializer:
     """N(0, stddev²), drawn like the other initialisers (no compile per shape)."""
-    return _scaled_draws("normal", "normal", stddev)
+    return _ScaledDraws("normal", "normal", float(stddev))
 
 
-def _scaled_draws(name: str, kind: str, scale: float) -> Initializer:
-    """An initialiser of ``scale`` times standard draws of ``kind`` (see :func:`_draw`)."""
+@dataclasses.dataclass(frozen=True)
+class _ScaledDraws:
+    """An initialiser of ``scale`` times standard draws of ``kind`` (see :func:`_draw`).
 
-    def init(key: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
-        shape = _shape(name, shape)
+    A value, not a closure: equal and hashing alike when rebuilt, so a cell whose config holds one
+    (ParaGRU's default ``recurrent_init``) equals the same cell built again and shares its programs.
+    """
+
+    name: str
+    kind: str
+    scale: float
+
+    def __call__(self, key: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
+        shape = _shape(self.name, shape)
         out = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
         def host(u: np.ndarray) -> np.ndarray:
-            return (np.asarray(u, np.float64) * scale).reshape(shape).astype(out)
+            return (np.asarray(u, np.float64) * self.scale).reshape(shape).astype(out)
 
-        return _finish(host, _draw(key, math.prod(shape), kind), shape, dtype)
-
-    return init
+        return _finish(host, _draw(key, math.prod(shape), self.kind), shape, dtype)
 
 
 def add_to_slice(x: jax.Array, start: int, stop: int, value: float | np.ndarray) -> jax.Array:

@@ -61,6 +61,14 @@ def test_uniform_and_zeros():
     assert z.dtype == jnp.bfloat16 and not np.asarray(z, np.float32).any()
 
 
+def test_scaled_initialisers_are_values():
+    """``uniform(s)`` and ``normal(s)`` equal and hash alike when rebuilt (a cell's config may hold one), and
+    differ by kind and scale."""
+    assert init.uniform(0.25) == init.uniform(0.25) and hash(init.normal(0.5)) == hash(init.normal(0.5))
+    assert init.uniform(0.25) != init.uniform(0.5) and init.uniform(0.25) != init.normal(0.25)
+    np.testing.assert_array_equal(init.normal(0.5)(KEY, (3, 4)), init.normal(0.5)(KEY, (3, 4)))
+
+
 def test_add_to_slice_eager_and_traced():
     x = init.zeros(KEY, (8,))
     want = np.array([0, 0, 1, 1, 1, 0, 0, 0], np.float32)
