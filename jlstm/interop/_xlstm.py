@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jlstm._scan import scan
 from jlstm.cells.slstm import SLSTMParams, slstm
 from jlstm.core.deprecation import renamed_keyword
+from jlstm.core.eager import compiled_apply
 from jlstm.core.time import valid_steps
 from jlstm.core.types import CellConfig, SequenceModel
 from jlstm.interop._xlstm_weights import slstm_weights
@@ -62,9 +63,12 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
                 output_dropout: float = 0.0, param_dtype: Any = jnp.float32) -> SequenceModel:
     """The sequence model of an ``xlstm.sLSTMLayer``: head-wise sLSTM, dropout, group norm.
 
-    ``apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True)``
+    ``apply(params, xs, state=None, *, lengths=None, mask=None, key=None, time_major=True, resets=None)``
     returns ``(SLSTMState, ys)``; ``key`` switches the dropout on (the layer in training
-    mode), and padded or masked steps output zeros.
+    mode), padded or masked steps output zeros, and where ``resets`` (bool ``[T, B]``, or
+    ``[B, T]`` batch-major) is True the cell starts that step from the zero state, as the
+    layer does at the start of a call. Called outside ``jit``, ``apply`` runs one program kept
+    per model and shapes (:func:`jlstm.core.eager.compiled_apply`).
 
     ``output_dropout`` is the layer's ``sLSTMLayerConfig.dropout``: inverted dropout on the
     cell's outputs, before the group norm. ``dropout_rate=``, its former name, still works but
@@ -82,10 +86,11 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
         return XLSTMSLSTMLayerParams(cell=p, norm_scale=jnp.ones((H,), p.b.dtype), norm_bias=bias)
 
     def apply(params: XLSTMSLSTMLayerParams, xs, state=None, *, lengths=None, mask=None, key=None,
-              time_major=True):
+              time_major=True, resets=None):
         where = name + ".apply"
         check_key(key, where)
-        final, ys = scan(cell, params.cell, xs, state, lengths=lengths, mask=mask, time_major=time_major)
+        final, ys = scan(cell, params.cell, xs, state, lengths=lengths, mask=mask, time_major=time_major,
+                         resets=resets)
         if key is not None and output_dropout:
             ys = dropout(key, output_dropout, ys)
         out = multihead_norm(ys, params.norm_scale, num_heads, eps, params.norm_bias)
@@ -98,8 +103,8 @@ def slstm_layer(hidden_size: int, num_heads: int, *, eps: float = 1e-5, norm_bia
             out = jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
         return final, out
 
-    return SequenceModel(init=init, apply=apply, initial_state=cell.initial_state, output_size=H,
-                         name=name, config=config)
+    return SequenceModel(init=init, apply=compiled_apply(apply, name + ".apply", config),
+                         initial_state=cell.initial_state, output_size=H, name=name, config=config)
 
 
 def from_xlstm_slstm(layer: Any) -> tuple[SequenceModel, XLSTMSLSTMLayerParams | SLSTMLayerParams]:

@@ -112,6 +112,32 @@ def test_lengths_equal_the_layer_on_each_prefix():
     np.testing.assert_allclose(jnp.swapaxes(ys_bm, 0, 1), ys, atol=1e-6)
 
 
+def test_resets_restart_like_a_fresh_layer_call_and_eager_calls_keep_one_program():
+    """A reset at step r of sequence 1 equals the layer run on that sequence's steps from r, from its own
+    zero state; the other sequence is unchanged. Eagerly, ``apply`` runs one kept program, as under ``jit``."""
+    from jlstm.core import eager
+
+    layer = _layer(8)
+    x = _inputs(9)
+    model, params = interop.from_xlstm_slstm(layer)
+    r = 4
+    resets = jnp.zeros((T, B), bool).at[r, 1].set(True)
+    eager.clear()
+    final, ys = model.apply(params, _tm(x), resets=resets)
+    model.apply(params, _tm(x) + 1.0, resets=resets)                 # new values, same shapes: kept
+    assert eager._jitted.cache_info().currsize == 1 and eager._jitted.cache_info().hits == 1
+    after, st = layer(x[1:, r:], return_last_state=True)
+    before = layer(x[1:, :r])
+    np.testing.assert_allclose(ys[r:, 1], after[0].detach().numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(ys[:r, 1], before[0].detach().numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(final.c[1], st["slstm_state"][1, 0].detach().numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(ys[:, 0], _tm(layer(x[:1]))[:, 0], atol=1e-5, rtol=1e-5)
+    jitted = jax.jit(lambda p, xs: model.apply(p, xs, resets=resets))(params, _tm(x))
+    np.testing.assert_allclose(ys, jitted[1], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="resets"):
+        model.apply(params, _tm(x), resets=jnp.zeros((T, B + 1), bool))
+
+
 def test_clear_errors():
     # a layer with a conv converts too, into jlstm.xlstm.slstm_layer (tests/interop/test_xlstm_blocks.py)
     _, params = interop.from_xlstm_slstm(slstm_layer.sLSTMLayer(slstm_layer.sLSTMLayerConfig(
