@@ -26,6 +26,7 @@ The cache is bounded (:data:`CACHE_SIZE` entries, least recently used dropped).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -69,10 +70,16 @@ class _Static:
 
 
 def _typed(x: Any) -> Any:
+    """``x`` with every number paired with its type, inside tuples and inside the dataclasses that compare
+    their fields as a tuple (``jlstm.Sequential(unroll=True) == jlstm.Sequential(unroll=1)``); a class with
+    an equality of its own (a cell: by config, whatever its closures) keys as itself."""
     if isinstance(x, tuple):
         return type(x), tuple(_typed(item) for item in x)
     if isinstance(x, (bool, int, float, complex)):
         return type(x), x
+    params = getattr(type(x), "__dataclass_params__", None)
+    if params is not None and params.eq and not isinstance(x, type):
+        return type(x), tuple(_typed(getattr(x, f.name)) for f in dataclasses.fields(x))
     return x
 
 

@@ -374,6 +374,11 @@ def test_options_that_compare_equal_but_differ_in_type_do_not_share_a_program():
     jlstm.scan(cell, params, xs, unroll=True)
     assert len(traces) > n                                      # its own program
     assert eager._typed((1, (True, 1.0))) != eager._typed((True, (1, 1)))
+    jlstm.scan(cell, params, xs, method=jlstm.Sequential(unroll=1))
+    n = len(traces)
+    jlstm.scan(cell, params, xs, method=jlstm.Sequential(unroll=True))     # equal strategies, not one program
+    assert len(traces) > n
+    assert jlstm.gru(4) == jlstm.gru(4) and eager._typed(jlstm.gru(4)) == eager._typed(jlstm.gru(4))
 
 
 def _count_compiles(fn):
