@@ -116,23 +116,22 @@ def call(fn: Callable, static: tuple[Hashable, ...], dynamic: tuple,
 
 
 def split_numbers(values: tuple) -> tuple[tuple, tuple]:
-    """Python numbers among ``values`` as static keys, the rest as dynamic arguments (``None`` in their place).
+    """Python numbers among ``values`` as static arguments, the rest as dynamic ones (``None`` in their place).
 
     For :func:`call`'s front doors that take a number where an array may go (``linear_recurrence(0.99,
     rewards)``): a number is part of the key instead of sending the call down the direct path, and the
-    program sees the number itself, weakly typed as the direct call would. Each key holds the number's
-    type, because ``1``, ``1.0`` and ``True`` hash and compare alike but trace differently.
+    program sees the number itself, weakly typed as the direct call would (the key tells ``1`` from
+    ``1.0``, as it does every static number).
     """
     def number(x: Any) -> bool:
         return isinstance(x, (int, float, complex)) and not isinstance(x, bool)
 
-    return (tuple((type(x), x) if number(x) else None for x in values),
-            tuple(None if number(x) else x for x in values))
+    return tuple(x if number(x) else None for x in values), tuple(None if number(x) else x for x in values)
 
 
-def join_numbers(keys: tuple, values: tuple) -> tuple:
-    """The inverse of :func:`split_numbers`: each value, or its number where the key holds one."""
-    return tuple(value if key is None else key[1] for key, value in zip(keys, values))
+def join_numbers(numbers: tuple, values: tuple) -> tuple:
+    """The inverse of :func:`split_numbers`: each value, or the number in its place."""
+    return tuple(value if number is None else number for number, value in zip(numbers, values))
 
 
 def compiled_apply(apply: Callable, where: str, config: Any) -> Callable:
