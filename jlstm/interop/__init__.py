@@ -1,4 +1,4 @@
-"""Exact weight conversion between jlstm and PyTorch, Keras 3 and Flax linen.
+"""Exact weight conversion between jlstm and PyTorch, Keras 3, Flax linen, Equinox, Haiku and TF1.
 
 Import it as ``from jlstm import interop`` (or ``import jlstm.interop``). The peer libraries
 are imported only inside the functions that need them, so importing this module costs
@@ -11,11 +11,17 @@ nothing when torch or keras are not installed.
   :func:`to_keras_gru` (``LSTM``, ``GRU``, ``RNN(LSTMCell)``, ``Bidirectional``).
 * Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
   :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
+* Equinox: :func:`from_equinox_lstm`, :func:`to_equinox_lstm`, :func:`from_equinox_gru`,
+  :func:`to_equinox_gru` (``eqx.nn.LSTMCell``, ``eqx.nn.GRUCell``).
+* Haiku: :func:`from_haiku_lstm`, :func:`to_haiku_lstm` (``hk.LSTM``).
+* TensorFlow 1 checkpoints: :func:`from_tf1_lstm`, :func:`to_tf1_lstm` (``LSTMCell`` with its
+  peepholes, ``cell_clip`` and ``num_proj``; ``BasicLSTMCell``, ``LSTMBlockCell``).
 * xlstm (NX-AI): :func:`from_xlstm_slstm` and :func:`from_xlstm_mlstm` (the layers),
   :func:`from_xlstm_block`, :func:`from_xlstm_block_stack`, :func:`from_xlstm_lm` (an
   ``xLSTMLMModel`` as a :class:`jlstm.train.LanguageModel`) and :func:`to_xlstm_block_stack`.
 """
 
+from jlstm.interop._equinox import from_equinox_gru, from_equinox_lstm, to_equinox_gru, to_equinox_lstm
 from jlstm.interop._flax import (
     from_flax_carry,
     from_flax_gru,
@@ -24,7 +30,9 @@ from jlstm.interop._flax import (
     to_flax_gru,
     to_flax_lstm,
 )
+from jlstm.interop._haiku import from_haiku_lstm, to_haiku_lstm
 from jlstm.interop._keras import from_keras_gru, from_keras_lstm, to_keras_gru, to_keras_lstm
+from jlstm.interop._tf1 import from_tf1_lstm, to_tf1_lstm
 from jlstm.interop._torch import (
     from_torch_gru,
     from_torch_lstm,
@@ -40,11 +48,15 @@ from jlstm.interop._xlstm_to import to_xlstm_block_stack
 
 __all__ = [
     "XLSTMSLSTMLayerParams",
+    "from_equinox_gru",
+    "from_equinox_lstm",
     "from_flax_carry",
     "from_flax_gru",
     "from_flax_lstm",
+    "from_haiku_lstm",
     "from_keras_gru",
     "from_keras_lstm",
+    "from_tf1_lstm",
     "from_torch_gru",
     "from_torch_lstm",
     "from_torch_state",
@@ -53,11 +65,15 @@ __all__ = [
     "from_xlstm_lm",
     "from_xlstm_mlstm",
     "from_xlstm_slstm",
+    "to_equinox_gru",
+    "to_equinox_lstm",
     "to_flax_carry",
     "to_flax_gru",
     "to_flax_lstm",
+    "to_haiku_lstm",
     "to_keras_gru",
     "to_keras_lstm",
+    "to_tf1_lstm",
     "to_torch_gru",
     "to_torch_lstm",
     "to_torch_state",

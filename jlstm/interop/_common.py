@@ -7,6 +7,7 @@ from typing import Any, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jlstm.cells.lstm import LSTMParams
 from jlstm.core.types import Cell, CellConfig, SequenceModel
 from jlstm.layers.bidirectional import BidirectionalParams
 
@@ -161,3 +162,19 @@ def layer_is_reversed(model: SequenceModel | None) -> bool:
         return False
 
     return model is not None and reversed_in(model.config)
+
+
+def plain_lstm_arrays(params: Any, where: str, peer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w_x``, ``w_h`` and ``b`` of the params of a peephole-free ``jlstm.lstm(H)`` without a
+    projection, as NumPy arrays with their shapes checked, for a ``peer`` that has neither."""
+    if not isinstance(params, LSTMParams):
+        raise TypeError(f"{where}: params must be LSTMParams (from jlstm.lstm(H)), got {type(params).__name__}.")
+    if params.w_c is not None or params.w_p is not None:
+        raise ValueError(f"{where}: {peer} has no peepholes and no projection; these params have "
+                         + ("peepholes (w_c)" if params.w_c is not None else "a projection (w_p)") + ".")
+    w_x, w_h, b = (to_numpy(a, n, where) for a, n in ((params.w_x, "w_x"), (params.w_h, "w_h"), (params.b, "b")))
+    H = b.shape[0] // 4 if b.ndim == 1 else -1
+    if b.shape != (4 * H,) or w_h.shape != (H, 4 * H) or w_x.ndim != 2 or w_x.shape[1] != 4 * H:
+        raise ValueError(f"{where}: inconsistent LSTMParams shapes w_x {w_x.shape}, w_h {w_h.shape}, b {b.shape}; "
+                         f"expected (in, 4H), (H, 4H), (4H,).")
+    return w_x, w_h, b
