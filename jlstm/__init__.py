@@ -20,7 +20,7 @@ Where things live (``docs/architecture.md`` draws the flow of a call):
 from importlib import metadata as _metadata
 
 from jlstm._scan import default_unroll, scan
-from jlstm.cells.gru import GRUParams, GRUState, gru
+from jlstm.cells.gru import GRUParams, GRUState, ResetBeforeGRUParams, gru
 from jlstm.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
 from jlstm.cells.make_cell import make_cell
@@ -104,6 +104,7 @@ __all__ = [
     "MLSTMParams",
     "MLSTMState",
     "RNNParams",
+    "ResetBeforeGRUParams",
     "RNNState",
     "SLSTMParams",
     "SLSTMState",

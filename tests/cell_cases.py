@@ -22,6 +22,8 @@ CASES = {
     "lstm_proj": _lstm_case(proj_size=3),
     "lstm_clip": _lstm_case(cell_clip=0.3),
     "gru": (lambda H: jlstm.gru(H), lambda p: (lambda s, x: (ref.gru_step(p, s[0], x),)), ("h",)),
+    "gru_reset_before": (lambda H: jlstm.gru(H, reset_after=False),
+                         lambda p: (lambda s, x: (ref.gru_reset_before_step(p, s[0], x),)), ("h",)),
     "simple_rnn": (lambda H: jlstm.simple_rnn(H),
                    lambda p: (lambda s, x: (ref.rnn_step(p, s[0], x),)), ("h",)),
     "relu_rnn": (lambda H: jlstm.simple_rnn(H, activation=jnp.tanh),

@@ -59,6 +59,18 @@ def gru_step(p, h, x):
     return (1.0 - z) * n + z * h
 
 
+def gru_reset_before_step(p, h, x):
+    """Cho et al. (2014), Keras' reset_after=False: the reset gate scales h before W_hn; one bias."""
+    W_xr, W_xz, W_xn = _blocks(p.w_x, 3)
+    W_hr, W_hz, W_hn = _blocks(p.w_h, 3)
+    b_r, b_z, b_n = _blocks(p.b, 3)
+    x, h = np.asarray(x, np.float64), np.asarray(h, np.float64)
+    r = sigmoid(x @ W_xr + h @ W_hr + b_r)
+    z = sigmoid(x @ W_xz + h @ W_hz + b_z)
+    n = np.tanh(x @ W_xn + (r * h) @ W_hn + b_n)
+    return (1.0 - z) * n + z * h
+
+
 def rnn_step(p, h, x, activation=np.tanh):
     x, h = np.asarray(x, np.float64), np.asarray(h, np.float64)
     return activation(x @ np.asarray(p.w_x, np.float64) + h @ np.asarray(p.w_h, np.float64)

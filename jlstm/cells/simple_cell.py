@@ -32,6 +32,8 @@ class SimpleCell:
       blocks: G, the number of gate blocks in the columns of ``w_x`` and ``w_h``.
       params_type, state_type: the cell's params and state NamedTuples.
       options: the resolved initialiser and dtype options.
+      variant: the options that set this cell apart from the factory's default, as they read
+        in its name (``"reset_after=False"`` gives ``gru(16, reset_after=False)``), or ``""``.
     """
 
     kind: str
@@ -40,18 +42,20 @@ class SimpleCell:
     params_type: Any
     state_type: Any
     options: Options
+    variant: str = ""
 
     @classmethod
     def build(cls, kind: str, hidden_size: Any, options: Mapping[str, Any], params_type: Any,
-              state_type: Any, blocks: int) -> SimpleCell:
+              state_type: Any, blocks: int, variant: str = "") -> SimpleCell:
         """Validate a factory's ``hidden_size`` and ``**options`` (:class:`jlstm.CellOptions`)."""
         opts = resolve(kind, options)
         H, dtype, param_dtype = cell_sizes(hidden_size, opts.dtype, opts.param_dtype)
-        return cls(kind, H, blocks, params_type, state_type, opts._replace(dtype=dtype, param_dtype=param_dtype))
+        return cls(kind, H, blocks, params_type, state_type, opts._replace(dtype=dtype, param_dtype=param_dtype),
+                   variant)
 
     @property
     def where(self) -> str:
-        return f"{self.kind}({self.hidden_size})"
+        return f"{self.kind}({self.hidden_size}" + (f", {self.variant})" if self.variant else ")")
 
     @property
     def dtype(self) -> Any:

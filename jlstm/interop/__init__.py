@@ -8,14 +8,17 @@ nothing when torch or keras are not installed.
   :func:`to_torch_gru`, :func:`torch_kwargs`, and the states :func:`from_torch_state`,
   :func:`to_torch_state`.
 * Keras 3: :func:`from_keras_lstm`, :func:`to_keras_lstm`, :func:`from_keras_gru`,
-  :func:`to_keras_gru` (``LSTM``, ``GRU``, ``RNN(LSTMCell)``, ``Bidirectional``).
+  :func:`to_keras_gru` (``LSTM``, ``GRU`` with either ``reset_after``, ``RNN(LSTMCell)``,
+  ``Bidirectional``).
 * Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
   :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
 * Equinox: :func:`from_equinox_lstm`, :func:`to_equinox_lstm`, :func:`from_equinox_gru`,
   :func:`to_equinox_gru` (``eqx.nn.LSTMCell``, ``eqx.nn.GRUCell``).
-* Haiku: :func:`from_haiku_lstm`, :func:`to_haiku_lstm` (``hk.LSTM``).
+* Haiku: :func:`from_haiku_lstm`, :func:`to_haiku_lstm` (``hk.LSTM``), :func:`from_haiku_gru`,
+  :func:`to_haiku_gru` (``hk.GRU``, as ``jlstm.gru(H, reset_after=False)``).
 * TensorFlow 1 checkpoints: :func:`from_tf1_lstm`, :func:`to_tf1_lstm` (``LSTMCell`` with its
-  peepholes, ``cell_clip`` and ``num_proj``; ``BasicLSTMCell``, ``LSTMBlockCell``).
+  peepholes, ``cell_clip`` and ``num_proj``; ``BasicLSTMCell``, ``LSTMBlockCell``),
+  :func:`from_tf1_gru`, :func:`to_tf1_gru` (``GRUCell``, as ``jlstm.gru(H, reset_after=False)``).
 * xlstm (NX-AI): :func:`from_xlstm_slstm` and :func:`from_xlstm_mlstm` (the layers),
   :func:`from_xlstm_block`, :func:`from_xlstm_block_stack`, :func:`from_xlstm_lm` (an
   ``xLSTMLMModel`` as a :class:`jlstm.train.LanguageModel`) and :func:`to_xlstm_block_stack`.
@@ -30,9 +33,9 @@ from jlstm.interop._flax import (
     to_flax_gru,
     to_flax_lstm,
 )
-from jlstm.interop._haiku import from_haiku_lstm, to_haiku_lstm
+from jlstm.interop._haiku import from_haiku_gru, from_haiku_lstm, to_haiku_gru, to_haiku_lstm
 from jlstm.interop._keras import from_keras_gru, from_keras_lstm, to_keras_gru, to_keras_lstm
-from jlstm.interop._tf1 import from_tf1_lstm, to_tf1_lstm
+from jlstm.interop._tf1 import from_tf1_gru, from_tf1_lstm, to_tf1_gru, to_tf1_lstm
 from jlstm.interop._torch import (
     from_torch_gru,
     from_torch_lstm,
@@ -53,9 +56,11 @@ __all__ = [
     "from_flax_carry",
     "from_flax_gru",
     "from_flax_lstm",
+    "from_haiku_gru",
     "from_haiku_lstm",
     "from_keras_gru",
     "from_keras_lstm",
+    "from_tf1_gru",
     "from_tf1_lstm",
     "from_torch_gru",
     "from_torch_lstm",
@@ -70,9 +75,11 @@ __all__ = [
     "to_flax_carry",
     "to_flax_gru",
     "to_flax_lstm",
+    "to_haiku_gru",
     "to_haiku_lstm",
     "to_keras_gru",
     "to_keras_lstm",
+    "to_tf1_gru",
     "to_tf1_lstm",
     "to_torch_gru",
     "to_torch_lstm",

@@ -12,9 +12,11 @@ inside a module). So ``w_x`` is the first ``in`` rows of ``w`` and ``w_h`` the l
 with their column blocks reordered to jlstm's i, f, g, o, and the run-time 1 joins the forget
 bias. The state ``LSTMState(hidden, cell)`` is :class:`jlstm.LSTMState` ``(h, c)``.
 
-``hk.GRU`` applies the reset gate before its recurrent matrix (``(r ⊙ h) W``) and swaps the
-roles of ``z`` and ``1 - z``; that is not PyTorch's GRU, which :func:`jlstm.gru` computes, so it
-has no converter here.
+``hk.GRU`` applies the reset gate before its recurrent matrix, ``a = tanh(x W_ia + (r ⊙ h) W_ha + b_a)``,
+with one bias and the gate blocks z, r, a: ``jlstm.gru(H, reset_after=False)``. Its update
+``(1 - z) ⊙ h + z ⊙ a`` gives ``z`` to the candidate where jlstm gives it to ``h``; as
+``1 - σ(u) = σ(-u)``, the converters negate the z block's weights and bias. Its params are
+``{"<name>": {"w_i": (in, 3H), "w_h": (H, 3H), "b": (3H,)}}`` (``"gru"`` by default).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
 from jlstm.interop._common import param_dtype, plain_lstm_arrays, reorder_blocks, to_numpy
 
 _TO_JLSTM = (0, 2, 1, 3)          # Haiku's blocks i, g, f, o -> jlstm's i, f, g, o (the swap is its own inverse)
 _FORGET = 1.0                     # hk.LSTM adds 1 to the forget gate's pre-activation
+_GRU_ORDER = (1, 0, 2)            # hk.GRU's blocks z, r, a -> jlstm's r, z, n (its own inverse)
+_GRU_FIELDS = {"w_i", "w_h", "b"}
 
 
 def _linear_of(params: Any, module: str | None, where: str) -> tuple[str, Mapping[str, Any]]:
@@ -51,11 +56,10 @@ def _linear_of(params: Any, module: str | None, where: str) -> tuple[str, Mappin
              and isinstance(v, Mapping) and set(v) == {"w", "b"} and _lstm_shaped(v)]
     if len(found) == 1:
         return found[0], params[found[0]]
-    grus = [n for n, v in params.items() if isinstance(v, Mapping) and set(v) == {"w_i", "w_h", "b"}]
+    grus = [n for n, v in params.items() if isinstance(v, Mapping) and set(v) == _GRU_FIELDS]
     if not found and grus:
-        raise ValueError(f"{where}: {grus[0]!r} holds the params of an hk.GRU, which applies the reset gate "
-                         f"before its recurrent matrix; jlstm.gru computes PyTorch's GRU, so there is no exact "
-                         f"conversion. Write the step with jlstm.make_cell to run it in jlstm.")
+        raise ValueError(f"{where}: {grus[0]!r} holds the params of an hk.GRU; convert it with "
+                         f"jlstm.interop.from_haiku_gru.")
     if not found:
         raise ValueError(f"{where}: found no hk.LSTM in the params (an entry '<name>/linear' with 'w' of "
                          f"shape (in + H, 4H) and 'b' of shape (4H,)); the modules are {sorted(params)}.")
@@ -134,3 +138,95 @@ def to_haiku_lstm(params: LSTMParams, *, name: str = "lstm") -> dict[str, dict[s
     w = reorder_blocks(np.concatenate([w_x, w_h], axis=0), _TO_JLSTM)
     return {f"{name}/linear": {"w": np.ascontiguousarray(w),
                               "b": np.ascontiguousarray(reorder_blocks(b, _TO_JLSTM))}}
+
+
+def _gru_of(params: Any, module: str | None, where: str) -> tuple[str, Mapping[str, Any]]:
+    """The ``{"w_i", "w_h", "b"}`` dict of an ``hk.GRU``, and its module name."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{where}: expected Haiku params (a dict of module name -> {{param: array}}), "
+                        f"got {type(params).__name__}.")
+    if set(params) == _GRU_FIELDS:                          # the GRU's own dict
+        return "<gru>", params
+    found = [n for n, v in params.items() if isinstance(v, Mapping) and set(v) == _GRU_FIELDS]
+    if module is not None:
+        if module not in found:
+            raise ValueError(f"{where}: no hk.GRU at module={module!r}; the GRUs in the params are "
+                             f"{found or 'none'}.")
+        return module, params[module]
+    if len(found) == 1:
+        return found[0], params[found[0]]
+    if not found:
+        raise ValueError(f"{where}: found no hk.GRU in the params (an entry with 'w_i', 'w_h' and 'b'); the "
+                         f"modules are {sorted(params)}.")
+    raise ValueError(f"{where}: the params hold several GRUs {sorted(found)}; pick one with module=, "
+                     f"e.g. module={sorted(found)[0]!r}.")
+
+
+def _flip_z(a: np.ndarray, *, to_haiku: bool = False) -> np.ndarray:
+    """Reorder z, r, a <-> r, z, n along the last axis and negate the z block (σ(-u) = 1 - σ(u)), which is
+    block 1 in jlstm's order: after the reordering from Haiku's, before the reordering to it."""
+    H = a.shape[-1] // 3
+    a = np.array(a if to_haiku else reorder_blocks(a, _GRU_ORDER))
+    a[..., H:2 * H] *= -1
+    return reorder_blocks(a, _GRU_ORDER) if to_haiku else a
+
+
+def from_haiku_gru(params: Any, *, module: str | None = None) -> tuple[Cell, ResetBeforeGRUParams]:
+    """Convert the params of a Haiku ``hk.GRU`` to ``jlstm.gru(H, reset_after=False)`` and its params.
+
+    ::
+
+        w_x = w_i, w_h = w_h, b = b, each with blocks z, r, a -> r, -z, n
+
+    Args:
+      params: the params of a transformed function that uses ``hk.GRU``, or the GRU's own
+        ``{"w_i", "w_h", "b"}`` dict.
+      module: which GRU, where the params hold several (``"gru_1"``).
+
+    Returns:
+      ``(jlstm.gru(H, reset_after=False), ResetBeforeGRUParams)``; Haiku's state ``h`` is
+      :class:`jlstm.GRUState` ``(h,)``.
+
+    Raises:
+      TypeError: ``params`` is not a dict.
+      ValueError: no GRU in the params, several without ``module=``, or shapes that disagree.
+    """
+    where = "jlstm.interop.from_haiku_gru"
+    name, found = _gru_of(params, module, where)
+    w_i, w_h, b = (to_numpy(found[k], f"params[{name!r}][{k!r}]", where) for k in ("w_i", "w_h", "b"))
+    H = w_h.shape[0] if w_h.ndim == 2 else -1
+    if w_h.shape != (H, 3 * H) or w_i.ndim != 2 or w_i.shape[1] != 3 * H or b.shape != (3 * H,):
+        raise ValueError(f"{where}: params[{name!r}] has w_i {w_i.shape}, w_h {w_h.shape}, b {b.shape}; an hk.GRU "
+                         f"has (in, 3H), (H, 3H) and (3H,).")
+    dt = param_dtype(w_i)
+    out = ResetBeforeGRUParams(*(jnp.asarray(_flip_z(a), dt) for a in (w_i, w_h, b)))
+    return gru(H, reset_after=False, param_dtype=dt), out
+
+
+def to_haiku_gru(params: ResetBeforeGRUParams, *, name: str = "gru") -> dict[str, dict[str, np.ndarray]]:
+    """Convert the params of ``jlstm.gru(H, reset_after=False)`` to those of an ``hk.GRU`` (the inverse of
+    :func:`from_haiku_gru`).
+
+    Args:
+      params: :class:`jlstm.ResetBeforeGRUParams`. PyTorch-form :class:`jlstm.GRUParams` have no
+        ``hk.GRU`` counterpart.
+      name: the ``hk.GRU``'s module path.
+
+    Returns:
+      ``{"<name>": {"w_i": (in, 3H), "w_h": (H, 3H), "b": (3H,)}}`` of NumPy arrays.
+
+    Raises:
+      TypeError: other params.
+      ValueError: inconsistent shapes.
+    """
+    where = "jlstm.interop.to_haiku_gru"
+    if not isinstance(params, ResetBeforeGRUParams):
+        raise TypeError(f"{where}: params must be ResetBeforeGRUParams (from jlstm.gru(H, reset_after=False)), "
+                        f"got {type(params).__name__}; hk.GRU applies the reset gate before its recurrent matrix.")
+    w_x, w_h, b = (to_numpy(getattr(params, n), n, where) for n in ResetBeforeGRUParams._fields)
+    H = w_h.shape[0] if w_h.ndim == 2 else -1
+    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or b.shape != (3 * H,):
+        raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
+                         f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
+    return {name: {k: np.ascontiguousarray(_flip_z(a, to_haiku=True)) for k, a in (("w_i", w_x), ("w_h", w_h),
+                                                                                   ("b", b))}}

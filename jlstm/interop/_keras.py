@@ -6,7 +6,8 @@ gate order i, f, c, o = i, f, g, o). The Keras GRU orders its gates z, r, h; jls
 PyTorch) r, z, n, so the first two blocks of every GRU weight swap. With ``reset_after=True``
 (the Keras default) the GRU bias has shape (2, 3U): row 0 is the input bias ``b_x``, row 1
 the recurrent bias ``b_h``, and the equations are PyTorch's. ``reset_after=False`` applies the
-reset gate before the recurrent matmul, a different model, and is refused.
+reset gate before the recurrent matmul, with one bias (3U): that is
+``jlstm.gru(U, reset_after=False)`` and its :class:`jlstm.ResetBeforeGRUParams`.
 
 Keras layers are batch-major ``[B, T, in]``; the jlstm models returned here are time-major
 like the rest of jlstm: call ``model.apply(params, xs, time_major=False)`` for Keras'
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jlstm.cells.gru import GRUParams, gru
+from jlstm.cells.gru import GRUParams, ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Merge, SequenceModel
 from jlstm.interop._common import (
@@ -58,11 +59,6 @@ def _check_cell(cell: Any, kind: str, what: str, where: str) -> None:
             f"{where}: {what} uses activation={getattr(act, '__name__', act)!r}, recurrent_activation="
             f"{getattr(rec, '__name__', rec)!r}; jlstm's {kind} uses tanh and sigmoid, so the outputs would "
             f"differ. Use a layer with activation='tanh', recurrent_activation='sigmoid'.")
-    if kind == "gru" and not cell.reset_after:
-        raise ValueError(
-            f"{where}: {what} has reset_after=False, which applies the reset gate before the recurrent "
-            f"matmul (r ⊙ h) W_h; jlstm's GRU (PyTorch's) applies it after: r ⊙ (h W_h + b_h). Use "
-            f"keras.layers.GRU(..., reset_after=True), the Keras default.")
 
 
 def _split_layer(layer: Any, kind: str, where: str) -> tuple[list[Any], Merge | None]:
@@ -118,6 +114,12 @@ def _read_cell(cell: Any, kind: str, where: str) -> Any:
         b = (to_numpy(keras.ops.convert_to_numpy(cell.bias), "bias", where) if cell.use_bias
              else np.zeros((4 * U,), k.dtype))
         return LSTMParams(jnp.asarray(k, dt), jnp.asarray(r, dt), jnp.asarray(b, dt))
+    if not cell.reset_after:
+        b = (to_numpy(keras.ops.convert_to_numpy(cell.bias), "bias", where) if cell.use_bias
+             else np.zeros((3 * U,), k.dtype))
+        if b.shape != (3 * U,):
+            raise ValueError(f"{where}: GRU bias has shape {b.shape}, expected ({3 * U},) for reset_after=False.")
+        return ResetBeforeGRUParams(*(jnp.asarray(reorder_blocks(a, _GRU_ORDER), dt) for a in (k, r, b)))
     if cell.use_bias:
         bias = to_numpy(keras.ops.convert_to_numpy(cell.bias), "bias", where)
         if bias.shape != (2, 3 * U):
@@ -134,7 +136,11 @@ def _from_keras(layer: Any, kind: str, where: str) -> tuple[SequenceModel, Any]:
     params = [_read_cell(s.cell, kind, where) for s in subs]
     U = subs[0].cell.units
     dt = params[0].w_x.dtype
-    cell = lstm(U, param_dtype=dt) if kind == "lstm" else gru(U, param_dtype=dt)
+    if len({bool(getattr(s.cell, "reset_after", True)) for s in subs}) > 1:
+        raise ValueError(f"{where}: the two directions of this Bidirectional differ in reset_after; jlstm runs "
+                         f"one cell in both directions.")
+    cell = (lstm(U, param_dtype=dt) if kind == "lstm"
+            else gru(U, reset_after=bool(subs[0].cell.reset_after), param_dtype=dt))
     if merge is not None:
         return bidirectional(cell, merge=merge), BidirectionalParams(params[0], params[1])
     return recurrent(cell, reverse=bool(subs[0].go_backwards)), params[0]
@@ -172,11 +178,13 @@ def from_keras_gru(layer: Any) -> tuple[SequenceModel, Any]:
 
     The gate blocks go from Keras' z, r, h to jlstm's r, z, n; ``b_x = bias[0]`` and
     ``b_h = bias[1]`` (reordered alike). Keras' update ``h = z ⊙ h_prev + (1 - z) ⊙ hh`` is
-    jlstm's. Result as :func:`from_keras_lstm`, with ``jlstm.gru(U)``.
+    jlstm's. Result as :func:`from_keras_lstm`, with ``jlstm.gru(U)``. A layer with
+    ``reset_after=False`` becomes ``jlstm.gru(U, reset_after=False)`` with
+    :class:`jlstm.ResetBeforeGRUParams` (``b`` = the (3U) bias, reordered).
 
     Raises:
-      ValueError: ``reset_after=False`` (a different equation), other activations, an
-        unbuilt layer. TypeError: another layer type.
+      ValueError: other activations, an unbuilt layer, the directions of a Bidirectional
+        differing in ``reset_after``. TypeError: another layer type.
     """
     return _from_keras(layer, "gru", "jlstm.interop.from_keras_gru")
 
@@ -192,8 +200,13 @@ def _cell_weights(p: Any, kind: str, use_bias: bool, what: str, where: str) -> l
                 raise ValueError(f"{where}: the Keras layer has use_bias=False but {what} has a non-zero bias.")
             return [w_x, w_h]
         return [w_x, w_h, b]
+    arrays = [reorder_blocks(to_numpy(getattr(p, n), n, where), _GRU_ORDER) for n in type(p)._fields]
+    if isinstance(p, ResetBeforeGRUParams):                    # [kernel, recurrent_kernel, bias (3U)]
+        if not use_bias and np.any(arrays[2] != 0):
+            raise ValueError(f"{where}: the Keras layer has use_bias=False but {what} has a non-zero bias.")
+        return arrays if use_bias else arrays[:2]
     w_x, w_h, b_x, b_h = (to_numpy(getattr(p, n), n, where) for n in GRUParams._fields)
-    out = [reorder_blocks(w_x, _GRU_ORDER), reorder_blocks(w_h, _GRU_ORDER)]
+    out = arrays[:2]
     if not use_bias:
         if np.any(b_x != 0) or np.any(b_h != 0):
             raise ValueError(f"{where}: the Keras layer has use_bias=False but {what} has non-zero biases.")
@@ -202,13 +215,14 @@ def _cell_weights(p: Any, kind: str, use_bias: bool, what: str, where: str) -> l
 
 
 def _to_keras(model: SequenceModel | None, params: Any, layer: Any, kind: str, where: str) -> list[np.ndarray]:
-    cls = LSTMParams if kind == "lstm" else GRUParams
     check_model_name(model, where, allow_reverse=True, merges=tuple(_MERGES_BACK))
     if isinstance(params, (tuple, list)) and not hasattr(params, "_fields"):
         if len(params) != 1:
             raise ValueError(f"{where}: a Keras {kind.upper()} layer is one layer but params has {len(params)} "
                              f"layers; convert them one at a time: to_keras_{kind}(None, params[k], layers[k]).")
         params = params[0]
+    first = params.forward if isinstance(params, BidirectionalParams) else params
+    cls = LSTMParams if kind == "lstm" else type(first) if isinstance(first, ResetBeforeGRUParams) else GRUParams
     if isinstance(params, BidirectionalParams):
         dirs = [params.forward, params.backward]
     elif isinstance(params, cls):
@@ -238,6 +252,9 @@ def _to_keras(model: SequenceModel | None, params: Any, layer: Any, kind: str, w
         if len(subs) == 2 and merge is not None and _MERGES_BACK[merge] != layer.merge_mode:
             raise ValueError(f"{where}: the jlstm model merges with {merge!r} but the Keras layer has "
                              f"merge_mode={layer.merge_mode!r}; use merge_mode={_MERGES_BACK[merge]!r}.")
+        if kind == "gru" and bool(subs[0].cell.reset_after) != (cls is GRUParams):
+            raise ValueError(f"{where}: the Keras layer has reset_after={subs[0].cell.reset_after} but the params "
+                             f"are {cls.__name__}; build the layer with reset_after={cls is GRUParams}.")
         if subs[0].cell.units != units:
             raise ValueError(f"{where}: the Keras layer has units={subs[0].cell.units}, the params hidden "
                              f"size {units}; build a layer with units={units}.")
@@ -278,10 +295,12 @@ def to_keras_lstm(model: SequenceModel | None, params: Any, layer: Any = None) -
 
 
 def to_keras_gru(model: SequenceModel | None, params: Any, layer: Any = None) -> list[np.ndarray]:
-    """Convert jlstm GRU params to Keras 3 ``GRU(reset_after=True)`` weights (set on ``layer`` if given).
+    """Convert jlstm GRU params to Keras 3 ``GRU`` weights (set on ``layer`` if given).
 
     ``kernel`` and ``recurrent_kernel`` get the gate blocks in Keras' order z, r, h; the bias
-    is ``stack([b_x, b_h])`` (2, 3U) reordered alike. Arguments and result as
+    is ``stack([b_x, b_h])`` (2, 3U) reordered alike, for ``reset_after=True``. The
+    :class:`jlstm.ResetBeforeGRUParams` of ``jlstm.gru(U, reset_after=False)`` go to a layer
+    with ``reset_after=False``, whose bias is ``b`` (3U), reordered. Arguments and result as
     :func:`to_keras_lstm`.
     """
     return _to_keras(model, params, layer, "gru", "jlstm.interop.to_keras_gru")

@@ -16,8 +16,13 @@ peephole reads the new cell state in both. The variables, under the cell's scope
 named them ``weights`` and ``biases``. ``forget_bias`` and ``cell_clip`` are constructor arguments,
 not variables, so they are passed to the converters. TF1's ``proj_clip`` has no jlstm counterpart.
 
-``GRUCell`` applies its reset gate before the recurrent matrix, which :func:`jlstm.gru`
-(PyTorch's equations) does not, so it has no converter here.
+TF1's ``GRUCell`` applies its reset gate before the recurrent matrix::
+
+    [r | u] = σ(concat[x, h] gates/kernel + gates/bias)
+    h_t = u ⊙ h + (1 - u) ⊙ tanh(concat[x, r ⊙ h] candidate/kernel + candidate/bias)
+
+which is ``jlstm.gru(H, reset_after=False)`` with ``u`` its ``z``: ``gates/kernel`` (in + H, 2H)
+and ``candidate/kernel`` (in + H, H) give the r, z and n columns of ``w_x`` and ``w_h``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
 from jlstm.interop._common import param_dtype, reorder_blocks, to_numpy
@@ -76,14 +82,16 @@ def _pick_scope(names: Mapping[str, Any], scope: str | None, where: str) -> str:
     if len(lstms) == 1:
         return lstms[0]
     if not lstms and grus:
-        raise ValueError(f"{where}: {grus[0]!r} is a TF1 GRUCell, which applies its reset gate before the "
-                         f"recurrent matrix; jlstm.gru computes PyTorch's GRU, so there is no exact conversion. "
-                         f"Write the step with jlstm.make_cell to run it in jlstm.")
+        raise ValueError(f"{where}: {grus[0]!r} is a TF1 GRUCell; convert it with jlstm.interop.from_tf1_gru.")
     if not lstms:
         raise ValueError(f"{where}: found no LSTM cell (a '<scope>/kernel' with a '<scope>/bias') among the "
-                         f"variables {sorted(names)[:12]}{' ...' if len(names) > 12 else ''}.")
+                         f"variables {_listing(names)}.")
     raise ValueError(f"{where}: the variables hold several cells {sorted(lstms)}; pick one with scope=, "
                      f"e.g. scope={sorted(lstms)[0]!r}.")
+
+
+def _listing(names: Mapping[str, Any]) -> str:
+    return f"{sorted(names)[:12]}" + (" ..." if len(names) > 12 else "")
 
 
 def _get(names: Mapping[str, Any], scope: str, leaves: tuple[str, ...], where: str) -> np.ndarray | None:
@@ -222,3 +230,98 @@ def to_tf1_lstm(params: LSTMParams, *, scope: str = "rnn/lstm_cell", forget_bias
     if w_p is not None:
         out[f"{scope}/projection/kernel"] = np.ascontiguousarray(w_p)
     return out
+
+
+def _pick_gru_scope(names: Mapping[str, Any], scope: str | None, where: str) -> str:
+    _, grus = _cell_scopes(names)
+    grus = [g for g in grus if any(f"{g}/candidate/{k}" in names and f"{g}/candidate/{b}" in names
+                                   for k, b in _KERNEL.items())]
+    if scope is not None:
+        scope = scope.rstrip("/")
+        if scope not in grus:
+            raise ValueError(f"{where}: no GRU cell under scope={scope!r} (its 'gates' and 'candidate' kernels "
+                             f"and biases); the GRU cells found are {grus or 'none'}.")
+        return scope
+    if len(grus) == 1:
+        return grus[0]
+    if not grus:
+        raise ValueError(f"{where}: found no GRU cell ('<scope>/gates/kernel' and '<scope>/candidate/kernel' "
+                         f"with their biases) among the variables {_listing(names)}.")
+    raise ValueError(f"{where}: the variables hold several GRU cells {sorted(grus)}; pick one with scope=, "
+                     f"e.g. scope={sorted(grus)[0]!r}.")
+
+
+def from_tf1_gru(variables: Mapping[str, Any], *, scope: str | None = None) -> tuple[Cell, ResetBeforeGRUParams]:
+    """Convert the variables of a TF1 ``GRUCell`` to ``jlstm.gru(H, reset_after=False)`` and its params.
+
+    ::
+
+        [w_x; w_h] = [gates/kernel | candidate/kernel]    b = [gates/bias | candidate/bias]
+
+    Args:
+      variables: variable name -> array, as for :func:`from_tf1_lstm`.
+      scope: the cell's variable scope (``"rnn/gru_cell"``), needed where there are several.
+
+    Returns:
+      ``(jlstm.gru(H, reset_after=False), ResetBeforeGRUParams)``; TF1's state ``h`` is
+      :class:`jlstm.GRUState` ``(h,)``.
+
+    Raises:
+      TypeError: ``variables`` is not a dict of names.
+      ValueError: no GRU cell, several without ``scope=``, or shapes that disagree.
+    """
+    where = "jlstm.interop.from_tf1_gru"
+    names = _names(variables, where)
+    scope = _pick_gru_scope(names, scope, where)
+    gk = _get(names, f"{scope}/gates", ("kernel", "weights"), where)
+    gb = _get(names, f"{scope}/gates", ("bias", "biases"), where)
+    ck = _get(names, f"{scope}/candidate", ("kernel", "weights"), where)
+    cb = _get(names, f"{scope}/candidate", ("bias", "biases"), where)
+    assert gk is not None and gb is not None and ck is not None and cb is not None   # the scope has all four
+    H = cb.shape[0] if cb.ndim == 1 else -1
+    n = ck.shape[0] if ck.ndim == 2 else -1
+    for what, a, want in (("gates/kernel", gk, (n, 2 * H)), ("gates/bias", gb, (2 * H,)),
+                          ("candidate/kernel", ck, (n, H))):
+        if a.shape != want or n <= H:
+            raise _shape_error(where, f"{scope}/{what}", a.shape, want,
+                               f"in + H rows, H = {H} from candidate/bias")
+    I = n - H
+    dt = param_dtype(gk)
+    params = ResetBeforeGRUParams(w_x=jnp.asarray(np.concatenate([gk[:I], ck[:I]], axis=1), dt),
+                                  w_h=jnp.asarray(np.concatenate([gk[I:], ck[I:]], axis=1), dt),
+                                  b=jnp.asarray(np.concatenate([gb, cb]), dt))
+    return gru(H, reset_after=False, param_dtype=dt), params
+
+
+def to_tf1_gru(params: ResetBeforeGRUParams, *, scope: str = "rnn/gru_cell") -> dict[str, Any]:
+    """Convert the params of ``jlstm.gru(H, reset_after=False)`` to a TF1 ``GRUCell``'s variables (the
+    inverse of :func:`from_tf1_gru`).
+
+    Args:
+      params: :class:`jlstm.ResetBeforeGRUParams`. PyTorch-form :class:`jlstm.GRUParams` have no
+        TF1 ``GRUCell`` counterpart.
+      scope: the variable scope the names get.
+
+    Returns:
+      ``{"<scope>/gates/kernel", "<scope>/gates/bias", "<scope>/candidate/kernel",
+      "<scope>/candidate/bias"}`` of NumPy arrays.
+
+    Raises:
+      TypeError: other params.
+      ValueError: inconsistent shapes.
+    """
+    where = "jlstm.interop.to_tf1_gru"
+    if not isinstance(params, ResetBeforeGRUParams):
+        raise TypeError(f"{where}: params must be ResetBeforeGRUParams (from jlstm.gru(H, reset_after=False)), "
+                        f"got {type(params).__name__}; TF1's GRUCell applies the reset gate before its matrix.")
+    w_x, w_h, b = (to_numpy(getattr(params, f), f, where) for f in ResetBeforeGRUParams._fields)
+    H = w_h.shape[0] if w_h.ndim == 2 else -1
+    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or b.shape != (3 * H,):
+        raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
+                         f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
+    kernel = np.concatenate([w_x, w_h], axis=0)
+    scope = scope.rstrip("/")
+    return {f"{scope}/gates/kernel": np.ascontiguousarray(kernel[:, :2 * H]),
+            f"{scope}/gates/bias": np.ascontiguousarray(b[:2 * H]),
+            f"{scope}/candidate/kernel": np.ascontiguousarray(kernel[:, 2 * H:]),
+            f"{scope}/candidate/bias": np.ascontiguousarray(b[2 * H:])}

@@ -18,6 +18,7 @@ from jlstm.cells.state_box import hull_box
 
 BOXED = {
     "gru": lambda: jlstm.gru(5),
+    "gru_reset_before": lambda: jlstm.gru(5, reset_after=False),
     "simple_rnn": lambda: jlstm.simple_rnn(5),
     "para_gru": lambda: jlstm.para_gru(5),
     "para_lstm": lambda: jlstm.para_lstm(5),

@@ -175,6 +175,8 @@ def test_cells_and_models_equal_by_value():
     assert jlstm.lstm(16) != jlstm.lstm(16, peephole="full")
     assert jlstm.lstm(16) != jlstm.lstm(17)
     assert jlstm.gru(8) != jlstm.simple_rnn(8)
+    assert jlstm.gru(8, reset_after=False) == jlstm.gru(8, reset_after=False) != jlstm.gru(8)
+    assert jlstm.gru(8, reset_after=False).name == "gru(8, reset_after=False)"
     assert jlstm.recurrent(jlstm.gru(8)) == jlstm.recurrent(jlstm.gru(8))
     assert jlstm.recurrent(jlstm.gru(8)) != jlstm.recurrent(jlstm.gru(8), reverse=True)
     assert jlstm.stack(jlstm.recurrent(jlstm.gru(8))) == jlstm.stack(jlstm.recurrent(jlstm.gru(8)))

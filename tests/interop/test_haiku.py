@@ -1,4 +1,4 @@
-"""jlstm <-> Haiku hk.LSTM, both run over the same sequences with hk.dynamic_unroll and jlstm.scan."""
+"""jlstm <-> Haiku hk.LSTM and hk.GRU, both run over the same sequences with hk.dynamic_unroll and jlstm.scan."""
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +107,53 @@ def test_haiku_params_from_jlstm_run_alike():
     np.testing.assert_allclose(final_hk.cell, final.c, **TOL)
 
 
+def _two_grus(xs, h0):
+    ys, _ = hk.dynamic_unroll(hk.GRU(H), xs, h0)
+    return hk.dynamic_unroll(hk.GRU(H), ys, h0)
+
+
+def test_gru_matches_haiku_outputs_state_and_gradients():
+    """hk.GRU resets before its matrix and gives z to the candidate: jlstm.gru(H, reset_after=False) with the
+    z block negated. A model of two GRUs needs module=; the params go back to Haiku's exactly."""
+    xs, cot, h0, _ = _data(10)
+    f = hk.without_apply_rng(hk.transform(_two_grus))
+    params_hk = _randomised(f.init(jax.random.key(11), xs, h0), 12)
+    with pytest.raises(ValueError, match="several GRUs.*module="):
+        interop.from_haiku_gru(params_hk)
+    with pytest.raises(ValueError, match="convert it with jlstm.interop.from_haiku_gru"):
+        interop.from_haiku_lstm(params_hk)
+    cell, p1 = interop.from_haiku_gru(params_hk, module="gru")
+    _, p2 = interop.from_haiku_gru(params_hk["gru_1"])
+    assert cell == jlstm.gru(H, reset_after=False) and isinstance(p1, jlstm.ResetBeforeGRUParams)
+    model = jlstm.stack(jlstm.recurrent(cell), jlstm.recurrent(cell))
+    state = jlstm.GRUState(h0)
+
+    def haiku(x):
+        ys, h = f.apply(params_hk, x, h0)
+        return jnp.sum(ys * cot), (ys, h)
+
+    def ours(x):
+        final, ys = model.apply((p1, p2), x, (state, state))
+        return jnp.sum(ys * cot), (ys, final[1].h)
+
+    (_, (ys_hk, h_hk)), dx_hk = jax.jit(jax.value_and_grad(haiku, has_aux=True))(xs)
+    (_, (ys, h)), dx = jax.jit(jax.value_and_grad(ours, has_aux=True))(xs)
+    for got, want in ((ys, ys_hk), (h, h_hk), (dx, dx_hk)):
+        np.testing.assert_allclose(got, want, **TOL)
+    back = interop.to_haiku_gru(p2, name="gru_1")
+    for k in ("w_i", "w_h", "b"):
+        np.testing.assert_array_equal(back["gru_1"][k], params_hk["gru_1"][k])
+
+
 def test_bad_haiku_inputs_raise_and_name_the_fix():
-    xs, _, h0, _ = _data(9)
-    gru = hk.transform(lambda x: hk.dynamic_unroll(hk.GRU(H), x, h0)).init(jax.random.key(0), xs)
-    with pytest.raises(ValueError, match="hk.GRU.*reset gate"):
-        interop.from_haiku_lstm(gru)
+    with pytest.raises(TypeError, match="ResetBeforeGRUParams"):
+        interop.to_haiku_gru(jlstm.gru(H).init(jax.random.key(0), I))
+    with pytest.raises(ValueError, match="no hk.GRU at module='gru_9'"):
+        interop.from_haiku_gru({"gru": {"w_i": np.zeros((I, 3 * H)), "w_h": np.zeros((H, 3 * H)),
+                                        "b": np.zeros(3 * H)}}, module="gru_9")
+    with pytest.raises(ValueError, match=r"\(in, 3H\), \(H, 3H\)"):
+        interop.from_haiku_gru({"w_i": np.zeros((I, 3 * H)), "w_h": np.zeros((H, 3 * H + 1)),
+                                "b": np.zeros(3 * H)})
     with pytest.raises(TypeError, match="Haiku params"):
         interop.from_haiku_lstm([1, 2])
     with pytest.raises(ValueError, match="no hk.LSTM"):

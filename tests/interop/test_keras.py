@@ -94,6 +94,32 @@ def test_gru_matches_keras_gate_order():
     np.testing.assert_array_equal(np.asarray(params.b_h[2 * U:]), layer.get_weights()[2][1, 2 * U:])
 
 
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_gru_reset_before_matches_keras_both_ways(use_bias):
+    """Keras' reset_after=False (the reset gate before the recurrent matrix, one bias) is
+    jlstm.gru(U, reset_after=False); its params go back into a Keras layer exactly."""
+    layer = _build(keras.layers.GRU(U, reset_after=False, use_bias=use_bias, return_sequences=True,
+                                    return_state=True), 13)
+    model, params = interop.from_keras_gru(layer)
+    assert isinstance(params, jlstm.ResetBeforeGRUParams)
+    assert model == jlstm.recurrent(jlstm.gru(U, reset_after=False))
+    xs, cot, (h0,) = _data(14, U, 1)
+    want = _keras_run(layer, xs, cot, [h0])
+    _check(_jlstm_run(model, params, xs, cot, jlstm.GRUState(h=jnp.asarray(h0))), want)
+    before = layer.get_weights()
+    weights = interop.to_keras_gru(model, params, layer)                    # sets them on the layer too
+    assert len(weights) == len(before) == (3 if use_bias else 2)
+    for w, k in zip(weights, before):
+        np.testing.assert_array_equal(w, k)
+    with pytest.raises(ValueError, match="reset_after=True"):                  # the other equation refuses them
+        interop.to_keras_gru(model, params, keras.layers.GRU(U))
+    _, params_after = interop.from_keras_gru(_build(keras.layers.GRU(U), 15))
+    with pytest.raises(ValueError, match="reset_after=False"):
+        interop.to_keras_gru(None, params_after, keras.layers.GRU(U, reset_after=False))
+    with pytest.raises(TypeError, match="GRUParams"):
+        interop.to_flax_gru(params)
+
+
 @pytest.mark.parametrize("kind,merge", [("lstm", "concat"), ("gru", "ave")])
 def test_bidirectional_matches_keras(kind, merge):
     rnn = keras.layers.LSTM if kind == "lstm" else keras.layers.GRU
@@ -175,8 +201,6 @@ def test_use_bias_false():
 
 
 def test_bad_keras_layers():
-    with pytest.raises(ValueError, match="reset_after=False"):
-        interop.from_keras_gru(_build(keras.layers.GRU(U, reset_after=False), 0))
     with pytest.raises(ValueError, match="activation"):
         interop.from_keras_lstm(_build(keras.layers.LSTM(U, activation="relu"), 0))
     with pytest.raises(ValueError, match="activation"):

@@ -1,9 +1,11 @@
-"""jlstm <- TF1 LSTMCell checkpoints, against a NumPy transcription of TF1's LSTMCell step.
+"""jlstm <-> TF1 LSTMCell and GRUCell checkpoints, against NumPy transcriptions of TF1's steps.
 
 TensorFlow is not a test dependency (a multi-GB install for one converter); the reference below is
 written from the equations of ``LSTMCell.call`` in ``tensorflow/python/ops/rnn_cell_impl.py``: gate
 blocks i, j, f, o of ``concat[x, m] kernel + bias``, ``forget_bias`` added to f at run time, the i and
-f peepholes reading ``c_{t-1}`` and the o peephole the new (clipped) ``c_t``, then the projection.
+f peepholes reading ``c_{t-1}`` and the o peephole the new (clipped) ``c_t``, then the projection; and
+from ``GRUCell.call``: ``[r | u] = σ(concat[x, h] gates/kernel + gates/bias)``, the candidate
+``tanh(concat[x, r ⊙ h] candidate/kernel + candidate/bias)``, ``h_t = u ⊙ h + (1 - u) ⊙ candidate``.
 """
 
 import jax
@@ -115,14 +117,55 @@ def test_multi_rnn_cell_needs_a_scope_and_old_names_convert():
     np.testing.assert_allclose(ys, want, atol=2e-5, rtol=2e-5)
 
 
+def _tf1_gru_run(v, scope, xs, h):
+    gk, gb, ck, cb = (v[f"{scope}/{part}/{leaf}"] for part in ("gates", "candidate")
+                      for leaf in ("kernel", "bias"))
+    outs = []
+    for x in xs:
+        r, u = np.split(_sigmoid(np.concatenate([x, h], 1) @ gk + gb), 2, axis=1)
+        cand = np.tanh(np.concatenate([x, r * h], 1) @ ck + cb)
+        h = u * h + (1 - u) * cand
+        outs.append(h)
+    return np.stack(outs)
+
+
+def test_gru_cell_checkpoint_matches_tf1_and_goes_back():
+    rng = np.random.default_rng(3)
+    scope = "encoder/rnn/gru_cell"
+    v = {f"{scope}/gates/kernel": rng.uniform(-0.6, 0.6, (I + H, 2 * H)),
+         f"{scope}/gates/bias": rng.uniform(0.5, 1.5, 2 * H),            # TF1 initialises it to 1
+         f"{scope}/candidate/kernel": rng.uniform(-0.6, 0.6, (I + H, H)),
+         f"{scope}/candidate/bias": rng.uniform(-0.6, 0.6, H)}
+    v = {k: np.asarray(a, np.float32) for k, a in v.items()}
+    with pytest.raises(ValueError, match="convert it with jlstm.interop.from_tf1_gru"):
+        interop.from_tf1_lstm(v)
+    cell, params = interop.from_tf1_gru({**v, f"{scope}/gates/kernel/Adam:0": np.zeros(3, np.float32)})
+    assert cell == jlstm.gru(H, reset_after=False)
+    xs = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    want = _tf1_gru_run({k: a.astype(np.float64) for k, a in v.items()}, scope, xs.astype(np.float64),
+                        h0.astype(np.float64))
+    final, ys = jax.jit(jlstm.scan, static_argnums=0)(cell, params, jnp.asarray(xs), jlstm.GRUState(h0))
+    np.testing.assert_allclose(ys, want, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(final.h, want[-1], atol=2e-5, rtol=2e-5)
+    back = interop.to_tf1_gru(params, scope=scope)
+    assert set(back) == set(v) and all(np.array_equal(back[k], v[k]) for k in v)
+    with pytest.raises(ValueError, match="no GRU cell under scope='rnn/gru_cell'"):
+        interop.from_tf1_gru(v, scope="rnn/gru_cell")
+    with pytest.raises(ValueError, match="several GRU cells"):
+        interop.from_tf1_gru({**v, **interop.to_tf1_gru(params, scope="decoder/gru_cell")})
+    with pytest.raises(TypeError, match="ResetBeforeGRUParams"):
+        interop.to_tf1_gru(jlstm.gru(H).init(jax.random.key(0), I))
+
+
 def test_bad_tf1_variables_raise_and_name_the_fix():
     rng = np.random.default_rng(2)
     gru = {"rnn/gru_cell/gates/kernel": np.zeros((I + H, 2 * H), np.float32),
            "rnn/gru_cell/gates/bias": np.ones(2 * H, np.float32),
            "rnn/gru_cell/candidate/kernel": np.zeros((I + H, H), np.float32),
            "rnn/gru_cell/candidate/bias": np.zeros(H, np.float32)}
-    with pytest.raises(ValueError, match="GRUCell.*reset gate"):
-        interop.from_tf1_lstm(gru)
+    with pytest.raises(ValueError, match="found no GRU cell"):
+        interop.from_tf1_gru({k: a for k, a in gru.items() if "candidate" not in k})
     with pytest.raises(TypeError, match="dict of TF1 variable name"):
         interop.from_tf1_lstm([("rnn/lstm_cell/kernel", np.zeros(3))])
     with pytest.raises(ValueError, match="found no LSTM cell"):
