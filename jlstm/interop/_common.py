@@ -53,6 +53,14 @@ def reorder_blocks(a: Any, order: Sequence[int], axis: int = -1) -> Any:
     return xp.concatenate(parts, axis=axis)
 
 
+def other_form(params: Any) -> str:
+    """A note for params of ``jlstm.gru(H, reset_after=False)``, which PyTorch-form GRUs cannot run."""
+    if type(params).__name__ != "ResetBeforeGRUParams":
+        return ""
+    return (" (jlstm.gru(H, reset_after=False): its reset gate scales h before the recurrent matrix, which a "
+            "PyTorch-form GRU does not)")
+
+
 def layers_of(params: Any, cls: type, where: str, kind: str) -> tuple[list[list[Any]], bool]:
     """Normalise the params of a jlstm model to ``[[forward(, backward)] per layer]``.
 
@@ -65,7 +73,7 @@ def layers_of(params: Any, cls: type, where: str, kind: str) -> tuple[list[list[
     elif hasattr(params, "_fields"):  # another cell's params NamedTuple
         raise TypeError(
             f"{where}: params must be {cls.__name__} (a jlstm.{kind} cell), BidirectionalParams or a tuple of "
-            f"those per layer, got {type(params).__name__}.")
+            f"those per layer, got {type(params).__name__}{other_form(params)}.")
     if not isinstance(params, (tuple, list)) or not params:
         raise TypeError(
             f"{where}: params must be {cls.__name__} (one layer), BidirectionalParams, or a tuple of "
@@ -79,9 +87,9 @@ def layers_of(params: Any, cls: type, where: str, kind: str) -> tuple[list[list[
             pair = [p]
         else:
             raise TypeError(
-                f"{where}: layer {k} has params of type {type(p).__name__}; expected {cls.__name__} or "
-                f"BidirectionalParams of {cls.__name__} (a jlstm.{kind} cell). Other cells have no "
-                f"counterpart in this library.")
+                f"{where}: layer {k} has params of type {type(p).__name__}{other_form(p)}; expected "
+                f"{cls.__name__} or BidirectionalParams of {cls.__name__} (a jlstm.{kind} cell). Other cells "
+                f"have no counterpart in this library.")
         for d, q in enumerate(pair):
             if not isinstance(q, cls):
                 raise TypeError(f"{where}: layer {k} direction {d} has params of type {type(q).__name__}; "

@@ -25,7 +25,7 @@ import numpy as np
 from jlstm.cells.gru import GRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, plain_lstm_arrays, to_numpy
+from jlstm.interop._common import other_form, param_dtype, plain_lstm_arrays, to_numpy
 
 
 def _read_cell(cell: Any, kind: str, blocks: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -165,7 +165,8 @@ def to_equinox_gru(params: GRUParams) -> Any:
 
     where = "jlstm.interop.to_equinox_gru"
     if not isinstance(params, GRUParams):
-        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got {type(params).__name__}.")
+        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got "
+                        f"{type(params).__name__}{other_form(params)}.")
     w_x, w_h, b_x, b_h = (to_numpy(getattr(params, n), n, where) for n in GRUParams._fields)
     H = w_h.shape[0] if w_h.ndim == 2 else -1
     if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or (3 * H,) != b_x.shape or (

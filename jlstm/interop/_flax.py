@@ -25,7 +25,7 @@ import numpy as np
 from jlstm.cells.gru import GRUParams, GRUState, gru
 from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, to_numpy
+from jlstm.interop._common import other_form, param_dtype, to_numpy
 
 _LSTM_GATES = ("i", "f", "g", "o")
 _GRU_GATES = ("r", "z", "n")
@@ -191,7 +191,8 @@ def to_flax_gru(params: GRUParams, *, rnn: bool = False) -> dict[str, Any]:
     """
     where = "jlstm.interop.to_flax_gru"
     if not isinstance(params, GRUParams):
-        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got {type(params).__name__}.")
+        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got "
+                        f"{type(params).__name__}{other_form(params)}.")
     w_x, w_h, b_x, b_h = (to_numpy(getattr(params, n), n, where) for n in GRUParams._fields)
     H = w_h.shape[0]
     if w_h.shape != (H, 3 * H) or w_x.shape[-1] != 3 * H or b_x.shape != (3 * H,) or b_h.shape != (3 * H,):

@@ -205,7 +205,7 @@ def _cell_weights(p: Any, kind: str, use_bias: bool, what: str, where: str) -> l
         if not use_bias and np.any(arrays[2] != 0):
             raise ValueError(f"{where}: the Keras layer has use_bias=False but {what} has a non-zero bias.")
         return arrays if use_bias else arrays[:2]
-    w_x, w_h, b_x, b_h = (to_numpy(getattr(p, n), n, where) for n in GRUParams._fields)
+    b_x, b_h = (to_numpy(getattr(p, n), n, where) for n in ("b_x", "b_h"))
     out = arrays[:2]
     if not use_bias:
         if np.any(b_x != 0) or np.any(b_h != 0):

@@ -116,8 +116,10 @@ def test_gru_reset_before_matches_keras_both_ways(use_bias):
     _, params_after = interop.from_keras_gru(_build(keras.layers.GRU(U), 15))
     with pytest.raises(ValueError, match="reset_after=False"):
         interop.to_keras_gru(None, params_after, keras.layers.GRU(U, reset_after=False))
-    with pytest.raises(TypeError, match="GRUParams"):
-        interop.to_flax_gru(params)
+    for to_other in (interop.to_flax_gru, interop.to_equinox_gru,                  # PyTorch-form GRUs
+                     lambda p: interop.to_torch_gru(model, p, as_numpy=True)):
+        with pytest.raises(TypeError, match=r"GRUParams.*reset_after=False\): its reset gate"):
+            to_other(params)
 
 
 @pytest.mark.parametrize("kind,merge", [("lstm", "concat"), ("gru", "ave")])
