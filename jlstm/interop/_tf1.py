@@ -73,6 +73,14 @@ def _cell_scopes(names: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 def _pick_scope(names: Mapping[str, Any], scope: str | None, where: str) -> str:
     lstms, grus = _cell_scopes(names)
+    keras = [s for s in lstms if f"{s}/recurrent_kernel" in names]
+    lstms = [s for s in lstms if s not in keras]
+    if keras and (scope is None and not lstms or scope is not None and scope.rstrip("/") in keras):
+        raise ValueError(f"{where}: {keras[0]!r} has a kernel, a recurrent_kernel and a bias: the variables of a "
+                         f"Keras LSTM or GRU layer (tf.keras), not of a TF1 cell. Convert the layer with "
+                         f"jlstm.interop.from_keras_lstm or from_keras_gru; for an LSTM's variables alone, "
+                         f"jlstm.LSTMParams(w_x=kernel, w_h=recurrent_kernel, b=bias) is exact (gates i, f, c, "
+                         f"o).")
     if scope is not None:
         scope = scope.rstrip("/")
         if scope not in lstms:

@@ -179,6 +179,14 @@ def test_bad_tf1_variables_raise_and_name_the_fix():
         interop.from_tf1_lstm(wrong)
     with pytest.raises(TypeError, match="floating point"):
         interop.from_tf1_lstm(dict(v, **{"rnn/lstm_cell/bias": np.arange(4 * H)}))
+    keras_vars = {"lstm/lstm_cell/kernel": np.zeros((I, 4 * H), np.float32),   # tf.keras: not a TF1 cell
+                  "lstm/lstm_cell/recurrent_kernel": np.zeros((H, 4 * H), np.float32),
+                  "lstm/lstm_cell/bias": np.zeros(4 * H, np.float32)}
+    with pytest.raises(ValueError, match="recurrent_kernel.*Keras"):
+        interop.from_tf1_lstm(keras_vars)
+    with pytest.raises(ValueError, match="recurrent_kernel.*Keras"):
+        interop.from_tf1_lstm({**keras_vars, **v}, scope="lstm/lstm_cell")
+    assert interop.from_tf1_lstm({**keras_vars, **v})[0] == jlstm.lstm(H, peephole="diagonal")
     full = jlstm.lstm(H, peephole="full").init(jax.random.key(0), I)
     with pytest.raises(ValueError, match="diagonal peepholes only"):
         interop.to_tf1_lstm(full)
