@@ -1,4 +1,4 @@
-"""Exact weight conversion between jlstm and PyTorch, Keras 3, Flax linen, Equinox, Haiku and TF1.
+"""Exact weight conversion between jlstm and PyTorch, Keras 3, Flax, Equinox, Haiku and TF1.
 
 Import it as ``from jlstm import interop`` (or ``import jlstm.interop``). The peer libraries
 are imported only inside the functions that need them, so importing this module costs
@@ -12,6 +12,8 @@ nothing when torch or keras are not installed.
   ``Bidirectional``).
 * Flax linen: :func:`from_flax_lstm`, :func:`to_flax_lstm`, :func:`from_flax_gru`,
   :func:`to_flax_gru`, and the carries :func:`from_flax_carry`, :func:`to_flax_carry`.
+* Flax NNX: :func:`from_nnx_lstm`, :func:`to_nnx_lstm` (``OptimizedLSTMCell``, ``LSTMCell``),
+  :func:`from_nnx_gru`, :func:`to_nnx_gru` (``GRUCell``, which has no ``b_hn``).
 * Equinox: :func:`from_equinox_lstm`, :func:`to_equinox_lstm`, :func:`from_equinox_gru`,
   :func:`to_equinox_gru` (``eqx.nn.LSTMCell``, ``eqx.nn.GRUCell``).
 * Haiku: :func:`from_haiku_lstm`, :func:`to_haiku_lstm` (``hk.LSTM``), :func:`from_haiku_gru`,
@@ -35,6 +37,7 @@ from jlstm.interop._flax import (
 )
 from jlstm.interop._haiku import from_haiku_gru, from_haiku_lstm, to_haiku_gru, to_haiku_lstm
 from jlstm.interop._keras import from_keras_gru, from_keras_lstm, to_keras_gru, to_keras_lstm
+from jlstm.interop._nnx import from_nnx_gru, from_nnx_lstm, to_nnx_gru, to_nnx_lstm
 from jlstm.interop._tf1 import from_tf1_gru, from_tf1_lstm, to_tf1_gru, to_tf1_lstm
 from jlstm.interop._torch import (
     from_torch_gru,
@@ -60,6 +63,8 @@ __all__ = [
     "from_haiku_lstm",
     "from_keras_gru",
     "from_keras_lstm",
+    "from_nnx_gru",
+    "from_nnx_lstm",
     "from_tf1_gru",
     "from_tf1_lstm",
     "from_torch_gru",
@@ -79,6 +84,8 @@ __all__ = [
     "to_haiku_lstm",
     "to_keras_gru",
     "to_keras_lstm",
+    "to_nnx_gru",
+    "to_nnx_lstm",
     "to_tf1_gru",
     "to_tf1_lstm",
     "to_torch_gru",
