@@ -56,7 +56,7 @@ def _names(variables: Any, where: str) -> dict[str, Any]:
 
 
 def _cell_scopes(names: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The scopes holding a kernel and its bias: ``(LSTM-shaped, GRU cells)``."""
+    """The scopes holding a kernel and its bias: ``(LSTM cells or other layers, GRU cells)``."""
     lstms, grus = [], []
     for name in names:
         scope, _, leaf = name.rpartition("/")
@@ -71,10 +71,26 @@ def _cell_scopes(names: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return lstms, grus
 
 
+def _lstm_shaped(names: Mapping[str, Any], scope: str) -> bool:
+    """Whether the kernel and bias at ``scope`` have an LSTM cell's shapes: (in + R, 4H) and (4H,)."""
+    def shape(leaves: tuple[str, ...]) -> tuple:
+        return next((np.shape(names[f"{scope}/{leaf}"]) for leaf in leaves if f"{scope}/{leaf}" in names), ())
+
+    kernel, bias, proj = shape(("kernel", "weights")), shape(("bias", "biases")), shape(
+        ("projection/kernel", "projection/weights"))
+    R = proj[-1] if len(proj) == 2 else (bias[0] // 4 if bias else 0)
+    return (len(bias) == 1 and bias[0] % 4 == 0 and len(kernel) == 2 and kernel[1] == bias[0]
+            and kernel[0] > R)
+
+
 def _pick_scope(names: Mapping[str, Any], scope: str | None, where: str) -> str:
     lstms, grus = _cell_scopes(names)
     keras = [s for s in lstms if f"{s}/recurrent_kernel" in names]
     lstms = [s for s in lstms if s not in keras]
+    if scope is None:            # other layers (a read-out Dense) are not candidates, unless nothing else is
+        lstms = [s for s in lstms if _lstm_shaped(names, s)] or lstms      # (then its shapes are reported)
+        named = [s for s in lstms if "lstm" in s.rsplit("/", 1)[-1].lower()]
+        lstms = named if len(lstms) > 1 and len(named) == 1 else lstms
     if keras and (scope is None and not lstms or scope is not None and scope.rstrip("/") in keras):
         raise ValueError(f"{where}: {keras[0]!r} has a kernel, a recurrent_kernel and a bias: the variables of a "
                          f"Keras LSTM or GRU layer (tf.keras), not of a TF1 cell. Convert the layer with "

@@ -71,7 +71,9 @@ def test_lstm_cell_checkpoint_matches_tf1(case):
     rng = np.random.default_rng(0)
     scope = "rnn/lstm_cell"
     v = _variables(scope, rng, peepholes=opts["peepholes"], num_proj=opts["num_proj"],
-                   extra=(f"{scope}/kernel/Adam", f"{scope}/kernel/Adam_1", "global_step", "dense/kernel"))
+                   extra=(f"{scope}/kernel/Adam", f"{scope}/kernel/Adam_1", "global_step"))
+    v["dense/kernel"] = rng.uniform(-1, 1, (H, 8)).astype(np.float32)    # a read-out layer, shaped like a cell
+    v["dense/bias"] = np.zeros(8, np.float32)
     cell, params = interop.from_tf1_lstm({k + ":0": a for k, a in v.items()}, forget_bias=opts["forget_bias"],
                                          cell_clip=opts["cell_clip"])
     R = opts["num_proj"] or H
