@@ -54,6 +54,8 @@ def _linear_of(params: Any, module: str | None, where: str) -> tuple[str, Mappin
         return found[-1], params[found[-1]]
     found = [n for n, v in params.items() if "/" in n and n.rsplit("/", 1)[1] == "linear"
              and isinstance(v, Mapping) and set(v) == {"w", "b"} and _lstm_shaped(v)]
+    named = [n for n in found if "lstm" in n.rsplit("/", 2)[-2].lower()]    # "lstm/linear", not "mlp/~/linear"
+    found = named if len(found) > 1 and len(named) == 1 else found
     if len(found) == 1:
         return found[0], params[found[0]]
     grus = [n for n, v in params.items() if isinstance(v, Mapping) and set(v) == _GRU_FIELDS]

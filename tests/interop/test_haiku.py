@@ -64,7 +64,9 @@ def test_lstm_matches_haiku_outputs_state_and_gradients():
     xs, cot, h0, c0 = _data(0)
     params_hk = _randomised(hk.transform(_one_lstm).init(jax.random.key(1), xs, h0, c0), 2)
     assert set(params_hk) == {"lstm/linear"}
-    cell, params = interop.from_haiku_lstm(params_hk)
+    read_out = {"mlp/~/linear": {"w": np.ones((2 * H, 8), np.float32), "b": np.ones(8, np.float32)}}
+    cell, params = interop.from_haiku_lstm({**params_hk, **read_out})     # a Linear shaped like an LSTM's
+    assert np.array_equal(params.w_x, interop.from_haiku_lstm(params_hk)[1].w_x)
     assert cell == jlstm.lstm(H) and params.w_x.shape == (I, 4 * H) and params.w_h.shape == (H, 4 * H)
     ys_hk, final_hk, dx_hk = _haiku_run(params_hk, xs, h0, c0, cot)
     ys, final, dx = _jlstm_run(cell, params, xs, h0, c0, cot)
