@@ -6,7 +6,9 @@ nothing when torch or keras are not installed.
 
 * PyTorch: :func:`from_torch_lstm`, :func:`to_torch_lstm`, :func:`from_torch_gru`,
   :func:`to_torch_gru`, :func:`torch_kwargs`, and the states :func:`from_torch_state`,
-  :func:`to_torch_state`.
+  :func:`to_torch_state`; the cell modules ``nn.LSTMCell`` and ``nn.GRUCell`` with
+  :func:`from_torch_lstm_cell`, :func:`to_torch_lstm_cell`, :func:`from_torch_gru_cell`,
+  :func:`to_torch_gru_cell`.
 * Keras 3: :func:`from_keras_lstm`, :func:`to_keras_lstm`, :func:`from_keras_gru`,
   :func:`to_keras_gru` (``LSTM``, ``GRU`` with either ``reset_after``, ``RNN(LSTMCell)``,
   ``Bidirectional``).
@@ -48,6 +50,12 @@ from jlstm.interop._torch import (
     to_torch_state,
     torch_kwargs,
 )
+from jlstm.interop._torch_cell import (
+    from_torch_gru_cell,
+    from_torch_lstm_cell,
+    to_torch_gru_cell,
+    to_torch_lstm_cell,
+)
 from jlstm.interop._xlstm import XLSTMSLSTMLayerParams, from_xlstm_slstm
 from jlstm.interop._xlstm_blocks import from_xlstm_block, from_xlstm_block_stack, from_xlstm_lm, from_xlstm_mlstm
 from jlstm.interop._xlstm_to import to_xlstm_block_stack
@@ -68,7 +76,9 @@ __all__ = [
     "from_tf1_gru",
     "from_tf1_lstm",
     "from_torch_gru",
+    "from_torch_gru_cell",
     "from_torch_lstm",
+    "from_torch_lstm_cell",
     "from_torch_state",
     "from_xlstm_block",
     "from_xlstm_block_stack",
@@ -89,7 +99,9 @@ __all__ = [
     "to_tf1_gru",
     "to_tf1_lstm",
     "to_torch_gru",
+    "to_torch_gru_cell",
     "to_torch_lstm",
+    "to_torch_lstm_cell",
     "to_torch_state",
     "to_xlstm_block_stack",
     "torch_kwargs",

@@ -7,6 +7,7 @@ from typing import Any, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jlstm.cells.gru import GRUParams
 from jlstm.cells.lstm import LSTMParams
 from jlstm.core.types import Cell, CellConfig, SequenceModel
 from jlstm.layers.bidirectional import BidirectionalParams
@@ -186,3 +187,18 @@ def plain_lstm_arrays(params: Any, where: str, peer: str) -> tuple[np.ndarray, n
         raise ValueError(f"{where}: inconsistent LSTMParams shapes w_x {w_x.shape}, w_h {w_h.shape}, b {b.shape}; "
                          f"expected (in, 4H), (H, 4H), (4H,).")
     return w_x, w_h, b
+
+
+def gru_arrays(params: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``w_x``, ``w_h``, ``b_x`` and ``b_h`` of a PyTorch-form ``jlstm.gru(H)``'s params, as NumPy arrays
+    with their shapes checked (params of ``gru(H, reset_after=False)`` are refused with the reason)."""
+    if not isinstance(params, GRUParams):
+        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got "
+                        f"{type(params).__name__}{other_form(params)}.")
+    w_x, w_h, b_x, b_h = (to_numpy(getattr(params, n), n, where) for n in GRUParams._fields)
+    H = w_h.shape[0] if w_h.ndim == 2 else -1
+    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or (3 * H,) != b_x.shape or (
+            b_h.shape != (3 * H,)):
+        raise ValueError(f"{where}: inconsistent GRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
+                         f"b_x {b_x.shape}, b_h {b_h.shape}; expected (in, 3H), (H, 3H), (3H,), (3H,).")
+    return w_x, w_h, b_x, b_h

@@ -25,7 +25,7 @@ import numpy as np
 from jlstm.cells.gru import GRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import other_form, param_dtype, plain_lstm_arrays, to_numpy
+from jlstm.interop._common import gru_arrays, param_dtype, plain_lstm_arrays, to_numpy
 
 
 def _read_cell(cell: Any, kind: str, blocks: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -163,16 +163,8 @@ def to_equinox_gru(params: GRUParams) -> Any:
     """
     import equinox as eqx
 
-    where = "jlstm.interop.to_equinox_gru"
-    if not isinstance(params, GRUParams):
-        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got "
-                        f"{type(params).__name__}{other_form(params)}.")
-    w_x, w_h, b_x, b_h = (to_numpy(getattr(params, n), n, where) for n in GRUParams._fields)
-    H = w_h.shape[0] if w_h.ndim == 2 else -1
-    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or (3 * H,) != b_x.shape or (
-            b_h.shape != (3 * H,)):
-        raise ValueError(f"{where}: inconsistent GRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
-                         f"b_x {b_x.shape}, b_h {b_h.shape}; expected (in, 3H), (H, 3H), (3H,), (3H,).")
+    w_x, w_h, b_x, b_h = gru_arrays(params, "jlstm.interop.to_equinox_gru")
+    H = w_h.shape[0]
     bias = b_x + np.concatenate([b_h[:2 * H], np.zeros((H,), b_h.dtype)])
     dt = param_dtype(w_x)
     cell = _build("GRUCell", w_x.shape[0], H, dt)

@@ -27,7 +27,7 @@ import numpy as np
 from jlstm.cells.gru import GRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import other_form, param_dtype, plain_lstm_arrays, to_numpy
+from jlstm.interop._common import gru_arrays, param_dtype, plain_lstm_arrays, to_numpy
 
 _GATES = ("i", "f", "g", "o")
 _INPUT = {"i": "ii", "f": "if_", "g": "ig", "o": "io"}       # NNX's LSTMCell: `if` is a keyword
@@ -155,15 +155,8 @@ def to_nnx_gru(params: GRUParams) -> Any:
       TypeError: not :class:`GRUParams`. ValueError: a non-zero ``b_hn``, or inconsistent shapes.
     """
     where = "jlstm.interop.to_nnx_gru"
-    if not isinstance(params, GRUParams):
-        raise TypeError(f"{where}: params must be GRUParams (from jlstm.gru(H)), got "
-                        f"{type(params).__name__}{other_form(params)}.")
-    w_x, w_h, b_x, b_h = (to_numpy(getattr(params, n), n, where) for n in GRUParams._fields)
-    H = w_h.shape[0] if w_h.ndim == 2 else -1
-    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or (3 * H,) != b_x.shape or (
-            b_h.shape != (3 * H,)):
-        raise ValueError(f"{where}: inconsistent GRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
-                         f"b_x {b_x.shape}, b_h {b_h.shape}; expected (in, 3H), (H, 3H), (3H,), (3H,).")
+    w_x, w_h, b_x, b_h = gru_arrays(params, where)
+    H = w_h.shape[0]
     if np.any(b_h[2 * H:] != 0):
         largest = float(np.abs(b_h[2 * H:]).max())
         raise ValueError(f"{where}: nnx.GRUCell has no b_hn (the bias inside the reset product, flax#5594), and "

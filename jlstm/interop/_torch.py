@@ -34,6 +34,7 @@ from jlstm.layers.stack import stack
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _GATES = {"lstm": 4, "gru": 3}
+_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _TORCH_NAME = {"lstm": "nn.LSTM", "gru": "nn.GRU"}
 _BY_RATIO = {1: "nn.RNN", 3: "nn.GRU (use from_torch_gru)", 4: "nn.LSTM (use from_torch_lstm)"}
 
@@ -63,9 +64,11 @@ def _state_dict_of(obj: Any, kind: str, where: str) -> Mapping[str, Any]:
 
         want = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
         if not isinstance(obj, want):
-            other = "from_torch_gru" if kind == "lstm" else "from_torch_lstm"
+            other = {"LSTM": "from_torch_lstm", "GRU": "from_torch_gru", "LSTMCell": "from_torch_lstm_cell",
+                     "GRUCell": "from_torch_gru_cell"}.get(type(obj).__name__)
+            hint = f"; use jlstm.interop.{other} for it" if other else ""
             raise TypeError(f"{where}: expected a torch.{_TORCH_NAME[kind]} or its state_dict(), got a "
-                            f"{type(obj).__name__} module; for nn.GRU/nn.LSTM use {other}.")
+                            f"{type(obj).__name__} module{hint}.")
         return obj.state_dict()
     raise TypeError(f"{where}: expected the state_dict() of a torch.{_TORCH_NAME[kind]} (a mapping from "
                     f"names such as 'weight_ih_l0' to arrays), got {type(obj).__name__}.")
@@ -107,8 +110,10 @@ def _entries(sd: Any, kind: str, prefix: str, where: str) -> dict[tuple[str, int
             key = key[len(prefix):]
         m = _KEY.match(key)
         if m is None or (m.group(1) == "weight_hr" and kind == "gru"):
+            cell = (f" (a torch.{_TORCH_NAME[kind]}Cell's key: use from_torch_{kind}_cell)" if key in _CELL_KEYS
+                    else "")
             raise ValueError(
-                f"{where}: unexpected key {prefix + key!r}; a torch.{_TORCH_NAME[kind]} state_dict has keys "
+                f"{where}: unexpected key {prefix + key!r}{cell}; a torch.{_TORCH_NAME[kind]} state_dict has keys "
                 f"weight_ih_l{{k}}, weight_hh_l{{k}}, bias_ih_l{{k}}, bias_hh_l{{k}}"
                 + (", weight_hr_l{k}" if kind == "lstm" else "")
                 + " with an optional '_reverse' suffix. Pass prefix='...' to read the RNN out of a "
