@@ -7,7 +7,7 @@ from typing import Any, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jlstm.cells.gru import GRUParams
+from jlstm.cells.gru import GRUParams, ResetBeforeGRUParams
 from jlstm.cells.lstm import LSTMParams
 from jlstm.core.types import Cell, CellConfig, SequenceModel
 from jlstm.layers.bidirectional import BidirectionalParams
@@ -202,3 +202,17 @@ def gru_arrays(params: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.ndar
         raise ValueError(f"{where}: inconsistent GRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
                          f"b_x {b_x.shape}, b_h {b_h.shape}; expected (in, 3H), (H, 3H), (3H,), (3H,).")
     return w_x, w_h, b_x, b_h
+
+
+def reset_before_gru_arrays(params: Any, where: str, peer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w_x``, ``w_h`` and ``b`` of ``jlstm.gru(H, reset_after=False)``'s params, as NumPy arrays with
+    their shapes checked, for a ``peer`` whose GRU applies the reset gate before its matrix."""
+    if not isinstance(params, ResetBeforeGRUParams):
+        raise TypeError(f"{where}: params must be ResetBeforeGRUParams (from jlstm.gru(H, reset_after=False)), "
+                        f"got {type(params).__name__}; {peer} applies the reset gate before its recurrent matrix.")
+    w_x, w_h, b = (to_numpy(getattr(params, n), n, where) for n in ResetBeforeGRUParams._fields)
+    H = w_h.shape[0] if w_h.ndim == 2 else -1
+    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or b.shape != (3 * H,):
+        raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
+                         f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
+    return w_x, w_h, b

@@ -25,7 +25,7 @@ import numpy as np
 from jlstm.cells.gru import GRUParams, GRUState, gru
 from jlstm.cells.lstm import LSTMParams, LSTMState, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import other_form, param_dtype, to_numpy
+from jlstm.interop._common import other_form, param_dtype, plain_lstm_arrays, to_numpy
 
 _LSTM_GATES = ("i", "f", "g", "o")
 _GRU_GATES = ("r", "z", "n")
@@ -123,17 +123,8 @@ def to_flax_lstm(params: LSTMParams, *, rnn: bool = False) -> dict[str, Any]:
     Returns:
       ``{"params": {...}}`` of NumPy arrays, ready for ``cell.apply(variables, carry, x)``.
     """
-    where = "jlstm.interop.to_flax_lstm"
-    if not isinstance(params, LSTMParams):
-        raise TypeError(f"{where}: params must be LSTMParams (from jlstm.lstm(H)), got {type(params).__name__}.")
-    if params.w_c is not None or params.w_p is not None:
-        raise ValueError(f"{where}: Flax's LSTM cells have no peepholes and no projection; these params have "
-                         + ("w_c" if params.w_c is not None else "w_p") + ".")
-    w_x, w_h, b = (to_numpy(a, n, where) for a, n in ((params.w_x, "w_x"), (params.w_h, "w_h"), (params.b, "b")))
+    w_x, w_h, b = plain_lstm_arrays(params, "jlstm.interop.to_flax_lstm", "Flax's LSTM cells")
     H = b.shape[0] // 4
-    if w_h.shape != (H, 4 * H) or w_x.shape[-1] != 4 * H or b.shape != (4 * H,):
-        raise ValueError(f"{where}: inconsistent LSTMParams shapes w_x {w_x.shape}, w_h {w_h.shape}, b {b.shape}; "
-                         f"expected (in, 4H), (H, 4H), (4H,).")
     tree: dict[str, Any] = {}
     for j, g in enumerate(_LSTM_GATES):
         s = slice(j * H, (j + 1) * H)

@@ -29,7 +29,7 @@ import numpy as np
 from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, plain_lstm_arrays, reorder_blocks, to_numpy
+from jlstm.interop._common import param_dtype, plain_lstm_arrays, reorder_blocks, reset_before_gru_arrays, to_numpy
 
 _TO_JLSTM = (0, 2, 1, 3)          # Haiku's blocks i, g, f, o -> jlstm's i, f, g, o (the swap is its own inverse)
 _FORGET = 1.0                     # hk.LSTM adds 1 to the forget gate's pre-activation
@@ -221,14 +221,6 @@ def to_haiku_gru(params: ResetBeforeGRUParams, *, name: str = "gru") -> dict[str
       TypeError: other params.
       ValueError: inconsistent shapes.
     """
-    where = "jlstm.interop.to_haiku_gru"
-    if not isinstance(params, ResetBeforeGRUParams):
-        raise TypeError(f"{where}: params must be ResetBeforeGRUParams (from jlstm.gru(H, reset_after=False)), "
-                        f"got {type(params).__name__}; hk.GRU applies the reset gate before its recurrent matrix.")
-    w_x, w_h, b = (to_numpy(getattr(params, n), n, where) for n in ResetBeforeGRUParams._fields)
-    H = w_h.shape[0] if w_h.ndim == 2 else -1
-    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or b.shape != (3 * H,):
-        raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
-                         f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
+    w_x, w_h, b = reset_before_gru_arrays(params, "jlstm.interop.to_haiku_gru", "hk.GRU")
     return {name: {k: np.ascontiguousarray(_flip_z(a, to_haiku=True)) for k, a in (("w_i", w_x), ("w_h", w_h),
                                                                                    ("b", b))}}

@@ -35,7 +35,7 @@ import numpy as np
 from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, reorder_blocks, to_numpy
+from jlstm.interop._common import param_dtype, reorder_blocks, reset_before_gru_arrays, to_numpy
 
 _TO_JLSTM = (0, 2, 1, 3)          # TF1's blocks i, j, f, o -> jlstm's i, f, g, o (its own inverse)
 _PEEPHOLES = ("w_i_diag", "w_f_diag", "w_o_diag")
@@ -334,15 +334,8 @@ def to_tf1_gru(params: ResetBeforeGRUParams, *, scope: str = "rnn/gru_cell") -> 
       TypeError: other params.
       ValueError: inconsistent shapes.
     """
-    where = "jlstm.interop.to_tf1_gru"
-    if not isinstance(params, ResetBeforeGRUParams):
-        raise TypeError(f"{where}: params must be ResetBeforeGRUParams (from jlstm.gru(H, reset_after=False)), "
-                        f"got {type(params).__name__}; TF1's GRUCell applies the reset gate before its matrix.")
-    w_x, w_h, b = (to_numpy(getattr(params, f), f, where) for f in ResetBeforeGRUParams._fields)
-    H = w_h.shape[0] if w_h.ndim == 2 else -1
-    if w_h.shape != (H, 3 * H) or w_x.ndim != 2 or w_x.shape[1] != 3 * H or b.shape != (3 * H,):
-        raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
-                         f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
+    w_x, w_h, b = reset_before_gru_arrays(params, "jlstm.interop.to_tf1_gru", "TF1's GRUCell")
+    H = w_h.shape[0]
     kernel = np.concatenate([w_x, w_h], axis=0)
     scope = scope.rstrip("/")
     return {f"{scope}/gates/kernel": np.ascontiguousarray(kernel[:, :2 * H]),
