@@ -56,7 +56,7 @@ def reorder_blocks(a: Any, order: Sequence[int], axis: int = -1) -> Any:
 
 def other_form(params: Any) -> str:
     """A note for params of ``jlstm.gru(H, reset_after=False)``, which PyTorch-form GRUs cannot run."""
-    if type(params).__name__ != "ResetBeforeGRUParams":
+    if not isinstance(params, ResetBeforeGRUParams):
         return ""
     return (" (jlstm.gru(H, reset_after=False): its reset gate scales h before the recurrent matrix, which a "
             "PyTorch-form GRU does not)")
@@ -216,3 +216,22 @@ def reset_before_gru_arrays(params: Any, where: str, peer: str) -> tuple[np.ndar
         raise ValueError(f"{where}: inconsistent ResetBeforeGRUParams shapes w_x {w_x.shape}, w_h {w_h.shape}, "
                          f"b {b.shape}; expected (in, 3H), (H, 3H), (3H,).")
     return w_x, w_h, b
+
+
+def pick_one(found: list[str], chosen: str | None, where: str, *, arg: str, plural: str, missing: str,
+             none: str) -> str:
+    """The entry of ``found`` the caller meant: ``chosen`` (passed as ``arg=``) when given, else the only one.
+
+    ``missing`` opens the error for a ``chosen`` that is not there (``"no GRU cell under"``),
+    ``plural`` names the entries in the errors, and ``none`` is the error for an empty ``found``.
+    """
+    if chosen is not None:
+        if chosen not in found:
+            raise ValueError(f"{where}: {missing} {arg}={chosen!r}; the {plural} found are {found or 'none'}.")
+        return chosen
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"{where}: {none}")
+    raise ValueError(f"{where}: found several {plural} {sorted(found)}; pick one with {arg}=, "
+                     f"e.g. {arg}={sorted(found)[0]!r}.")

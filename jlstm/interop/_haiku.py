@@ -29,7 +29,14 @@ import numpy as np
 from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, plain_lstm_arrays, reorder_blocks, reset_before_gru_arrays, to_numpy
+from jlstm.interop._common import (
+    param_dtype,
+    pick_one,
+    plain_lstm_arrays,
+    reorder_blocks,
+    reset_before_gru_arrays,
+    to_numpy,
+)
 
 _TO_JLSTM = (0, 2, 1, 3)          # Haiku's blocks i, g, f, o -> jlstm's i, f, g, o (the swap is its own inverse)
 _FORGET = 1.0                     # hk.LSTM adds 1 to the forget gate's pre-activation
@@ -150,18 +157,10 @@ def _gru_of(params: Any, module: str | None, where: str) -> tuple[str, Mapping[s
     if set(params) == _GRU_FIELDS:                          # the GRU's own dict
         return "<gru>", params
     found = [n for n, v in params.items() if isinstance(v, Mapping) and set(v) == _GRU_FIELDS]
-    if module is not None:
-        if module not in found:
-            raise ValueError(f"{where}: no hk.GRU at module={module!r}; the GRUs in the params are "
-                             f"{found or 'none'}.")
-        return module, params[module]
-    if len(found) == 1:
-        return found[0], params[found[0]]
-    if not found:
-        raise ValueError(f"{where}: found no hk.GRU in the params (an entry with 'w_i', 'w_h' and 'b'); the "
-                         f"modules are {sorted(params)}.")
-    raise ValueError(f"{where}: the params hold several GRUs {sorted(found)}; pick one with module=, "
-                     f"e.g. module={sorted(found)[0]!r}.")
+    name = pick_one(found, module, where, arg="module", plural="GRUs", missing="no hk.GRU at",
+                    none=f"found no hk.GRU in the params (an entry with 'w_i', 'w_h' and 'b'); the modules are "
+                         f"{sorted(params)}.")
+    return name, params[name]
 
 
 def _flip_z(a: np.ndarray, *, to_haiku: bool = False) -> np.ndarray:

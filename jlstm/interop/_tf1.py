@@ -35,7 +35,7 @@ import numpy as np
 from jlstm.cells.gru import ResetBeforeGRUParams, gru
 from jlstm.cells.lstm import LSTMParams, lstm
 from jlstm.core.types import Cell
-from jlstm.interop._common import param_dtype, reorder_blocks, reset_before_gru_arrays, to_numpy
+from jlstm.interop._common import param_dtype, pick_one, reorder_blocks, reset_before_gru_arrays, to_numpy
 
 _TO_JLSTM = (0, 2, 1, 3)          # TF1's blocks i, j, f, o -> jlstm's i, f, g, o (its own inverse)
 _PEEPHOLES = ("w_i_diag", "w_f_diag", "w_o_diag")
@@ -97,21 +97,11 @@ def _pick_scope(names: Mapping[str, Any], scope: str | None, where: str) -> str:
                          f"jlstm.interop.from_keras_lstm or from_keras_gru; for an LSTM's variables alone, "
                          f"jlstm.LSTMParams(w_x=kernel, w_h=recurrent_kernel, b=bias) is exact (gates i, f, c, "
                          f"o).")
-    if scope is not None:
-        scope = scope.rstrip("/")
-        if scope not in lstms:
-            raise ValueError(f"{where}: no LSTM cell under scope={scope!r} (a '{scope}/kernel' with its "
-                             f"'{scope}/bias'); the cells found are {lstms or 'none'}.")
-        return scope
-    if len(lstms) == 1:
-        return lstms[0]
-    if not lstms and grus:
+    if scope is None and not lstms and grus:
         raise ValueError(f"{where}: {grus[0]!r} is a TF1 GRUCell; convert it with jlstm.interop.from_tf1_gru.")
-    if not lstms:
-        raise ValueError(f"{where}: found no LSTM cell (a '<scope>/kernel' with a '<scope>/bias') among the "
-                         f"variables {_listing(names)}.")
-    raise ValueError(f"{where}: the variables hold several cells {sorted(lstms)}; pick one with scope=, "
-                     f"e.g. scope={sorted(lstms)[0]!r}.")
+    return pick_one(lstms, None if scope is None else scope.rstrip("/"), where, arg="scope", plural="cells",
+                    missing="no LSTM cell under", none=f"found no LSTM cell (a '<scope>/kernel' with a "
+                                                       f"'<scope>/bias') among the variables {_listing(names)}.")
 
 
 def _listing(names: Mapping[str, Any]) -> str:
@@ -260,19 +250,10 @@ def _pick_gru_scope(names: Mapping[str, Any], scope: str | None, where: str) -> 
     _, grus = _cell_scopes(names)
     grus = [g for g in grus if any(f"{g}/candidate/{k}" in names and f"{g}/candidate/{b}" in names
                                    for k, b in _KERNEL.items())]
-    if scope is not None:
-        scope = scope.rstrip("/")
-        if scope not in grus:
-            raise ValueError(f"{where}: no GRU cell under scope={scope!r} (its 'gates' and 'candidate' kernels "
-                             f"and biases); the GRU cells found are {grus or 'none'}.")
-        return scope
-    if len(grus) == 1:
-        return grus[0]
-    if not grus:
-        raise ValueError(f"{where}: found no GRU cell ('<scope>/gates/kernel' and '<scope>/candidate/kernel' "
-                         f"with their biases) among the variables {_listing(names)}.")
-    raise ValueError(f"{where}: the variables hold several GRU cells {sorted(grus)}; pick one with scope=, "
-                     f"e.g. scope={sorted(grus)[0]!r}.")
+    return pick_one(grus, None if scope is None else scope.rstrip("/"), where, arg="scope", plural="GRU cells",
+                    missing="no GRU cell under", none=f"found no GRU cell ('<scope>/gates/kernel' and "
+                                                      f"'<scope>/candidate/kernel' with their biases) among the "
+                                                      f"variables {_listing(names)}.")
 
 
 def from_tf1_gru(variables: Mapping[str, Any], *, scope: str | None = None) -> tuple[Cell, ResetBeforeGRUParams]:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from peer_runs import jlstm_run
 
 import jlstm
 from jlstm import interop
@@ -44,15 +45,6 @@ def _eqx_run(cell, xs, carry, cot):
     return ys, final, dx
 
 
-def _jlstm_run(cell, params, xs, state, cot):
-    def run(xs):
-        final, ys = jlstm.scan(cell, params, xs, state)
-        return jnp.sum(ys * cot), (ys, final)
-
-    (_, (ys, final)), dx = jax.jit(jax.value_and_grad(run, has_aux=True))(xs)
-    return ys, final, dx
-
-
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_lstm_cell_matches_equinox(use_bias):
     cell_e = _randomised(eqx.nn.LSTMCell(I, H, use_bias=use_bias, key=jax.random.key(0)), 1)
@@ -62,7 +54,7 @@ def test_lstm_cell_matches_equinox(use_bias):
         assert not np.any(np.asarray(params.b))
     xs, cot, (h0, c0) = _data(2, lstm=True)
     ys_e, (h_e, c_e), dx_e = _eqx_run(cell_e, xs, (h0, c0), cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, jlstm.LSTMState(h0, c0), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.LSTMState(h0, c0), cot)
     for got, want in ((ys, ys_e), (final.h, h_e), (final.c, c_e), (dx, dx_e)):
         np.testing.assert_allclose(got, want, **TOL)
 
@@ -75,7 +67,7 @@ def test_gru_cell_matches_equinox(use_bias):
     assert not np.any(np.asarray(params.b_h[:2 * H]))       # Equinox has no recurrent r/z biases
     xs, cot, h0 = _data(5, lstm=False)
     ys_e, h_e, dx_e = _eqx_run(cell_e, xs, h0, cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, jlstm.GRUState(h0), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.GRUState(h0), cot)
     for got, want in ((ys, ys_e), (final.h, h_e), (dx, dx_e)):
         np.testing.assert_allclose(got, want, **TOL)
 
@@ -95,7 +87,7 @@ def test_jlstm_params_run_alike_in_equinox_and_round_trip_exactly():
     p_gru = p_gru._replace(b_h=jax.random.uniform(jax.random.key(9), p_gru.b_h.shape, minval=-1, maxval=1))
     xs, cot, h0 = _data(10, lstm=False)
     ys_e, h_e, _ = _eqx_run(interop.to_equinox_gru(p_gru), xs, h0, cot)
-    ys, final, _ = _jlstm_run(gru_cell, p_gru, xs, jlstm.GRUState(h0), cot)
+    ys, final, _ = jlstm_run(gru_cell, p_gru, xs, jlstm.GRUState(h0), cot)
     np.testing.assert_allclose(ys_e, ys, **TOL)
     np.testing.assert_allclose(h_e, final.h, **TOL)
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from peer_runs import jlstm_run
 
 import jlstm
 from jlstm import interop
@@ -51,15 +52,6 @@ def _haiku_run(params, xs, h0, c0, cot):
     return ys, final, dx
 
 
-def _jlstm_run(cell, params, xs, h0, c0, cot):
-    def run(xs):
-        final, ys = jlstm.scan(cell, params, xs, jlstm.LSTMState(h0, c0))
-        return jnp.sum(ys * cot), (ys, final)
-
-    (_, (ys, final)), dx = jax.jit(jax.value_and_grad(run, has_aux=True))(xs)
-    return ys, final, dx
-
-
 def test_lstm_matches_haiku_outputs_state_and_gradients():
     xs, cot, h0, c0 = _data(0)
     params_hk = _randomised(hk.transform(_one_lstm).init(jax.random.key(1), xs, h0, c0), 2)
@@ -69,7 +61,7 @@ def test_lstm_matches_haiku_outputs_state_and_gradients():
     assert np.array_equal(params.w_x, interop.from_haiku_lstm(params_hk)[1].w_x)
     assert cell == jlstm.lstm(H) and params.w_x.shape == (I, 4 * H) and params.w_h.shape == (H, 4 * H)
     ys_hk, final_hk, dx_hk = _haiku_run(params_hk, xs, h0, c0, cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, h0, c0, cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.LSTMState(h0, c0), cot)
     for got, want in ((ys, ys_hk), (final.h, final_hk.hidden), (final.c, final_hk.cell), (dx, dx_hk)):
         np.testing.assert_allclose(got, want, **TOL)
     # The linear's own {"w", "b"} dict converts alike; jlstm's params go back to Haiku's exactly.
@@ -104,7 +96,7 @@ def test_haiku_params_from_jlstm_run_alike():
     params = params._replace(b=jax.random.uniform(jax.random.key(7), params.b.shape, minval=-1, maxval=1))
     xs, cot, h0, c0 = _data(8)
     ys_hk, final_hk, _ = _haiku_run(interop.to_haiku_lstm(params), xs, h0, c0, cot)
-    ys, final, _ = _jlstm_run(cell, params, xs, h0, c0, cot)
+    ys, final, _ = jlstm_run(cell, params, xs, jlstm.LSTMState(h0, c0), cot)
     np.testing.assert_allclose(ys_hk, ys, **TOL)
     np.testing.assert_allclose(final_hk.cell, final.c, **TOL)
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from peer_runs import jlstm_run
 
 import jlstm
 from jlstm import interop
@@ -44,15 +45,6 @@ def _nnx_run(cell, xs, carry, cot):
     return ys, final, dx
 
 
-def _jlstm_run(cell, params, xs, state, cot):
-    def run(xs):
-        final, ys = jlstm.scan(cell, params, xs, state)
-        return jnp.sum(ys * cot), (ys, final)
-
-    (_, (ys, final)), dx = jax.jit(jax.value_and_grad(run, has_aux=True))(xs)
-    return ys, final, dx
-
-
 @pytest.mark.parametrize("cls", ["OptimizedLSTMCell", "LSTMCell"])
 def test_lstm_cells_match_nnx_both_ways(cls):
     cell_n = _randomised(getattr(nnx, cls)(I, H, rngs=nnx.Rngs(0)), 1)
@@ -60,7 +52,7 @@ def test_lstm_cells_match_nnx_both_ways(cls):
     assert cell == jlstm.lstm(H)
     xs, cot, h0, c0 = _data(2)
     ys_n, (c_n, h_n), dx_n = _nnx_run(cell_n, xs, (c0, h0), cot)          # NNX's carry is (c, h)
-    ys, final, dx = _jlstm_run(cell, params, xs, interop.from_flax_carry((c0, h0)), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, interop.from_flax_carry((c0, h0)), cot)
     for got, want in ((ys, ys_n), (final.h, h_n), (final.c, c_n), (dx, dx_n)):
         np.testing.assert_allclose(got, want, **TOL)
     back = interop.to_nnx_lstm(params, optimized=cls == "OptimizedLSTMCell")
@@ -75,13 +67,13 @@ def test_gru_cell_matches_nnx_and_b_hn_must_be_zero_to_go_back():
     assert cell == jlstm.gru(H) and not np.any(np.asarray(params.b_h))
     xs, cot, h0, _ = _data(4)
     ys_n, h_n, dx_n = _nnx_run(cell_n, xs, h0, cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, jlstm.GRUState(h0), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.GRUState(h0), cot)
     for got, want in ((ys, ys_n), (final.h, h_n), (dx, dx_n)):
         np.testing.assert_allclose(got, want, **TOL)
     # jlstm params with recurrent r and z biases (folded into dense_i.bias) run alike in NNX
     folded = params._replace(b_h=params.b_h.at[:2 * H].set(0.3))
     ys_f, _, _ = _nnx_run(interop.to_nnx_gru(folded), xs, h0, cot)
-    np.testing.assert_allclose(_jlstm_run(cell, folded, xs, jlstm.GRUState(h0), cot)[0], ys_f, **TOL)
+    np.testing.assert_allclose(jlstm_run(cell, folded, xs, jlstm.GRUState(h0), cot)[0], ys_f, **TOL)
     with pytest.raises(ValueError, match="no b_hn.*flax#5594"):
         interop.to_nnx_gru(params._replace(b_h=params.b_h.at[2 * H:].set(0.1)))
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from peer_runs import jlstm_run
 
 import jlstm
 from jlstm import interop
@@ -44,15 +45,6 @@ def _torch_run(cell, xs, state, cot):
     return ys.detach().numpy(), final, x.grad.numpy()
 
 
-def _jlstm_run(cell, params, xs, state, cot):
-    def run(xs):
-        final, ys = jlstm.scan(cell, params, xs, state)
-        return jnp.sum(ys * cot), (ys, final)
-
-    (_, (ys, final)), dx = jax.jit(jax.value_and_grad(run, has_aux=True))(jnp.asarray(xs))
-    return ys, final, dx
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_lstm_cell_matches_torch_both_ways(bias):
     cell_t = _randomised(torch.nn.LSTMCell(I, H, bias=bias), 0)
@@ -60,7 +52,7 @@ def test_lstm_cell_matches_torch_both_ways(bias):
     assert cell == jlstm.lstm(H)
     xs, cot, h0, c0 = _data(1)
     ys_t, (h_t, c_t), dx_t = _torch_run(cell_t, xs, (h0, c0), cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, jlstm.LSTMState(jnp.asarray(h0), jnp.asarray(c0)), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.LSTMState(jnp.asarray(h0), jnp.asarray(c0)), cot)
     for got, want in ((ys, ys_t), (final.h, h_t), (final.c, c_t), (dx, dx_t)):
         np.testing.assert_allclose(got, want, **TOL)
     back = torch.nn.LSTMCell(I, H)
@@ -76,7 +68,7 @@ def test_gru_cell_matches_torch_both_ways_inside_a_larger_model():
     assert cell == jlstm.gru(H)
     xs, cot, h0, _ = _data(3)
     ys_t, h_t, dx_t = _torch_run(model.core, xs, h0, cot)
-    ys, final, dx = _jlstm_run(cell, params, xs, jlstm.GRUState(jnp.asarray(h0)), cot)
+    ys, final, dx = jlstm_run(cell, params, xs, jlstm.GRUState(jnp.asarray(h0)), cot)
     for got, want in ((ys, ys_t), (final.h, h_t), (dx, dx_t)):
         np.testing.assert_allclose(got, want, **TOL)
     sd = interop.to_torch_gru_cell(params, as_numpy=True)
