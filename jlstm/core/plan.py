@@ -78,6 +78,14 @@ class Plan(NamedTuple):
         training) or a matrix-vector product over a 4 MB W_h (B = 1, H = 512: 0.90x, 0.96x).
       native_train_to_batch: the largest batch whose training (the tangent and backward loops) takes
         the kernel (``None``: no limit; forward-only calls are not capped).
+      gru_native_from_batch, gru_native_train_to_batch: the same for ``jlstm.gru`` (float32, H a
+        multiple of 8) and its native kernel (:mod:`jlstm.kernels.native_gru`). On 2 CPU cores
+        (``benchmarks/results/native_gru_cpu_epyc.json``, fused XLA time / native time,
+        interleaved) the kernel won the forward at B = 1-64 with H = 256 (1.20-2.58x) and training
+        there (1.13-1.31x), won training at B = 128 and H = 512 (1.15x, 1.13x), tied from B = 128 on
+        and at H = 1024 (0.96-1.15x), and lost training where a step is tiny (B = 4 and 32 at H = 64:
+        0.82x, 0.94x) or a matrix-vector product over a 3 MB W_h (B = 1, H = 512: 0.77x; 0.96x in an
+        earlier run).
     """
 
     backend: str
@@ -101,12 +109,14 @@ class Plan(NamedTuple):
     pallas_wide_tile: int = 16
     native_from_batch: int | None = None
     native_train_to_batch: int | None = None
+    gru_native_from_batch: int | None = None
+    gru_native_train_to_batch: int | None = None
 
 
 PLANS: dict[str, Plan] = {
     "cpu": Plan("cpu", unroll=1, fused_unroll=2, lstm_backward_unroll=1, lstm_inloop_from_batch=8,
                 step_inloop_from_batch=8, pallas=False, parallel_from_T=None, associative=False,
-                native_from_batch=1),
+                native_from_batch=1, gru_native_from_batch=1),
     "gpu": Plan("gpu", unroll=8, lstm_inloop_from_batch=None, lstm_step_forward_to_batch=64, pallas=True,
                 parallel_from_T=32, associative=True, lapack_solve=True,
                 pallas_slstm=True),

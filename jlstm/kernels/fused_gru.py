@@ -28,6 +28,10 @@ A masked step (``m`` False) keeps the state and outputs zeros: ``A = 0`` and ``F
 output tangent is selected to zero. A reset step (``r`` True) starts from zeros: the carry is zeroed
 before the step, the saved ``h_{t-1}`` is zero, and the tangent loop multiplies zeros instead of the
 carried tangent (``F = 0``), so no gradient crosses the reset.
+
+On CPU (``Plan.gru_native_from_batch``) the native kernel of :mod:`jlstm.kernels.native_gru` runs the
+forward and tangent loops and the tangent loop's transpose (``Options.engine == "native"``); the GEMMs
+over all steps stay in XLA, and the same ``custom_jvp`` serves both engines.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from jax.custom_derivatives import SymbolicZero
 
 from jlstm.core.math import matmul, matmul_t
 from jlstm.core.plan import Plan, current_plan
-from jlstm.kernels.fused_lstm import _check_resets, _inloop_default, _restart, _split_unroll
+from jlstm.kernels import native_gru as _native
+from jlstm.kernels.fused_lstm import _check_resets, _inloop_default, _present, _restart, _split_unroll
 
 Unroll = Union[int, bool, tuple]
 
@@ -54,6 +59,8 @@ class Options(NamedTuple):
     dtype: Any = None          # matmul dtype; None follows the inputs
     unroll: tuple = (1, 1)     # (forward scan, tangent/backward scan)
     inloop: bool = False       # multiply the inputs inside the loop
+    engine: str = "xla"        # the loops: "xla" (lax.scan) or "native" (C++ on CPU, jlstm.kernels.native_gru)
+    forward_engine: str | None = None  # a forward-only call's primal loop, where it differs from ``engine``
 
 
 class Coefficients(NamedTuple):
@@ -105,13 +112,45 @@ def gru_sequence(
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
 def _gru_sequence(w_x, w_h, b_x, b_h, xs, h0, m, r, opts: Options):
-    hT, ys, _ = _forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts, save=False)
+    engine = opts.forward_engine or opts.engine
+    hT, ys, _ = _forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts._replace(engine=engine), save=False)
     return hT, ys
 
 
 def _forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts: Options, *, save: bool):
     """The primal loop: ``(h_T, ys, saved)``; with ``save``, ``saved = (hs, coefficients)`` stacked over T
-    (``hs``, the carried states, only under a mask: otherwise they are the outputs)."""
+    (``hs``, the carried states, only under a mask: otherwise they are the outputs). ``opts.engine`` picks
+    the XLA scan (:func:`_xla_forward`) or the native CPU kernel (:func:`_native_forward`)."""
+    if opts.engine == "native":
+        return _native_forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts, save)
+    return _xla_forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts, save=save)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8, 9))
+def _native_forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts: Options, save: bool):
+    """The primal loop on the native CPU kernel, with the XLA loop's results. Unless ``opts.inloop``, the
+    inputs are projected by one GEMM before the loop, as in the XLA loop. Its own derivative (needed only
+    at second order: the fused ``custom_jvp`` does not differentiate its primal loop) is the XLA loop's,
+    which computes the same function."""
+    hT, ys, hs, coef = _native.forward(w_x, w_h, b_x, b_h, xs, h0, m, r, save=save,
+                                       keep_states=save and m is not None, project_first=not opts.inloop)
+    out_dtype = _out_dtype(xs, w_x, w_h, b_x, b_h, h0, opts.dtype)
+    saved = None if coef is None else (hs, Coefficients(*coef))
+    return hT.astype(h0.dtype), ys.astype(out_dtype), saved
+
+
+@_native_forward.defjvp
+def _native_forward_jvp(opts: Options, save: bool, primals, tangents):
+    xla = opts._replace(engine="xla")
+
+    def loop(w_x, w_h, b_x, b_h, xs, h0, m, r):
+        return _xla_forward(w_x, w_h, b_x, b_h, xs, h0, m, r, xla, save=save)
+
+    return jax.jvp(loop, primals, tangents)
+
+
+def _xla_forward(w_x, w_h, b_x, b_h, xs, h0, m, r, opts: Options, *, save: bool):
+    """The ``lax.scan`` loop."""
     dtype = opts.dtype
     bx = b_x.astype(dtype or b_x.dtype)
     bh = b_h.astype(dtype or b_h.dtype)
@@ -226,6 +265,9 @@ def _tangent_loop(opts: Options, w_h, drive, a_n, coef: Coefficients, m, r, dh0)
     the output tangent is ``ḣ_t`` (zero at a masked step). ``W_h`` enters as its transpose, laid out
     before the loop, so that the backward loop (the transpose) reads ``W_hᵀ``'s rows in order.
     """
+    if opts.engine == "native":
+        reference = (_Reference(opts, "tangent"), _Reference(opts, "adjoint"))
+        return _native.tangent(drive, a_n, coef, m, r, w_h, dh0, reference=reference)
     dtype = opts.dtype
     H = dh0.shape[-1]
     w_t = jnp.transpose(w_h if dtype is None else w_h.astype(dtype))
@@ -244,6 +286,42 @@ def _tangent_loop(opts: Options, w_h, drive, a_n, coef: Coefficients, m, r, dh0)
 
 
 _gru_sequence.defjvp(_jvp, symbolic_zeros=True)
+
+
+class _Reference(NamedTuple):
+    """The pure-JAX function a native primitive replaces, over the primitive's operands (hashable, so that
+    it can be a primitive parameter): ``kind`` ``"tangent"`` is :func:`_tangent_loop` on the XLA engine,
+    ``"adjoint"`` its transpose."""
+
+    opts: Options
+    kind: str
+
+    def __call__(self, *args):
+        xla = self.opts._replace(engine="xla")
+        if self.kind == "tangent":
+            drive, a_n, A_r, A_z, A_n, R, F, m, r, w_h, dh0 = args
+            coef = Coefficients(A_r, A_z, A_n, R, F)
+            return _tangent_loop(xla, w_h, drive, a_n, coef, _present(m), _present(r), dh0)
+        g_dys, g_dhT, A_r, A_z, A_n, R, F, m, r, w_h = args
+        coef = Coefficients(A_r, A_z, A_n, R, F)
+        T, B, H = g_dys.shape
+
+        def tangent(drive, a_n, dh0):
+            return _tangent_loop(xla, w_h, drive, a_n, coef, _present(m), _present(r), dh0)
+
+        zeros = tuple(jnp.zeros(shape, g_dys.dtype) for shape in ((T, B, 3 * H), (T, B, H), (B, H)))
+        _, transpose = jax.vjp(tangent, *zeros)
+        return transpose((g_dhT, g_dys))
+
+
+def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, w: jax.Array, train: bool) -> bool:
+    """Whether the plan sends this call to the native CPU kernel: from ``gru_native_from_batch`` on (and for
+    training up to ``gru_native_train_to_batch``), float32, H a multiple of 8, the library built."""
+    start, stop = plan.gru_native_from_batch, plan.gru_native_train_to_batch
+    if start is None or B < start or (train and stop is not None and B > stop):
+        return False
+    f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
+    return f32 and _native.enabled() and _native.supports(B, H, xs.shape[-1])
 
 
 def make_fused_gru(dtype: jnp.dtype | None) -> Callable:
@@ -265,7 +343,10 @@ def make_fused_gru(dtype: jnp.dtype | None) -> Callable:
         fwd_unroll, bwd_unroll = _split_unroll(unroll)
         if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
             bwd_unroll = plan.lstm_backward_unroll
-        opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan))
+        train = _native_fits(plan, B, H, dtype, xs, params.w_h, train=True)
+        forward = not train and _native_fits(plan, B, H, dtype, xs, params.w_h, train=False)
+        opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
+                       engine="native" if train else "xla", forward_engine="native" if forward else None)
         hT, ys = _gru_sequence(params.w_x, params.w_h, params.b_x, params.b_h, xs.reshape(T, B, I),
                                state.h.reshape(B, H), m, r, opts)
         final = type(state)(h=hT.reshape(batch + (H,)).astype(state.h.dtype))

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from episodes import run_episodes
+from native_checks import close, forward_mode_and_second_order_agree, route_by, threads_change_no_bit, vmap_agrees
 from np_reference import lstm_step
 
 import jlstm
-import jlstm._scan as scan_mod
 import jlstm.kernels.fused_lstm as fused
 import jlstm.kernels.native_lstm as native
 from jlstm.core.plan import current_plan
@@ -51,12 +51,6 @@ def _case(B, T, I, H, seed=0):
 def _uses_kernel(fn, *args) -> bool:
     return "jlstm_lstm_forward" in str(jax.make_jaxpr(fn)(*args))
 
-
-def _close(a, b, tol):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
 # Batches below the plan's lstm_inloop_from_batch (8 on CPU) project the inputs before the loop, the rest
@@ -97,7 +91,7 @@ def test_values_and_gradients_match_the_step_loop(flags, B):
     fast = jax.jit(jax.value_and_grad(_loss(cell, ct, True, **kw), argnums=(0, 1, 2)))
     assert "jlstm_lstm_adjoint" in str(jax.make_jaxpr(fast)(params, xs, state))
     ref = jax.jit(jax.value_and_grad(_loss(cell, ct, False, **kw), argnums=(0, 1, 2)))
-    _close(fast(params, xs, state), ref(params, xs, state), 2e-5)
+    close(fast(params, xs, state), ref(params, xs, state), 2e-5)
 
 
 def test_resets_match_each_episode_run_alone():
@@ -120,9 +114,9 @@ def test_resets_match_each_episode_run_alone():
         return run_episodes(cell, p, x, resets, valid=valid, state=state)
 
     assert _uses_kernel(native_run, params, xs)
-    _close(jax.jit(native_run)(params, xs), jax.jit(episodes)(params, xs), 2e-5)
+    close(jax.jit(native_run)(params, xs), jax.jit(episodes)(params, xs), 2e-5)
     got = jax.jit(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs)
-    _close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)
+    close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)
 
 
 def _engines(B, T, I, H, seed=3, masked=True):
@@ -145,24 +139,12 @@ def _engines(B, T, I, H, seed=3, masked=True):
 def test_forward_mode_and_second_order_match_the_xla_loops():
     """jvp, a Hessian-vector product (jvp of grad) and the Hessian in w_h, each one compiled program per engine."""
     f, args = _engines(3, 6, 4, 8)
-    tangents = tuple(0.1 * jnp.ones_like(a) for a in args)
-
-    def jvp(g):
-        return jax.jit(lambda a, t: jax.jvp(g, a, t))(args, tangents)
-
-    _close(jvp(f("native")), jvp(f("xla")), 2e-5)
-    hvp = [jvp(jax.grad(f(e), argnums=(0, 1, 2)))[1] for e in ("native", "xla")]
-    _close(hvp[0], hvp[1], 3e-5)
-    _close(jax.jit(jax.hessian(f("native")))(*args), jax.jit(jax.hessian(f("xla")))(*args), 3e-5)
+    forward_mode_and_second_order_agree(f, args)
 
 
 def test_vmap_folds_the_batch_and_maps_over_weights():
     f, (w_h, xs, h0) = _engines(3, 5, 4, 8, seed=4)
-    xs_b, h0_b, w_b = jnp.stack([xs, -0.5 * xs]), jnp.stack([h0, 2.0 * h0]), jnp.stack([w_h, 0.5 * w_h])
-    for in_axes, args in (((None, 0, 0), (w_h, xs_b, h0_b)), ((0, None, None), (w_b, xs, h0))):
-        grads = [jax.jit(jax.vmap(jax.grad(f(e), argnums=(0, 1, 2)), in_axes=in_axes))(*args)
-                 for e in ("native", "xla")]
-        _close(grads[0], grads[1], 2e-5)
+    vmap_agrees(f, w_h, xs, h0)
 
 
 def test_thread_count_does_not_change_a_bit(monkeypatch):
@@ -170,13 +152,7 @@ def test_thread_count_does_not_change_a_bit(monkeypatch):
     cell, params, xs, state = _case(B, T, I, H, seed=5)
     ct = jax.random.normal(jax.random.key(10), (T, B, H))
     run = jax.jit(jax.value_and_grad(_loss(cell, ct, True), argnums=(0, 1, 2)))
-    out = {}
-    for n in ("1", "2", "3"):
-        monkeypatch.setenv("JLSTM_NATIVE_THREADS", n)
-        out[n] = jax.tree.map(np.asarray, run(params, xs, state))
-    for n in ("2", "3"):
-        for a, b in zip(jax.tree.leaves(out["1"]), jax.tree.leaves(out[n])):
-            np.testing.assert_array_equal(a, b)
+    threads_change_no_bit(monkeypatch, run, params, xs, state)
 
 
 @pytest.mark.parametrize("change", ["below the plan's batch", "peephole", "bf16", "H=12", "JLSTM_NATIVE=0"])
@@ -184,7 +160,7 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
     B, H, kw = 8, 16, {}
     if change == "below the plan's batch":
         B = 2
-        _route_by(monkeypatch, current_plan()._replace(native_from_batch=4))
+        route_by(monkeypatch, current_plan()._replace(native_from_batch=4))
     elif change == "peephole":
         kw = {"peephole": "diagonal"}
     elif change == "bf16":
@@ -201,10 +177,6 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
                         jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
 
 
-def _route_by(monkeypatch, plan) -> None:
-    """Trace ``jlstm.scan`` under ``plan`` for the rest of the test."""
-    monkeypatch.setattr(scan_mod, "current_plan", lambda: plan)
-
 
 def _training_and_reference(cell, params, xs, state):
     """The gradient of ``sum(ys)`` (params, inputs) as a function, and its values against the step loop's."""
@@ -219,18 +191,18 @@ def test_training_at_any_batch_from_the_plans_start_runs_the_kernel():
     cell, params, xs, state = _case(40, 3, 4, 8)
     train, (got, want) = _training_and_reference(cell, params, xs, state)
     assert "jlstm_lstm_adjoint" in str(jax.make_jaxpr(train)(params, xs))
-    _close(got, want, 2e-5)
+    close(got, want, 2e-5)
 
 
 def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
     """``Plan.native_train_to_batch``: above it, training takes the fused XLA loops while a forward-only
     call still runs the kernel."""
-    _route_by(monkeypatch, current_plan()._replace(native_train_to_batch=32))
+    route_by(monkeypatch, current_plan()._replace(native_train_to_batch=32))
     cell, params, xs, state = _case(40, 3, 4, 8)
     assert _uses_kernel(lambda p, x: jlstm.scan(cell, p, x, state), params, xs)
     train, (got, want) = _training_and_reference(cell, params, xs, state)
     assert "jlstm_lstm" not in str(jax.make_jaxpr(train)(params, xs))
-    _close(got, want, 2e-5)
+    close(got, want, 2e-5)
 
 
 def test_the_kernel_rejects_shapes_it_cannot_serve():
@@ -272,7 +244,7 @@ def test_a_failed_build_warns_and_leaves_the_jax_path(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert not out["available"] and "failed" in out["why"]
-    assert any("native CPU LSTM kernel is unavailable" in w for w in out["warnings"])
+    assert any("native CPU kernels (LSTM, GRU) are unavailable" in w for w in out["warnings"])
     assert not out["kernel"] and out["diff"] < 1e-5
     assert not list(tmp_path.glob("*.so"))  # nothing half-written left in the cache
 

@@ -5,58 +5,14 @@
 // an error instead of reading out of bounds. Masks and resets are PRED arrays of shape [T, B], or
 // of size 0 when absent; so are the optional results (hs and the six coefficients).
 
+#include "ffi_common.h"
 #include "lstm_cpu.h"
-#include "xla/ffi/api/ffi.h"
-
-#include <string>
 
 namespace ffi = xla::ffi;
 namespace nat = jlstm_native;
+using namespace jlstm_ffi;  // NOLINT: the shared helpers of ffi_common.h
 
 namespace {
-
-using F32 = ffi::Buffer<ffi::F32>;
-using Pred = ffi::Buffer<ffi::PRED>;
-using Out = ffi::ResultBuffer<ffi::F32>;
-
-int64_t dim(const F32& a, size_t i) { return i < a.dimensions().size() ? a.dimensions()[i] : -1; }
-
-bool has(const F32& a, std::initializer_list<int64_t> shape) {
-  auto d = a.dimensions();
-  if (d.size() != shape.size()) return false;
-  size_t i = 0;
-  for (int64_t s : shape) if (d[i++] != s) return false;
-  return true;
-}
-
-const uint8_t* optional_mask(const Pred& m, int64_t T, int64_t B) {
-  if (m.element_count() == 0) return nullptr;
-  if (static_cast<int64_t>(m.element_count()) != T * B) return nullptr;
-  return reinterpret_cast<const uint8_t*>(m.typed_data());
-}
-
-bool mask_ok(const Pred& m, int64_t T, int64_t B) {
-  return m.element_count() == 0 || static_cast<int64_t>(m.element_count()) == T * B;
-}
-
-ffi::Error invalid(const std::string& what) {
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jlstm native LSTM: " + what);
-}
-
-float* optional_out(Out& o) { return o->element_count() == 0 ? nullptr : o->typed_data(); }
-
-// The helpers of a call run on XLA's intra-op thread pool (see lstm_cpu.h: run_team).
-struct PoolSpawn {
-  ffi::ThreadPool& pool;
-  int threads() const {
-    const int64_t n = pool.num_threads();
-    return n > 0 ? static_cast<int>(n) : 1;
-  }
-  nat::Spawn spawn() const {
-    ffi::ThreadPool* p = &pool;
-    return [p](nat::Task task) { p->Schedule(std::move(task)); };
-  }
-};
 
 ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F32 c0, Pred m, Pred r, Out hT, Out cT, Out ys,
                    Out hs, Out P, Out Qi, Out Qf, Out Qg, Out Qo, Out F) {
@@ -66,7 +22,7 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F
   if (x.dimensions().size() != 3 || H % nat::VW != 0 || (projected ? dim(x, 2) != 4 * H : !has(wx, {I, 4 * H})) ||
       !has(wh, {H, 4 * H}) || !has(b, {4 * H}) || !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) ||
       !mask_ok(r, T, B))
-    return invalid("forward: shapes do not match x [T, B, I], w_x [I, 4H] (or x W_x [T, B, 4H] with an empty "
+    return invalid("LSTM", "forward: shapes do not match x [T, B, I], w_x [I, 4H] (or x W_x [T, B, 4H] with an empty "
                    "w_x), w_h [H, 4H], b [4H], h0 and c0 [B, H] with H a multiple of 8");
   const size_t seq = static_cast<size_t>(T * B * H);
   float* coef[6] = {optional_out(P), optional_out(Qi), optional_out(Qf), optional_out(Qg), optional_out(Qo),
@@ -75,8 +31,8 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F
   for (int k = 0; k < 6; ++k)
     if ((coef[k] != nullptr) != save || (save && (k == 0 ? P : k == 1 ? Qi : k == 2 ? Qf : k == 3 ? Qg
                                                   : k == 4 ? Qo : F)->element_count() != seq))
-      return invalid("forward: the six coefficient results must all be [T, B, H] or all empty");
-  if (hs->element_count() != 0 && hs->element_count() != seq) return invalid("forward: hs must be [T, B, H] or empty");
+      return invalid("LSTM", "forward: the six coefficient results must all be [T, B, H] or all empty");
+  if (hs->element_count() != 0 && hs->element_count() != seq) return invalid("LSTM", "forward: hs must be [T, B, H] or empty");
   nat::ForwardArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                      x.typed_data(), wx.typed_data(), wh.typed_data(), b.typed_data(), h0.typed_data(),
                      c0.typed_data(), optional_mask(m, T, B), optional_mask(r, T, B), hT->typed_data(),
@@ -105,7 +61,7 @@ ffi::Error Tangent(ffi::ThreadPool pool, F32 drive, F32 P, F32 Qi, F32 Qf, F32 Q
   const int64_t T = dim(drive, 0), B = dim(drive, 1), H = dim(dh0, 1);
   if (H % nat::VW != 0 || !has(drive, {T, B, 4 * H}) || !coefs_ok(P, Qi, Qf, Qg, Qo, F, T, B, H) ||
       !has(wh, {H, 4 * H}) || !has(dh0, {B, H}) || !has(dc0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
-    return invalid("tangent: shapes do not match drive [T, B, 4H], coefficients [T, B, H], w_h [H, 4H], "
+    return invalid("LSTM", "tangent: shapes do not match drive [T, B, 4H], coefficients [T, B, H], w_h [H, 4H], "
                    "dh0 and dc0 [B, H]");
   nat::TangentArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), drive.typed_data(),
                      {P.typed_data(), Qi.typed_data(), Qf.typed_data(), Qg.typed_data(), Qo.typed_data(),
@@ -127,7 +83,7 @@ ffi::Error Adjoint(ffi::ThreadPool pool, F32 g_dys, F32 g_dhT, F32 g_dcT, F32 P,
   const int64_t T = dim(g_dys, 0), B = dim(g_dys, 1), H = dim(g_dys, 2);
   if (H % nat::VW != 0 || !has(g_dys, {T, B, H}) || !has(g_dhT, {B, H}) || !has(g_dcT, {B, H}) ||
       !coefs_ok(P, Qi, Qf, Qg, Qo, F, T, B, H) || !has(wh, {H, 4 * H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
-    return invalid("adjoint: shapes do not match cotangents [T, B, H] and [B, H], coefficients [T, B, H], "
+    return invalid("LSTM", "adjoint: shapes do not match cotangents [T, B, H] and [B, H], coefficients [T, B, H], "
                    "w_h [H, 4H]");
   nat::AdjointArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), g_dys.typed_data(),
                      g_dhT.typed_data(), g_dcT.typed_data(),
