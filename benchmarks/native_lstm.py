@@ -1,7 +1,9 @@
-"""Time the LSTM's native CPU kernel against the fused XLA scan: ``python -m benchmarks.native_lstm``.
+"""Time the native CPU kernels against the fused XLA scans: ``python -m benchmarks.native_lstm [--cell gru]``.
 
 ``jlstm.lstm`` on CPU runs its loops on the native kernel (:mod:`jlstm.kernels.native_lstm`) where
-``Plan.native_from_batch`` and ``Plan.native_train_to_batch`` allow it. This benchmark runs the same
+``Plan.native_from_batch`` and ``Plan.native_train_to_batch`` allow it; ``jlstm.gru`` on its own
+(:mod:`jlstm.kernels.native_gru`) where ``Plan.gru_native_from_batch`` and
+``Plan.gru_native_train_to_batch`` do. This benchmark runs the same
 ``jlstm.scan`` calls traced under a plan that always takes the kernel and under one that never does
 (then the fused XLA scan runs), interleaved round by round, forward and training (the gradient of
 ``sum(ys * ct)`` with respect to the parameters and the inputs), over a grid of shapes. Each timed
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from typing import Sequence
 
 from benchmarks.deer import write
@@ -37,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shapes", type=_shape, nargs="*", help="BxTxIxH shapes (default: the grid in GRID)")
     p.add_argument("--quick", action="store_true", help="two tiny shapes, 2 rounds (a smoke run)")
     p.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds (median)")
+    p.add_argument("--cell", choices=("lstm", "gru"), default="lstm", help="the cell whose kernel is timed")
     p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/native_lstm_cpu.json)")
     args = p.parse_args(argv)
     shapes = QUICK if args.quick else (args.shapes or GRID)
@@ -55,16 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"the native kernel is unavailable here: {native_lstm.why_unavailable()}")
         return 1
     base = current_plan()
+    prefix = "" if args.cell == "lstm" else "gru_"
+    always = base._replace(**{f"{prefix}native_from_batch": 1, f"{prefix}native_train_to_batch": None})
+    never = base._replace(**{f"{prefix}native_from_batch": None})
+    make_cell = jlstm.lstm if args.cell == "lstm" else jlstm.gru
     runners = {}
     try:
         for B, T, I, H in shapes:
-            cell = jlstm.lstm(H)
+            cell = make_cell(H)
             params = cell.init(jax.random.key(0), I)
             xs = jax.random.normal(jax.random.key(1), (T, B, I))
             ct = jax.random.normal(jax.random.key(2), (T, B, H))
             for engine in ("native", "xla"):
-                plan = (base._replace(native_from_batch=1, native_train_to_batch=None) if engine == "native"
-                        else base._replace(native_from_batch=None))
+                plan = always if engine == "native" else never
                 scan_mod.current_plan = lambda plan=plan: plan          # the plan of the traces made below
 
                 def run(p, x):
@@ -93,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"B={B:>4} T={T:>4} I={I:>5} H={H:>5} {mode:>7}: native {nat:9.3f} ms, xla {xla:9.3f} ms "
                   f"({xla / nat:.2f}x)")
     if args.out:
-        doc = {**result_header("native_lstm"), "rounds": rounds, "library": str(native_lstm.library()["path"]),
+        command = " ".join(["python -m benchmarks.native_lstm", *(sys.argv[1:] if argv is None else argv)])
+        doc = {**result_header(f"native_{args.cell}"), "command": command, "rounds": rounds,
+               "library": str(native_lstm.library()["path"]),
                "results": results}
         write(args.out, doc)
         print(f"wrote {args.out}")
