@@ -135,7 +135,7 @@ def _forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: bool):
     if opts.engine == "xla":
         return _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=opts, save=save)
     if opts.engine == "native":
-        return _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts, save)
+        return _native_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts, save)
     if opts.engine == "pallas_wide":
         return _wide.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.wide)
     return _pallas_lstm.forward(w_x, w_h, b, xs, h0, c0, m, r, opts.engine == "pallas_interpret")
@@ -185,18 +185,18 @@ def _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, *, opts: Options, save: boo
     return hT, cT, ys, res
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(8, 9))
-def _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts: Options, save: bool):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9, 10))
+def _native_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts: Options, save: bool):
     """The primal loop on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`), with the XLA loop's
-    results: ``(h_T, c_T, ys, residuals)``, the residuals ``(hs with a mask, None, coefficients)``.
+    results: ``(h_T, c_T, ys, residuals)``, the residuals ``(hs with a mask, cs with peepholes, coefficients)``.
     Unless ``opts.inloop``, the inputs are projected by one GEMM before the loop, as in the XLA loop.
 
     Its own derivative (needed only at second order: the fused ``custom_jvp`` does not differentiate
     its primal loop) is the XLA loop's, which computes the same function.
     """
-    hT, cT, ys, hs, coef = _native.forward(w_x, w_h, b, xs, h0, c0, m, r, save=save,
-                                           keep_states=save and m is not None, project_first=not opts.inloop)
-    res = (hs, None, Coefficients(coef.P, tuple(coef.Q), coef.F)) if coef is not None else None
+    hT, cT, ys, hs, cs, coef = _native.forward(w_x, w_h, b, xs, h0, c0, m, r, save=save, w_c=w_c,
+                                               keep_states=save and m is not None, project_first=not opts.inloop)
+    res = (hs, cs, Coefficients(coef.P, tuple(coef.Q), coef.F)) if coef is not None else None
     return hT, cT, ys, res
 
 
@@ -204,8 +204,8 @@ def _native_forward(w_x, w_h, b, xs, h0, c0, m, r, opts: Options, save: bool):
 def _native_forward_jvp(opts: Options, save: bool, primals, tangents):
     xla = opts._replace(engine="xla")
 
-    def loop(w_x, w_h, b, xs, h0, c0, m, r):
-        return _xla_forward(w_x, w_h, b, None, xs, h0, c0, m, r, opts=xla, save=save)
+    def loop(w_x, w_h, b, w_c, xs, h0, c0, m, r):
+        return _xla_forward(w_x, w_h, b, w_c, xs, h0, c0, m, r, opts=xla, save=save)
 
     return jax.jvp(loop, primals, tangents)
 
@@ -478,7 +478,7 @@ def _tangent_loop(opts, w_rec, drive, coef, m, r, dh0, dc0):
     products inside the ``dZ`` write: 152 against 131 ms for the training step at T=128, B=32,
     I=128, H=256 on 2 cores, same run.)
     """
-    if opts.engine == "native":  # no peepholes there: w_rec is W_h
+    if opts.engine == "native":  # no peepholes or diagonal ones there: w_rec is W_h
         reference = (_Reference(opts, "tangent"), _Reference(opts, "adjoint"))
         return _native.tangent(drive, coef, m, r, w_rec, dh0, dc0, reference=reference)
     dtype, full = opts.dtype, opts.peephole == "full"
@@ -553,12 +553,13 @@ def _coefficients(c_prev, c_new, gates, m, r, w_c=None, peephole=None) -> Coeffi
 def _native_fits(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array, w: jax.Array,
                  train: bool) -> bool:
     """Whether the plan sends this call to the native CPU kernel: from ``native_from_batch`` on (and for
-    training up to ``native_train_to_batch``), float32, no peepholes, H a multiple of 8, the library built."""
+    training up to ``native_train_to_batch``), float32, no peepholes or diagonal ones, H a multiple of 8, the
+    library built."""
     start, stop = plan.native_from_batch, plan.native_train_to_batch
     if start is None or B < start or (train and stop is not None and B > stop):
         return False
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
-    return f32 and peephole is None and _native.enabled() and _native.supports(B, H, xs.shape[-1])
+    return f32 and peephole in (None, "diagonal") and _native.enabled() and _native.supports(B, H, xs.shape[-1])
 
 
 def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,

@@ -46,8 +46,7 @@ def forward(w_x, w_h, b_x, b_h, xs, h0, m, r, *, save: bool, keep_states: bool, 
     _lib.require()
     T, B, _ = xs.shape
     f32 = jnp.float32
-    call = _lib.forward_call("gru", T, B, h0.shape[-1], states=1, coefficients=5, save=save,
-                             keep_states=keep_states)
+    call = _lib.forward_call("gru", T, B, h0.shape[-1], states=1, kept=(keep_states,), coefficients=5, save=save)
     x, wx = _lib.inputs(xs, w_x, project_first)
     hT, ys, hs, *coef = call(x, wx, w_h.astype(f32), b_x.astype(f32), b_h.astype(f32), h0.astype(f32),
                              _lib.pred(m), _lib.pred(r))

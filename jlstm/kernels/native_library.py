@@ -170,14 +170,14 @@ def pred(a: jax.Array | None) -> jax.Array:
     return jnp.zeros((0,), jnp.bool_) if a is None else a.astype(jnp.bool_)
 
 
-def forward_call(family: str, T: int, B: int, H: int, *, states: int, coefficients: int, save: bool,
-                 keep_states: bool) -> Callable:
+def forward_call(family: str, T: int, B: int, H: int, *, states: int, kept: tuple[bool, ...], coefficients: int,
+                 save: bool) -> Callable:
     """The FFI call of a family's forward loop. Its float32 results: ``states`` final states [B, H], the
-    outputs ``ys`` [T, B, H], the carried states ``hs`` [T, B, H] (empty unless ``keep_states``), and
-    ``coefficients`` arrays [T, B, H] (empty unless ``save``)."""
+    outputs ``ys`` [T, B, H], one stack of carried states [T, B, H] per entry of ``kept`` (empty where
+    False), and ``coefficients`` arrays [T, B, H] (empty unless ``save``)."""
     f32 = jnp.float32
     seq, empty = jax.ShapeDtypeStruct((T, B, H), f32), jax.ShapeDtypeStruct((0,), f32)
-    outs = ([jax.ShapeDtypeStruct((B, H), f32)] * states + [seq, seq if keep_states else empty]
+    outs = ([jax.ShapeDtypeStruct((B, H), f32)] * states + [seq] + [seq if k else empty for k in kept]
             + [seq if save else empty] * coefficients)
     return jax.ffi.ffi_call(f"jlstm_{family}_forward", outs, vmap_method="sequential")
 

@@ -46,9 +46,12 @@ class Coefficients(NamedTuple):
     F: jax.Array
 
 
-def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool, project_first: bool = False):
-    """The primal loop: ``(h_T, c_T, ys, hs, coefficients)``; ``hs`` (the carried states, [T, B, H])
-    only with ``keep_states``, the coefficients only with ``save`` (else ``None``). float32 throughout.
+def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool, project_first: bool = False,
+            w_c=None):
+    """The primal loop: ``(h_T, c_T, ys, hs, cs, coefficients)``; ``hs`` (the carried states, [T, B, H])
+    only with ``keep_states``, ``cs`` (the carried cell states) only with ``save`` and peepholes, the
+    coefficients only with ``save`` (else ``None``). float32 throughout.
+    ``w_c``: None, or the diagonal peepholes [3, H] (``w_ci``, ``w_cf``, ``w_co``).
 
     ``project_first`` computes ``xs @ w_x`` for all steps in one XLA GEMM before the loop, so that a
     step reads only ``w_h`` (faster at small batches, where a step is bound by reading the weights);
@@ -58,13 +61,15 @@ def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool, pro
     _lib.require()
     T, B, _ = xs.shape
     f32 = jnp.float32
-    call = _lib.forward_call("lstm", T, B, h0.shape[-1], states=2, coefficients=6, save=save,
-                             keep_states=keep_states)
+    keep_cells = save and w_c is not None
+    call = _lib.forward_call("lstm", T, B, h0.shape[-1], states=2, kept=(keep_states, keep_cells), coefficients=6,
+                             save=save)
     x, wx = _lib.inputs(xs, w_x, project_first)
-    hT, cT, ys, hs, P, Qi, Qf, Qg, Qo, F = call(x, wx, w_h.astype(f32), b.astype(f32), h0.astype(f32),
+    wc = jnp.zeros((0,), f32) if w_c is None else w_c.astype(f32)
+    hT, cT, ys, hs, cs, P, Qi, Qf, Qg, Qo, F = call(x, wx, w_h.astype(f32), b.astype(f32), wc, h0.astype(f32),
                                                 c0.astype(f32), _lib.pred(m), _lib.pred(r))
     coef = Coefficients(P, (Qi, Qf, Qg, Qo), F) if save else None
-    return hT, cT, ys, (hs if keep_states else None), coef
+    return hT, cT, ys, (hs if keep_states else None), (cs if keep_cells else None), coef
 
 
 # tangent operands: drive, P, Qi, Qf, Qg, Qo, F, m, r, w_h, dh0, dc0 -> (dh_T, dc_T, dys), linear in drive, dh0

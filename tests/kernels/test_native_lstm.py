@@ -38,11 +38,13 @@ def _kernel():
         pytest.skip(f"the native LSTM kernel is unavailable here: {native.why_unavailable()}")
 
 
-def _case(B, T, I, H, seed=0):
-    cell = jlstm.lstm(H)
+def _case(B, T, I, H, seed=0, peephole=None):
+    cell = jlstm.lstm(H, peephole=peephole)
     k = jax.random.split(jax.random.key(seed), 5)
     params = cell.init(k[0], I)
     params = params._replace(b=params.b + 0.3 * jax.random.normal(k[1], params.b.shape))
+    if peephole:  # the initializer's zeros would hide a wrong peephole term
+        params = params._replace(w_c=0.5 * jax.random.normal(k[0], params.w_c.shape))
     xs = jax.random.normal(k[2], (T, B, I))
     state = jlstm.LSTMState(h=0.5 * jax.random.normal(k[3], (B, H)), c=0.5 * jax.random.normal(k[4], (B, H)))
     return cell, params, xs, state
@@ -52,19 +54,20 @@ def _uses_kernel(fn, *args) -> bool:
     return "jlstm_lstm_forward" in str(jax.make_jaxpr(fn)(*args))
 
 
-
 # Batches below the plan's lstm_inloop_from_batch (8 on CPU) project the inputs before the loop, the rest
-# inside it: both layouts of the kernel's forward are covered.
-@pytest.mark.parametrize("B,T,I,H", [(1, 7, 5, 16), (4, 6, 3, 8), (5, 9, 7, 24), (7, 5, 16, 72), (11, 6, 9, 24)])
-def test_forward_matches_the_numpy_equations(B, T, I, H):
-    cell, params, xs, state = _case(B, T, I, H)
+# inside it: both layouts of the kernel's forward are covered, with and without diagonal peepholes.
+@pytest.mark.parametrize("B,T,I,H,peephole", [
+    (1, 7, 5, 16, None), (4, 6, 3, 8, "diagonal"), (5, 9, 7, 24, None), (7, 5, 16, 72, None), (11, 6, 9, 24, None),
+    (11, 6, 9, 24, "diagonal")])
+def test_forward_matches_the_numpy_equations(B, T, I, H, peephole):
+    cell, params, xs, state = _case(B, T, I, H, peephole=peephole)
     run = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))
     assert _uses_kernel(run, params, xs, state)
     final, ys = run(params, xs, state)
     h, c = np.asarray(state.h, np.float64), np.asarray(state.c, np.float64)
     want = []
     for t in range(T):
-        h, c = lstm_step(params, h, c, np.asarray(xs[t]))
+        h, c = lstm_step(params, h, c, np.asarray(xs[t]), peephole=peephole)
         want.append(h)
     np.testing.assert_allclose(np.asarray(ys), np.stack(want), rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(np.asarray(final.h), h, rtol=2e-5, atol=2e-6)
@@ -78,10 +81,11 @@ def _loss(cell, ct, fast, **kw):
     return loss
 
 
-@pytest.mark.parametrize("flags,B", [("none", 6), ("lengths", 6), ("mask", 6), ("mask", 9)])
-def test_values_and_gradients_match_the_step_loop(flags, B):
+@pytest.mark.parametrize("flags,B,peephole", [("none", 6, None), ("lengths", 6, None), ("mask", 6, None),
+                                              ("mask", 9, None), ("mask", 9, "diagonal")])
+def test_values_and_gradients_match_the_step_loop(flags, B, peephole):
     T, I, H = 8, 5, 16
-    cell, params, xs, state = _case(B, T, I, H, seed=1)
+    cell, params, xs, state = _case(B, T, I, H, seed=1, peephole=peephole)
     ct = jax.random.normal(jax.random.key(9), (T, B, H))
     kw = {}
     if flags == "lengths":
@@ -119,26 +123,28 @@ def test_resets_match_each_episode_run_alone():
     close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)
 
 
-def _engines(B, T, I, H, seed=3, masked=True):
+def _engines(B, T, I, H, seed=3, masked=True, peephole=None):
     """``f(engine)``: the fused LSTM's loss on one engine, as a function of (w_h, xs, h0)."""
-    cell, params, xs, state = _case(B, T, I, H, seed=seed)
+    cell, params, xs, state = _case(B, T, I, H, seed=seed, peephole=peephole)
+    w_c = params.w_c if peephole else None
     m = jax.random.uniform(jax.random.key(7), (T, B)) > 0.3 if masked else None
     r = (jax.random.uniform(jax.random.key(8), (T, B)) > 0.75) & m if masked else None
 
     def f(engine):
-        opts = fused.Options(engine=engine)
+        opts = fused.Options(engine=engine, peephole=peephole)
 
         def loss(w_h, x, h0):
-            hT, cT, ys = fused._lstm_sequence(params.w_x, w_h, params.b, x, h0, state.c, m, None, r, opts)
+            hT, cT, ys = fused._lstm_sequence(params.w_x, w_h, params.b, x, h0, state.c, m, w_c, r, opts)
             return jnp.sum(jnp.tanh(ys)) + jnp.sum(hT * cT)
         return loss
 
     return f, (params.w_h, xs, state.h)
 
 
-def test_forward_mode_and_second_order_match_the_xla_loops():
+@pytest.mark.parametrize("peephole", [None, "diagonal"])
+def test_forward_mode_and_second_order_match_the_xla_loops(peephole):
     """jvp, a Hessian-vector product (jvp of grad) and the Hessian in w_h, each one compiled program per engine."""
-    f, args = _engines(3, 6, 4, 8)
+    f, args = _engines(3, 6, 4, 8, peephole=peephole)
     forward_mode_and_second_order_agree(f, args)
 
 
@@ -155,14 +161,14 @@ def test_thread_count_does_not_change_a_bit(monkeypatch):
     threads_change_no_bit(monkeypatch, run, params, xs, state)
 
 
-@pytest.mark.parametrize("change", ["below the plan's batch", "peephole", "bf16", "H=12", "JLSTM_NATIVE=0"])
+@pytest.mark.parametrize("change", ["below the plan's batch", "full peepholes", "bf16", "H=12", "JLSTM_NATIVE=0"])
 def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, monkeypatch):
     B, H, kw = 8, 16, {}
     if change == "below the plan's batch":
         B = 2
         route_by(monkeypatch, current_plan()._replace(native_from_batch=4))
-    elif change == "peephole":
-        kw = {"peephole": "diagonal"}
+    elif change == "full peepholes":
+        kw = {"peephole": "full"}
     elif change == "bf16":
         kw = {"dtype": jnp.bfloat16}
     elif change == "H=12":
@@ -208,17 +214,20 @@ def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
 def test_the_kernel_rejects_shapes_it_cannot_serve():
     state, seq = jax.ShapeDtypeStruct((2, 12), jnp.float32), jax.ShapeDtypeStruct((3, 2, 12), jnp.float32)
     empty_out = jax.ShapeDtypeStruct((0,), jnp.float32)
-    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 7)
-    empty = jnp.zeros((0,), jnp.bool_)
+    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 8)
+    empty, no_wc = jnp.zeros((0,), jnp.bool_), jnp.zeros((0,))
     with pytest.raises(Exception, match="jlstm native LSTM"):
-        jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 48)), jnp.ones((12, 48)), jnp.ones(48),
+        jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 48)), jnp.ones((12, 48)), jnp.ones(48), no_wc,
                                    jnp.ones((2, 12)), jnp.ones((2, 12)), empty, empty))
-    # Projected inputs (an empty w_x) must be [T, B, 4H].
+    # Projected inputs (an empty w_x) must be [T, B, 4H]; diagonal peepholes [3, H].
     state, seq = jax.ShapeDtypeStruct((2, 16), jnp.float32), jax.ShapeDtypeStruct((3, 2, 16), jnp.float32)
-    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 7)
+    call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 8)
     with pytest.raises(Exception, match=r"x W_x \[T, B, 4H\]"):
-        jax.block_until_ready(call(jnp.ones((3, 2, 40)), jnp.zeros((0,)), jnp.ones((16, 64)), jnp.ones(64),
+        jax.block_until_ready(call(jnp.ones((3, 2, 40)), jnp.zeros((0,)), jnp.ones((16, 64)), jnp.ones(64), no_wc,
                                    jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
+    with pytest.raises(Exception, match=r"w_c \[3, H\] or empty"):  # a full peephole matrix [H, 3H]
+        jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 64)), jnp.ones((16, 64)), jnp.ones(64),
+                                   jnp.ones((16, 48)), jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
 
 
 def test_a_failed_build_warns_and_leaves_the_jax_path(tmp_path):

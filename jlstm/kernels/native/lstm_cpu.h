@@ -1,8 +1,9 @@
 // The LSTM recurrences of jlstm's native CPU path (jlstm/kernels/native_lstm.py), without XLA.
 //
 // Three sequential loops over T, each with one small GEMM per step:
-//   * forward:  z_t = [x_t, h_{t-1}] [W_x; W_h] + b, the gates, c_t, h_t, and (when saving) the
-//               backward coefficients P, Q_i, Q_f, Q_g, Q_o, F of jlstm.kernels.fused_lstm;
+//   * forward:  z_t = [x_t, h_{t-1}] [W_x; W_h] + b, the gates (with diagonal peepholes, if any),
+//               c_t, h_t, and (when saving) the backward coefficients P, Q_i, Q_f, Q_g, Q_o, F of
+//               jlstm.kernels.fused_lstm;
 //   * tangent:  the linear recurrence of fused_lstm._tangent_loop, u_t = d_t + dh_{t-1} W_h;
 //   * adjoint:  its transpose, the reverse loop with one GEMM dz_t W_hᵀ per step.
 //
@@ -22,9 +23,11 @@ namespace jlstm_native {
 struct ForwardArgs {
   int T, B, I, H;                        // I = 0 where x is projected
   const float *x, *wx, *wh, *b, *h0, *c0;
+  const float* wc;                       // diagonal peepholes [3, H] (w_ci, w_cf, w_co), or null
   const uint8_t *m, *r;                  // [T, B] or null
   float *hT, *cT, *ys;                   // hT, cT [B, H]; ys [T, B, H]
   float *hs;                             // [T, B, H] carried states (with a mask), or null
+  float *cs;                             // [T, B, H] carried cell states (with peepholes), or null
   float *P, *Qi, *Qf, *Qg, *Qo, *F;      // [T, B, H] each, or all null (no residuals)
   bool projected = false;
 };
@@ -46,7 +49,7 @@ inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
   std::memcpy(A.cT, A.c0, sizeof(float) * B * H);
   const bool save = A.P != nullptr;
   const size_t seq = sizeof(float) * T * B * H;
-  for (float* out : {A.ys, A.hs, A.P, A.Qi, A.Qf, A.Qg, A.Qo, A.F}) advise_huge(out, seq);
+  for (float* out : {A.ys, A.hs, A.cs, A.P, A.Qi, A.Qf, A.Qg, A.Qo, A.F}) advise_huge(out, seq);
   run_team(n - 1, spawn, T + 1, [&](int it, int j, int nt) {
     int lo, hi;
     share(nb, j, nt, &lo, &hi);
@@ -88,9 +91,15 @@ inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
         const bool reset = rt && rt[b];
         const bool valid = !mt || mt[b];
         const vf c_prev = reset ? splat(0.0f) : load(A.cT + o);
-        const vf ig = sigmoid(load(zb)), fg = sigmoid(load(zb + VW));
-        const vf gg = tanh_v(load(zb + 2 * VW)), og = sigmoid(load(zb + 3 * VW));
+        vf zi = load(zb), zf = load(zb + VW), zo = load(zb + 3 * VW);
+        if (A.wc) {  // i and f see c_{t-1}, o sees c_t
+          zi += load(A.wc + ub * VW) * c_prev;
+          zf += load(A.wc + H + ub * VW) * c_prev;
+        }
+        const vf ig = sigmoid(zi), fg = sigmoid(zf), gg = tanh_v(load(zb + 2 * VW));
         const vf c_new = fg * c_prev + ig * gg;
+        if (A.wc) zo += load(A.wc + 2 * H + ub * VW) * c_new;
+        const vf og = sigmoid(zo);
         const vf tc = tanh_v(c_new);
         const vf h_new = og * tc;
         if (valid) {
@@ -103,14 +112,21 @@ inline void forward(const ForwardArgs& A, int threads, const Spawn& spawn) {
           store_out(A.ys + off_t + o, splat(0.0f));
         }
         if (A.hs) store_out(A.hs + off_t + o, load(hnext + o));
-        if (save) {
+        if (A.cs) store_out(A.cs + off_t + o, valid ? c_new : c_prev);
+        if (save) {  // diagonal peepholes add w_co·Q_o to P and w_ci·Q_i + w_cf·Q_f to F
           const vf one = splat(1.0f), zv = splat(0.0f);
-          store_out(A.Qi + off_t + o, valid ? gg * ig * (one - ig) : zv);
-          store_out(A.Qf + off_t + o, valid ? c_prev * fg * (one - fg) : zv);
+          const vf qi = gg * ig * (one - ig), qf = c_prev * fg * (one - fg), qo = tc * og * (one - og);
+          vf P = og * (one - tc * tc), F = fg;
+          if (A.wc) {
+            P += load(A.wc + 2 * H + ub * VW) * qo;
+            F += load(A.wc + ub * VW) * qi + load(A.wc + H + ub * VW) * qf;
+          }
+          store_out(A.Qi + off_t + o, valid ? qi : zv);
+          store_out(A.Qf + off_t + o, valid ? qf : zv);
           store_out(A.Qg + off_t + o, valid ? ig * (one - gg * gg) : zv);
-          store_out(A.Qo + off_t + o, valid ? tc * og * (one - og) : zv);
-          store_out(A.P + off_t + o, valid ? og * (one - tc * tc) : zv);
-          store_out(A.F + off_t + o, valid ? (reset ? zv : fg) : one);
+          store_out(A.Qo + off_t + o, valid ? qo : zv);
+          store_out(A.P + off_t + o, valid ? P : zv);
+          store_out(A.F + off_t + o, valid ? (reset ? zv : F) : one);
         }
       }
     }

@@ -3,7 +3,8 @@
 //
 // Shapes are checked again here (the Python side checks them first), so a wrong call fails with
 // an error instead of reading out of bounds. Masks and resets are PRED arrays of shape [T, B], or
-// of size 0 when absent; so are the optional results (hs and the six coefficients).
+// of size 0 when absent; so are the diagonal peepholes w_c and the optional results (hs, cs and the
+// six coefficients).
 
 #include "ffi_common.h"
 #include "lstm_cpu.h"
@@ -14,16 +15,16 @@ using namespace jlstm_ffi;  // NOLINT: the shared helpers of ffi_common.h
 
 namespace {
 
-ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F32 c0, Pred m, Pred r, Out hT, Out cT, Out ys,
-                   Out hs, Out P, Out Qi, Out Qf, Out Qg, Out Qo, Out F) {
+ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 wc, F32 h0, F32 c0, Pred m, Pred r, Out hT,
+                   Out cT, Out ys, Out hs, Out cs, Out P, Out Qi, Out Qf, Out Qg, Out Qo, Out F) {
   const int64_t T = dim(x, 0), B = dim(x, 1), H = dim(h0, 1);
   const bool projected = wx.element_count() == 0 && dim(x, 2) != 0;  // x is x W_x, [T, B, 4H]
   const int64_t I = projected ? 0 : dim(x, 2);
   if (x.dimensions().size() != 3 || H % nat::VW != 0 || (projected ? dim(x, 2) != 4 * H : !has(wx, {I, 4 * H})) ||
-      !has(wh, {H, 4 * H}) || !has(b, {4 * H}) || !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) ||
-      !mask_ok(r, T, B))
+      !has(wh, {H, 4 * H}) || !has(b, {4 * H}) || (wc.element_count() != 0 && !has(wc, {3, H})) ||
+      !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
     return invalid("LSTM", "forward: shapes do not match x [T, B, I], w_x [I, 4H] (or x W_x [T, B, 4H] with an empty "
-                   "w_x), w_h [H, 4H], b [4H], h0 and c0 [B, H] with H a multiple of 8");
+                   "w_x), w_h [H, 4H], b [4H], w_c [3, H] or empty, h0 and c0 [B, H] with H a multiple of 8");
   const size_t seq = static_cast<size_t>(T * B * H);
   float* coef[6] = {optional_out(P), optional_out(Qi), optional_out(Qf), optional_out(Qg), optional_out(Qo),
                     optional_out(F)};
@@ -32,11 +33,12 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 h0, F
     if ((coef[k] != nullptr) != save || (save && (k == 0 ? P : k == 1 ? Qi : k == 2 ? Qf : k == 3 ? Qg
                                                   : k == 4 ? Qo : F)->element_count() != seq))
       return invalid("LSTM", "forward: the six coefficient results must all be [T, B, H] or all empty");
-  if (hs->element_count() != 0 && hs->element_count() != seq) return invalid("LSTM", "forward: hs must be [T, B, H] or empty");
+  if ((hs->element_count() != 0 && hs->element_count() != seq) || (cs->element_count() != 0 && cs->element_count() != seq))
+    return invalid("LSTM", "forward: hs and cs must be [T, B, H] or empty");
   nat::ForwardArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                      x.typed_data(), wx.typed_data(), wh.typed_data(), b.typed_data(), h0.typed_data(),
-                     c0.typed_data(), optional_mask(m, T, B), optional_mask(r, T, B), hT->typed_data(),
-                     cT->typed_data(), ys->typed_data(), optional_out(hs),
+                     c0.typed_data(), wc.element_count() == 0 ? nullptr : wc.typed_data(), optional_mask(m, T, B), optional_mask(r, T, B), hT->typed_data(),
+                     cT->typed_data(), ys->typed_data(), optional_out(hs), optional_out(cs),
                      coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]};
   a.projected = projected;
   if (T > 0) {
@@ -106,9 +108,9 @@ ffi::Error Adjoint(ffi::ThreadPool pool, F32 g_dys, F32 g_dhT, F32 g_dcT, F32 P,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JlstmLstmForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Arg<Pred>().Arg<Pred>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
                                   .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JlstmLstmTangent, Tangent,
