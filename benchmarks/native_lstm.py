@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="two tiny shapes, 2 rounds (a smoke run)")
     p.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds (median)")
     p.add_argument("--cell", choices=("lstm", "gru"), default="lstm", help="the cell whose kernel is timed")
+    p.add_argument("--peephole", choices=("none", "diagonal"), default="none", help="the LSTM's peepholes")
     p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/native_lstm_cpu.json)")
     args = p.parse_args(argv)
     shapes = QUICK if args.quick else (args.shapes or GRID)
@@ -62,7 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = "" if args.cell == "lstm" else "gru_"
     always = base._replace(**{f"{prefix}native_from_batch": 1, f"{prefix}native_train_to_batch": None})
     never = base._replace(**{f"{prefix}native_from_batch": None})
-    make_cell = jlstm.lstm if args.cell == "lstm" else jlstm.gru
+    if args.cell == "gru" and args.peephole != "none":
+        p.error("--peephole is the LSTM's option")
+    peephole = None if args.peephole == "none" else args.peephole
+
+    def make_cell(H):
+        return jlstm.lstm(H, peephole=peephole) if args.cell == "lstm" else jlstm.gru(H)
     runners = {}
     try:
         for B, T, I, H in shapes:
