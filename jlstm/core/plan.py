@@ -69,7 +69,7 @@ class Plan(NamedTuple):
         (:mod:`jlstm.kernels.pallas_lstm_wide`) where the one-program kernel does not fit. Off on
         every backend until a GPU run times it against the fused scan.
       pallas_wide_block, pallas_wide_tile: its hidden units and batch rows per program.
-      native_from_batch: from this batch size on, the LSTM (float32, no or diagonal peepholes, H a multiple of 8)
+      native_from_batch: from this batch size on, the LSTM (float32, any peepholes, H a multiple of 8)
         runs its loops on the native CPU kernel (:mod:`jlstm.kernels.native_lstm`; ``None``: never).
         On 2 CPU cores (``benchmarks/results/native_lstm_cpu_epyc.json``, fused XLA time / native time,
         interleaved) the kernel won the forward at B = 1-128 with H = 256 (1.13-2.03x) and B = 16,

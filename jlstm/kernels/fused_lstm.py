@@ -478,7 +478,7 @@ def _tangent_loop(opts, w_rec, drive, coef, m, r, dh0, dc0):
     products inside the ``dZ`` write: 152 against 131 ms for the training step at T=128, B=32,
     I=128, H=256 on 2 cores, same run.)
     """
-    if opts.engine == "native":  # no peepholes or diagonal ones there: w_rec is W_h
+    if opts.engine == "native":  # w_rec: W_h, or [W_h; W_c] [2H, 4H] with full peepholes
         reference = (_Reference(opts, "tangent"), _Reference(opts, "adjoint"))
         return _native.tangent(drive, coef, m, r, w_rec, dh0, dc0, reference=reference)
     dtype, full = opts.dtype, opts.peephole == "full"
@@ -550,16 +550,14 @@ def _coefficients(c_prev, c_new, gates, m, r, w_c=None, peephole=None) -> Coeffi
     return Coefficients(P, tuple(Q), F)
 
 
-def _native_fits(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array, w: jax.Array,
-                 train: bool) -> bool:
+def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, w: jax.Array, train: bool) -> bool:
     """Whether the plan sends this call to the native CPU kernel: from ``native_from_batch`` on (and for
-    training up to ``native_train_to_batch``), float32, no peepholes or diagonal ones, H a multiple of 8, the
-    library built."""
+    training up to ``native_train_to_batch``), float32 (any peepholes), H a multiple of 8, the library built."""
     start, stop = plan.native_from_batch, plan.native_train_to_batch
     if start is None or B < start or (train and stop is not None and B > stop):
         return False
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
-    return f32 and peephole in (None, "diagonal") and _native.enabled() and _native.supports(B, H, xs.shape[-1])
+    return f32 and _native.enabled() and _native.supports(B, H, xs.shape[-1])
 
 
 def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,
@@ -575,7 +573,7 @@ def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: ja
     engines share this module's ``custom_jvp``, so forward mode, reverse mode and resets work on each.
     """
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32
-    if _native_fits(plan, B, H, dtype, peephole, xs, w, train=True):
+    if _native_fits(plan, B, H, dtype, xs, w, train=True):
         return "native", None
     if f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan):
         return ("pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"), None
@@ -611,7 +609,7 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         fwd_unroll, bwd_unroll = _split_unroll(unroll)
         if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
             bwd_unroll = plan.lstm_backward_unroll
-        forward_native = engine != "native" and _native_fits(plan, B, H, dtype, peephole, xs, params.w_h, False)
+        forward_native = engine != "native" and _native_fits(plan, B, H, dtype, xs, params.w_h, False)
         opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
                        peephole=peephole, engine=engine, wide=wide, step_forward=step_forward,
                        forward_engine="native" if forward_native else None)

@@ -4,8 +4,9 @@ XLA:CPU runs the fused LSTM's small per-step GEMMs (``(B, I + H) × (I + H, 4H)`
 of what the cores can do, and PyTorch's oneDNN LSTM beat it on CPU. The C++ in
 ``jlstm/kernels/native/`` does the three sequential loops of :mod:`jlstm.kernels.fused_lstm` itself:
 
-* ``forward``: the primal loop, with the input projection inside the step, and (for training) the
-  backward coefficients ``P, Q, F`` of :func:`jlstm.kernels.fused_lstm._coefficients`;
+* ``forward``: the primal loop, with the input projection inside the step, peepholes (diagonal or
+  full), and (for training) the backward coefficients ``P, Q, F`` of
+  :func:`jlstm.kernels.fused_lstm._coefficients`;
 * ``tangent``: the linear tangent recurrence of :func:`jlstm.kernels.fused_lstm._tangent_loop`;
 * ``adjoint``: its transpose, which reverse mode runs.
 
@@ -51,7 +52,8 @@ def forward(w_x, w_h, b, xs, h0, c0, m, r, *, save: bool, keep_states: bool, pro
     """The primal loop: ``(h_T, c_T, ys, hs, cs, coefficients)``; ``hs`` (the carried states, [T, B, H])
     only with ``keep_states``, ``cs`` (the carried cell states) only with ``save`` and peepholes, the
     coefficients only with ``save`` (else ``None``). float32 throughout.
-    ``w_c``: None, or the diagonal peepholes [3, H] (``w_ci``, ``w_cf``, ``w_co``).
+    ``w_c``: None, the diagonal peepholes [3, H] (``w_ci``, ``w_cf``, ``w_co``) or the full ones [H, 3H]
+    (``[W_ci | W_cf | W_co]``, the article's form: every gate sees ``c_{t-1}``).
 
     ``project_first`` computes ``xs @ w_x`` for all steps in one XLA GEMM before the loop, so that a
     step reads only ``w_h`` (faster at small batches, where a step is bound by reading the weights);

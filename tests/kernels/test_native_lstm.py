@@ -55,10 +55,11 @@ def _uses_kernel(fn, *args) -> bool:
 
 
 # Batches below the plan's lstm_inloop_from_batch (8 on CPU) project the inputs before the loop, the rest
-# inside it: both layouts of the kernel's forward are covered, with and without diagonal peepholes.
+# inside it: both layouts of the kernel's forward are covered, without peepholes, with diagonal ones and
+# with the article's full matrices.
 @pytest.mark.parametrize("B,T,I,H,peephole", [
-    (1, 7, 5, 16, None), (4, 6, 3, 8, "diagonal"), (5, 9, 7, 24, None), (7, 5, 16, 72, None), (11, 6, 9, 24, None),
-    (11, 6, 9, 24, "diagonal")])
+    (1, 7, 5, 16, None), (4, 6, 3, 8, "diagonal"), (5, 9, 7, 24, "full"), (7, 5, 16, 72, None),
+    (11, 6, 9, 24, None), (11, 6, 9, 24, "diagonal"), (11, 6, 9, 24, "full")])
 def test_forward_matches_the_numpy_equations(B, T, I, H, peephole):
     cell, params, xs, state = _case(B, T, I, H, peephole=peephole)
     run = jax.jit(lambda p, x, s: jlstm.scan(cell, p, x, s))
@@ -82,7 +83,7 @@ def _loss(cell, ct, fast, **kw):
 
 
 @pytest.mark.parametrize("flags,B,peephole", [("none", 6, None), ("lengths", 6, None), ("mask", 6, None),
-                                              ("mask", 9, None), ("mask", 9, "diagonal")])
+                                              ("mask", 9, None), ("mask", 9, "diagonal"), ("mask", 9, "full")])
 def test_values_and_gradients_match_the_step_loop(flags, B, peephole):
     T, I, H = 8, 5, 16
     cell, params, xs, state = _case(B, T, I, H, seed=1, peephole=peephole)
@@ -141,7 +142,7 @@ def _engines(B, T, I, H, seed=3, masked=True, peephole=None):
     return f, (params.w_h, xs, state.h)
 
 
-@pytest.mark.parametrize("peephole", [None, "diagonal"])
+@pytest.mark.parametrize("peephole", [None, "diagonal", "full"])
 def test_forward_mode_and_second_order_match_the_xla_loops(peephole):
     """jvp, a Hessian-vector product (jvp of grad) and the Hessian in w_h, each one compiled program per engine."""
     f, args = _engines(3, 6, 4, 8, peephole=peephole)
@@ -153,22 +154,23 @@ def test_vmap_folds_the_batch_and_maps_over_weights():
     vmap_agrees(f, w_h, xs, h0)
 
 
-def test_thread_count_does_not_change_a_bit(monkeypatch):
+@pytest.mark.parametrize("peephole", [None, "full"])
+def test_thread_count_does_not_change_a_bit(monkeypatch, peephole):
     B, T, I, H = 5, 7, 6, 72  # 9 unit blocks: uneven shares, and a single-vector group in the adjoint
-    cell, params, xs, state = _case(B, T, I, H, seed=5)
+    cell, params, xs, state = _case(B, T, I, H, seed=5, peephole=peephole)
     ct = jax.random.normal(jax.random.key(10), (T, B, H))
     run = jax.jit(jax.value_and_grad(_loss(cell, ct, True), argnums=(0, 1, 2)))
     threads_change_no_bit(monkeypatch, run, params, xs, state)
 
 
-@pytest.mark.parametrize("change", ["below the plan's batch", "full peepholes", "bf16", "H=12", "JLSTM_NATIVE=0"])
+@pytest.mark.parametrize("change", ["below the plan's batch", "cell_clip", "bf16", "H=12", "JLSTM_NATIVE=0"])
 def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, monkeypatch):
     B, H, kw = 8, 16, {}
     if change == "below the plan's batch":
         B = 2
         route_by(monkeypatch, current_plan()._replace(native_from_batch=4))
-    elif change == "full peepholes":
-        kw = {"peephole": "full"}
+    elif change == "cell_clip":  # not the fused kernel's cell
+        kw = {"cell_clip": 3.0}
     elif change == "bf16":
         kw = {"dtype": jnp.bfloat16}
     elif change == "H=12":
@@ -219,15 +221,15 @@ def test_the_kernel_rejects_shapes_it_cannot_serve():
     with pytest.raises(Exception, match="jlstm native LSTM"):
         jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 48)), jnp.ones((12, 48)), jnp.ones(48), no_wc,
                                    jnp.ones((2, 12)), jnp.ones((2, 12)), empty, empty))
-    # Projected inputs (an empty w_x) must be [T, B, 4H]; diagonal peepholes [3, H].
+    # Projected inputs (an empty w_x) must be [T, B, 4H]; peepholes [3, H] or [H, 3H].
     state, seq = jax.ShapeDtypeStruct((2, 16), jnp.float32), jax.ShapeDtypeStruct((3, 2, 16), jnp.float32)
     call = jax.ffi.ffi_call("jlstm_lstm_forward", [state, state, seq] + [empty_out] * 8)
     with pytest.raises(Exception, match=r"x W_x \[T, B, 4H\]"):
         jax.block_until_ready(call(jnp.ones((3, 2, 40)), jnp.zeros((0,)), jnp.ones((16, 64)), jnp.ones(64), no_wc,
                                    jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
-    with pytest.raises(Exception, match=r"w_c \[3, H\] or empty"):  # a full peephole matrix [H, 3H]
+    with pytest.raises(Exception, match=r"w_c \[3, H\] \(diagonal peepholes\), \[H, 3H\] \(full\)"):
         jax.block_until_ready(call(jnp.ones((3, 2, 4)), jnp.ones((4, 64)), jnp.ones((16, 64)), jnp.ones(64),
-                                   jnp.ones((16, 48)), jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
+                                   jnp.ones((16, 16)), jnp.ones((2, 16)), jnp.ones((2, 16)), empty, empty))
 
 
 def test_a_failed_build_warns_and_leaves_the_jax_path(tmp_path):

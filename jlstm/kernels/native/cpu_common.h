@@ -378,39 +378,44 @@ inline void pack_gates(float* panel, const float* w, int k0, int K, int H, int u
                   w + static_cast<int64_t>(k0 + k) * NG * H + g * H + u0, VW * sizeof(float));
 }
 
-// A participant's working memory: a GEMM's rows of z, and row pointers.
+// A participant's working memory: a GEMM's rows of z, and row pointers (up to three operands).
 struct Scratch {
   std::vector<float> z;
-  std::vector<const float*> a, b;
+  std::vector<const float*> a, b, c;
   void size(int B, int vectors) {
     z.resize(static_cast<size_t>(B) * vectors * VW);
     a.resize(B);
     b.resize(B);
+    c.resize(B);
   }
 };
 
 
 // The reverse loop of an adjoint, the transpose of a tangent loop whose step reads h_{t-1}'s tangent
-// through one GEMM by W_h [H, G] (G = gates·H). Hidden units are grouped by kVecs blocks (single
-// blocks for the rest), and participants own ranges of groups. Iteration 0 packs each group's panel
-// of W_hᵀ (panel[k][l] = w_h[u0 + l][k]); iteration 1 + i first finishes h̄ entering step t = T - i
-// for the participant's groups, as pass (left by the previous iteration) plus g_drive_t W_hᵀ unless
-// step t reset; then cotangents(t - 1, ub0, ub1, hbar, pass) forms step t - 1's gate cotangents of
-// the unit blocks [ub0, ub1) into g_drive (which the next iteration's GEMMs read) and their pass.
-// hbar starts as the final state's cotangent and ends as the initial state's.
+// (and, where R = 2H, c_{t-1}'s too) through one GEMM by W [R, G] (G = gates·H; the rows [H, 2H) are
+// the cell state's). Hidden units are grouped by kVecs blocks (single blocks for the rest), and
+// participants own ranges of groups. Iteration 0 packs each group's panels of Wᵀ (panel[k][l] =
+// w[u0 + l][k], and from row H + u0 for the second); iteration 1 + i first finishes h̄ entering step
+// t = T - i for the participant's groups, as pass (left by the previous iteration) plus g_drive_t W_hᵀ
+// unless step t reset, and (R = 2H) sets extra to g_drive_t W_cᵀ (zero at a reset); then
+// cotangents(t - 1, ub0, ub1, hbar, pass) forms step t - 1's gate cotangents of the unit blocks
+// [ub0, ub1) into g_drive (which the next iteration's GEMMs read) and their pass. hbar starts as the
+// final state's cotangent and ends as the initial state's; extra (B·H, zeros at the start) ends as
+// the cell state's part entering step 0.
 template <class Cotangents>
-inline void reverse_loop(int T, int B, int H, int G, const float* wh, const uint8_t* resets, float* g_drive,
-                         float* hbar, int threads, const Spawn& spawn, Cotangents cotangents) {
-  const int nb = H / VW;
+inline void reverse_loop(int T, int B, int H, int R, int G, const float* w, const uint8_t* resets, float* g_drive,
+                         float* hbar, float* extra, int threads, const Spawn& spawn, Cotangents cotangents) {
+  const int nb = H / VW, parts = R / H;
   std::vector<std::pair<int, int>> groups;  // (first block, blocks)
   for (int ub = 0; ub < nb;) {
-    const int w = nb - ub >= kVecs ? kVecs : 1;
-    groups.emplace_back(ub, w);
-    ub += w;
+    const int width = nb - ub >= kVecs ? kVecs : 1;
+    groups.emplace_back(ub, width);
+    ub += width;
   }
   const int ng = static_cast<int>(groups.size());
-  const int n = std::min(participants(2.0 * B * G * H, threads), ng);
-  std::vector<float> packed(static_cast<size_t>(nb) * G * VW);
+  const int n = std::min(participants(2.0 * B * G * R, threads), ng);
+  const size_t part = static_cast<size_t>(nb) * G * VW;  // one part's panels, all groups
+  std::vector<float> packed(parts * part);
   std::vector<float> pass(static_cast<size_t>(B) * H);
   std::vector<Scratch> scratch(n);
   advise_huge(g_drive, sizeof(float) * T * B * G);
@@ -419,17 +424,18 @@ inline void reverse_loop(int T, int B, int H, int G, const float* wh, const uint
     share(ng, j, nt, &lo, &hi);
     if (lo >= hi) return;
     if (it == 0) {
-      for (int gi = lo; gi < hi; ++gi) {
-        const auto [ub, w] = groups[gi];
-        float* p = packed.data() + static_cast<size_t>(ub) * G * VW;
-        for (int k = 0; k < G; ++k)
-          for (int l = 0; l < w * VW; ++l)
-            p[static_cast<size_t>(k) * w * VW + l] = wh[static_cast<size_t>(ub * VW + l) * G + k];
-      }
+      for (int gi = lo; gi < hi; ++gi)
+        for (int q = 0; q < parts; ++q) {
+          const auto [ub, width] = groups[gi];
+          float* p = packed.data() + q * part + static_cast<size_t>(ub) * G * VW;
+          for (int k = 0; k < G; ++k)
+            for (int l = 0; l < width * VW; ++l)
+              p[static_cast<size_t>(k) * width * VW + l] = w[static_cast<size_t>(q * H + ub * VW + l) * G + k];
+        }
       return;
     }
     const int i = it - 1;
-    if (i > 0) {  // h̄ entering step t = T - i, for this participant's groups
+    if (i > 0) {  // h̄ (and the cell state's part) entering step t = T - i, for this participant's groups
       const int t = T - i;
       const uint8_t* rt = resets ? resets + static_cast<size_t>(t) * B : nullptr;
       const float* u = g_drive + static_cast<size_t>(t) * B * G;
@@ -437,24 +443,29 @@ inline void reverse_loop(int T, int B, int H, int G, const float* wh, const uint
       sc.size(B, kVecs);
       float* z = sc.z.data();
       for (int b = 0; b < B; ++b) sc.a[b] = u + static_cast<size_t>(b) * G;
-      for (int gi = lo; gi < hi; ++gi) {
-        const auto [ub, w] = groups[gi];
-        const float* p = packed.data() + static_cast<size_t>(ub) * G * VW;
-        std::fill(z, z + static_cast<size_t>(B) * w * VW, 0.0f);
-        if (w == kVecs) {
-          panel_product<kRows, kVecs>(z, B, sc.a.data(), G, p);
-        } else {
-          panel_product<kRows, 1>(z, B, sc.a.data(), G, p);
-        }
-        for (int b = 0; b < B; ++b) {
-          const bool reset = rt && rt[b];
-          for (int v = 0; v < w; ++v) {
-            const size_t o = static_cast<size_t>(b) * H + (ub + v) * VW;
-            const vf rec = reset ? splat(0.0f) : load(z + (static_cast<size_t>(b) * w + v) * VW);
-            store(hbar + o, rec + load(pass.data() + o));
+      for (int gi = lo; gi < hi; ++gi)
+        for (int q = 0; q < parts; ++q) {
+          const auto [ub, width] = groups[gi];
+          const float* p = packed.data() + q * part + static_cast<size_t>(ub) * G * VW;
+          std::fill(z, z + static_cast<size_t>(B) * width * VW, 0.0f);
+          if (width == kVecs) {
+            panel_product<kRows, kVecs>(z, B, sc.a.data(), G, p);
+          } else {
+            panel_product<kRows, 1>(z, B, sc.a.data(), G, p);
+          }
+          for (int b = 0; b < B; ++b) {
+            const bool reset = rt && rt[b];
+            for (int v = 0; v < width; ++v) {
+              const size_t o = static_cast<size_t>(b) * H + (ub + v) * VW;
+              const vf rec = reset ? splat(0.0f) : load(z + (static_cast<size_t>(b) * width + v) * VW);
+              if (q == 0) {
+                store(hbar + o, rec + load(pass.data() + o));
+              } else {
+                store(extra + o, rec);
+              }
+            }
           }
         }
-      }
     }
     if (i < T) {  // the gate cotangents of step T - 1 - i, for this participant's units
       cotangents(T - 1 - i, groups[lo].first, hi < ng ? groups[hi].first : nb, hbar, pass.data());

@@ -226,7 +226,7 @@ inline void adjoint(const AdjointArgs& A, int threads, const Spawn& spawn) {
       }
     }
   };
-  reverse_loop(T, B, H, G, A.wh, A.r, A.g_drive, hbar.data(), threads, spawn, cotangents);
+  reverse_loop(T, B, H, H, G, A.wh, A.r, A.g_drive, hbar.data(), nullptr, threads, spawn, cotangents);
   std::memcpy(A.g_dh0, hbar.data(), sizeof(float) * B * H);
 }
 

@@ -3,8 +3,8 @@
 //
 // Shapes are checked again here (the Python side checks them first), so a wrong call fails with
 // an error instead of reading out of bounds. Masks and resets are PRED arrays of shape [T, B], or
-// of size 0 when absent; so are the diagonal peepholes w_c and the optional results (hs, cs and the
-// six coefficients).
+// of size 0 when absent; so are the peepholes w_c ([3, H] diagonal, [H, 3H] full) and the optional
+// results (hs, cs and the six coefficients).
 
 #include "ffi_common.h"
 #include "lstm_cpu.h"
@@ -21,10 +21,12 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 wc, F
   const bool projected = wx.element_count() == 0 && dim(x, 2) != 0;  // x is x W_x, [T, B, 4H]
   const int64_t I = projected ? 0 : dim(x, 2);
   if (x.dimensions().size() != 3 || H % nat::VW != 0 || (projected ? dim(x, 2) != 4 * H : !has(wx, {I, 4 * H})) ||
-      !has(wh, {H, 4 * H}) || !has(b, {4 * H}) || (wc.element_count() != 0 && !has(wc, {3, H})) ||
-      !has(h0, {B, H}) || !has(c0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
+      !has(wh, {H, 4 * H}) || !has(b, {4 * H}) ||
+      (wc.element_count() != 0 && !has(wc, {3, H}) && !has(wc, {H, 3 * H})) || !has(h0, {B, H}) ||
+      !has(c0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
     return invalid("LSTM", "forward: shapes do not match x [T, B, I], w_x [I, 4H] (or x W_x [T, B, 4H] with an empty "
-                   "w_x), w_h [H, 4H], b [4H], w_c [3, H] or empty, h0 and c0 [B, H] with H a multiple of 8");
+                   "w_x), w_h [H, 4H], b [4H], w_c [3, H] (diagonal peepholes), [H, 3H] (full) or empty, h0 and c0 "
+                   "[B, H] with H a multiple of 8");
   const size_t seq = static_cast<size_t>(T * B * H);
   float* coef[6] = {optional_out(P), optional_out(Qi), optional_out(Qf), optional_out(Qg), optional_out(Qo),
                     optional_out(F)};
@@ -37,7 +39,9 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 x, F32 wx, F32 wh, F32 b, F32 wc, F
     return invalid("LSTM", "forward: hs and cs must be [T, B, H] or empty");
   nat::ForwardArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                      x.typed_data(), wx.typed_data(), wh.typed_data(), b.typed_data(), h0.typed_data(),
-                     c0.typed_data(), wc.element_count() == 0 ? nullptr : wc.typed_data(), optional_mask(m, T, B), optional_mask(r, T, B), hT->typed_data(),
+                     c0.typed_data(), has(wc, {3, H}) ? wc.typed_data() : nullptr,
+                     has(wc, {H, 3 * H}) ? wc.typed_data() : nullptr, optional_mask(m, T, B), optional_mask(r, T, B),
+                     hT->typed_data(),
                      cT->typed_data(), ys->typed_data(), optional_out(hs), optional_out(cs),
                      coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]};
   a.projected = projected;
@@ -62,10 +66,12 @@ ffi::Error Tangent(ffi::ThreadPool pool, F32 drive, F32 P, F32 Qi, F32 Qf, F32 Q
                    F32 dc0, Out dhT, Out dcT, Out dys) {
   const int64_t T = dim(drive, 0), B = dim(drive, 1), H = dim(dh0, 1);
   if (H % nat::VW != 0 || !has(drive, {T, B, 4 * H}) || !coefs_ok(P, Qi, Qf, Qg, Qo, F, T, B, H) ||
-      !has(wh, {H, 4 * H}) || !has(dh0, {B, H}) || !has(dc0, {B, H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
-    return invalid("LSTM", "tangent: shapes do not match drive [T, B, 4H], coefficients [T, B, H], w_h [H, 4H], "
-                   "dh0 and dc0 [B, H]");
-  nat::TangentArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), drive.typed_data(),
+      !(has(wh, {H, 4 * H}) || has(wh, {2 * H, 4 * H})) || !has(dh0, {B, H}) || !has(dc0, {B, H}) ||
+      !mask_ok(m, T, B) || !mask_ok(r, T, B))
+    return invalid("LSTM", "tangent: shapes do not match drive [T, B, 4H], coefficients [T, B, H], w_h [H, 4H] "
+                   "(or [W_h; W_c] [2H, 4H]), dh0 and dc0 [B, H]");
+  nat::TangentArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), static_cast<int>(dim(wh, 0)),
+                     drive.typed_data(),
                      {P.typed_data(), Qi.typed_data(), Qf.typed_data(), Qg.typed_data(), Qo.typed_data(),
                       F.typed_data()},
                      optional_mask(m, T, B), optional_mask(r, T, B), wh.typed_data(), dh0.typed_data(),
@@ -84,10 +90,12 @@ ffi::Error Adjoint(ffi::ThreadPool pool, F32 g_dys, F32 g_dhT, F32 g_dcT, F32 P,
                    F32 wh, Out g_drive, Out g_dh0, Out g_dc0) {
   const int64_t T = dim(g_dys, 0), B = dim(g_dys, 1), H = dim(g_dys, 2);
   if (H % nat::VW != 0 || !has(g_dys, {T, B, H}) || !has(g_dhT, {B, H}) || !has(g_dcT, {B, H}) ||
-      !coefs_ok(P, Qi, Qf, Qg, Qo, F, T, B, H) || !has(wh, {H, 4 * H}) || !mask_ok(m, T, B) || !mask_ok(r, T, B))
+      !coefs_ok(P, Qi, Qf, Qg, Qo, F, T, B, H) || !(has(wh, {H, 4 * H}) || has(wh, {2 * H, 4 * H})) ||
+      !mask_ok(m, T, B) || !mask_ok(r, T, B))
     return invalid("LSTM", "adjoint: shapes do not match cotangents [T, B, H] and [B, H], coefficients [T, B, H], "
-                   "w_h [H, 4H]");
-  nat::AdjointArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), g_dys.typed_data(),
+                   "w_h [H, 4H] (or [W_h; W_c] [2H, 4H])");
+  nat::AdjointArgs a{static_cast<int>(T), static_cast<int>(B), static_cast<int>(H), static_cast<int>(dim(wh, 0)),
+                     g_dys.typed_data(),
                      g_dhT.typed_data(), g_dcT.typed_data(),
                      {P.typed_data(), Qi.typed_data(), Qf.typed_data(), Qg.typed_data(), Qo.typed_data(),
                       F.typed_data()},
