@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="two tiny shapes, 2 rounds (a smoke run)")
     p.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds (median)")
     p.add_argument("--cell", choices=("lstm", "gru"), default="lstm", help="the cell whose kernel is timed")
-    p.add_argument("--peephole", choices=("none", "diagonal"), default="none", help="the LSTM's peepholes")
+    p.add_argument("--peephole", choices=("none", "diagonal", "full"), default="none", help="the LSTM's peepholes")
     p.add_argument("--out", help="write JSON here (e.g. benchmarks/results/native_lstm_cpu.json)")
     args = p.parse_args(argv)
     shapes = QUICK if args.quick else (args.shapes or GRID)
