@@ -314,13 +314,14 @@ class _Reference(NamedTuple):
         return transpose((g_dhT, g_dys))
 
 
-def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, w: jax.Array, train: bool) -> bool:
+def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, operands: Any, train: bool) -> bool:
     """Whether the plan sends this call to the native CPU kernel: from ``gru_native_from_batch`` on (and for
-    training up to ``gru_native_train_to_batch``), float32, H a multiple of 8, the library built."""
+    training up to ``gru_native_train_to_batch``), float32 inputs and ``operands`` (the params and the
+    state), float32 matmuls, H a multiple of 8, the library built."""
     start, stop = plan.gru_native_from_batch, plan.gru_native_train_to_batch
     if start is None or B < start or (train and stop is not None and B > stop):
         return False
-    f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
+    f32 = all(a.dtype == jnp.float32 for a in jax.tree.leaves((xs, operands))) and dtype in (None, jnp.float32)
     return f32 and _native.enabled() and _native.supports(B, H, xs.shape[-1])
 
 
@@ -343,8 +344,8 @@ def make_fused_gru(dtype: jnp.dtype | None) -> Callable:
         fwd_unroll, bwd_unroll = _split_unroll(unroll)
         if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
             bwd_unroll = plan.lstm_backward_unroll
-        train = _native_fits(plan, B, H, dtype, xs, params.w_h, train=True)
-        forward = not train and _native_fits(plan, B, H, dtype, xs, params.w_h, train=False)
+        train = _native_fits(plan, B, H, dtype, xs, (params, state), train=True)
+        forward = not train and _native_fits(plan, B, H, dtype, xs, (params, state), train=False)
         opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
                        engine="native" if train else "xla", forward_engine="native" if forward else None)
         hT, ys = _gru_sequence(params.w_x, params.w_h, params.b_x, params.b_h, xs.reshape(T, B, I),

@@ -550,18 +550,20 @@ def _coefficients(c_prev, c_new, gates, m, r, w_c=None, peephole=None) -> Coeffi
     return Coefficients(P, tuple(Q), F)
 
 
-def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, w: jax.Array, train: bool) -> bool:
+def _native_fits(plan: Plan, B: int, H: int, dtype: Any, xs: jax.Array, operands: Any, train: bool) -> bool:
     """Whether the plan sends this call to the native CPU kernel: from ``native_from_batch`` on (and for
-    training up to ``native_train_to_batch``), float32 (any peepholes), H a multiple of 8, the library built."""
+    training up to ``native_train_to_batch``), float32 inputs and ``operands`` (the params and the state:
+    the kernel computes in float32, where XLA would promote), float32 matmuls, any peepholes, H a multiple of
+    8, the library built."""
     start, stop = plan.native_from_batch, plan.native_train_to_batch
     if start is None or B < start or (train and stop is not None and B > stop):
         return False
-    f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32 and dtype in (None, jnp.float32)
+    f32 = all(a.dtype == jnp.float32 for a in jax.tree.leaves((xs, operands))) and dtype in (None, jnp.float32)
     return f32 and _native.enabled() and _native.supports(B, H, xs.shape[-1])
 
 
 def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: jax.Array,
-            w: jax.Array) -> tuple[str, Any]:
+            w: jax.Array, operands: Any) -> tuple[str, Any]:
     """The loops a differentiated call takes, as ``(engine, wide options)``: the native CPU kernel where
     :func:`_native_fits`, else the one-program Pallas kernel where the plan allows it and the shape
     fits, else the wide kernel where the plan allows that, else XLA's.
@@ -573,7 +575,7 @@ def _engine(plan: Plan, B: int, H: int, dtype: Any, peephole: str | None, xs: ja
     engines share this module's ``custom_jvp``, so forward mode, reverse mode and resets work on each.
     """
     f32 = xs.dtype == jnp.float32 and w.dtype == jnp.float32
-    if _native_fits(plan, B, H, dtype, xs, w, train=True):
+    if _native_fits(plan, B, H, dtype, xs, operands, train=True):
         return "native", None
     if f32 and _pallas_lstm.fits(B, H, dtype, peephole, plan=plan):
         return ("pallas_interpret" if _pallas_lstm.interpret_mode(plan) else "pallas"), None
@@ -603,13 +605,13 @@ def make_fused(dtype: jnp.dtype | None, peephole: str | None = None) -> Callable
         H = state.c.shape[-1]
         m = None if valid is None else valid.reshape(T, B)
         r = None if resets is None else resets.reshape(T, B)
-        engine, wide = _engine(plan, B, H, dtype, peephole, xs, params.w_h)
+        engine, wide = _engine(plan, B, H, dtype, peephole, xs, params.w_h, (params, state))
         step_to = plan.lstm_step_forward_to_batch
         step_forward = step_to is not None and B <= step_to
         fwd_unroll, bwd_unroll = _split_unroll(unroll)
         if not isinstance(unroll, tuple) and plan.lstm_backward_unroll is not None:
             bwd_unroll = plan.lstm_backward_unroll
-        forward_native = engine != "native" and _native_fits(plan, B, H, dtype, xs, params.w_h, False)
+        forward_native = engine != "native" and _native_fits(plan, B, H, dtype, xs, (params, state), False)
         opts = Options(dtype=dtype, unroll=(fwd_unroll, bwd_unroll), inloop=_inloop_default(B, plan),
                        peephole=peephole, engine=engine, wide=wide, step_forward=step_forward,
                        forward_engine="native" if forward_native else None)

@@ -173,6 +173,17 @@ def test_routing_keeps_the_xla_loops_where_the_kernel_does_not_apply(change, mon
                         jnp.ones((4, 8, 3))) == (change != "JLSTM_NATIVE=0")
 
 
+
+def test_a_float64_state_keeps_the_xla_loops():
+    """The kernel computes in float32; where a float64 state would make XLA promote the step, the XLA loops run."""
+    cell = jlstm.gru(16)
+    params = cell.init(jax.random.key(0), 3)
+    with jax.enable_x64(True):
+        xs, state = jnp.ones((4, 8, 3), jnp.float32), jlstm.GRUState(h=jnp.zeros((8, 16), jnp.float64))
+        assert not _uses_kernel(lambda p, x, s: jlstm.scan(cell, p, x, s), params, xs, state)
+        assert _uses_kernel(lambda p, x, s: jlstm.scan(cell, p, x, s), params, xs,
+                            jax.tree.map(lambda a: a.astype(jnp.float32), state))
+
 def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
     """``Plan.gru_native_train_to_batch``: above it, training takes the fused XLA loops while a forward-only
     call still runs the kernel; the gradients stay right."""

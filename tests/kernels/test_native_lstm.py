@@ -202,6 +202,18 @@ def test_training_at_any_batch_from_the_plans_start_runs_the_kernel():
     close(got, want, 2e-5)
 
 
+
+def test_a_float64_state_keeps_the_xla_loops():
+    """The kernel computes in float32; where a float64 state would make XLA promote the step, the XLA loops run."""
+    cell = jlstm.lstm(16)
+    params = cell.init(jax.random.key(0), 3)
+    with jax.enable_x64(True):
+        zeros = jnp.zeros((8, 16), jnp.float64)
+        xs, state = jnp.ones((4, 8, 3), jnp.float32), jlstm.LSTMState(h=zeros, c=zeros)
+        assert not _uses_kernel(lambda p, x, s: jlstm.scan(cell, p, x, s), params, xs, state)
+        assert _uses_kernel(lambda p, x, s: jlstm.scan(cell, p, x, s), params, xs,
+                            jax.tree.map(lambda a: a.astype(jnp.float32), state))
+
 def test_training_above_a_plans_cap_keeps_the_xla_loops(monkeypatch):
     """``Plan.native_train_to_batch``: above it, training takes the fused XLA loops while a forward-only
     call still runs the kernel."""
