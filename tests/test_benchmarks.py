@@ -4,6 +4,7 @@ No timings are asserted: only the structure of the output.
 """
 
 import json
+import os
 
 import pytest
 
@@ -141,6 +142,25 @@ def test_gru_benchmark_writes_its_json(tmp_path):
     with pytest.raises(SystemExit):
         gru.main(["--shapes", "2x5x3"])
 
+
+@pytest.mark.parametrize("args,suite", [(["--cell", "gru"], "native_gru"),
+                                        (["--peephole", "full"], "native_lstm")])
+def test_native_benchmark_times_both_engines(tmp_path, args, suite):
+    """``python -m benchmarks.native_lstm`` at a toy shape, for the GRU's kernel and the article's LSTM."""
+    native = pytest.importorskip("benchmarks.native_lstm")
+    from jlstm.kernels import native_library
+
+    if not native_library.available() and not os.environ.get("CI"):  # CI must build it (tests/kernels)
+        pytest.skip(f"the native kernels are unavailable here: {native_library.why_unavailable()}")
+    out = tmp_path / "native.json"
+    assert native.main([*args, "--shapes", "2x4x3x8", "--rounds", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == suite and doc["command"].endswith("--out " + str(out))
+    assert [r["mode"] for r in doc["results"]] == ["fwd", "fwd+bwd"]
+    for r in doc["results"]:
+        assert (r["B"], r["T"], r["I"], r["H"]) == (2, 4, 3, 8) and r["native_ms"] > 0 and r["xla_ms"] > 0
+    with pytest.raises(SystemExit):  # peepholes are the LSTM's
+        native.main(["--cell", "gru", "--peephole", "diagonal", "--shapes", "2x4x3x8"])
 
 def test_step_layout_benchmark_writes_its_json(tmp_path):
     """``python -m benchmarks.step_layout`` at a toy shape: both layouts timed for each cell asked for."""
