@@ -9,7 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from episodes import run_episodes
 
+import jlstm
 import jlstm._scan as scan_mod
 
 
@@ -57,3 +59,31 @@ def threads_change_no_bit(monkeypatch, run, *args) -> None:
     for n in ("2", "3"):
         for a, b in zip(jax.tree.leaves(out["1"]), jax.tree.leaves(out[n])):
             np.testing.assert_array_equal(a, b)
+
+
+def resets_match_episodes(family, cell, params, xs, state, final_term) -> None:
+    """Values and gradients of a masked run with resets on the native kernels (their forward in the run's
+    program, their adjoint in the gradient's) equal those of every episode run alone; the loss adds
+    ``final_term(final)``."""
+    T, B = xs.shape[:2]
+    resets = np.asarray(jax.random.uniform(jax.random.key(4), (T, B)) < 0.25)
+    valid = np.asarray(jax.random.uniform(jax.random.key(5), (T, B)) < 0.85)
+    ct = jax.random.normal(jax.random.key(6), (T, B, state.h.shape[-1]))
+
+    def loss(scan_fn):
+        def f(p, x):
+            final, ys = scan_fn(p, x)
+            return jnp.sum(ys * ct) + final_term(final)
+        return f
+
+    def native_run(p, x):
+        return jlstm.scan(cell, p, x, state, resets=jnp.asarray(resets), mask=jnp.asarray(valid))
+
+    def episodes(p, x):
+        return run_episodes(cell, p, x, resets, valid=valid, state=state)
+
+    assert f"jlstm_{family}_forward" in str(jax.make_jaxpr(native_run)(params, xs))
+    assert f"jlstm_{family}_adjoint" in str(jax.make_jaxpr(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs))
+    close(jax.jit(native_run)(params, xs), jax.jit(episodes)(params, xs), 2e-5)
+    got = jax.jit(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs)
+    close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)

@@ -20,8 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from episodes import run_episodes
-from native_checks import close, forward_mode_and_second_order_agree, route_by, threads_change_no_bit, vmap_agrees
+from native_checks import (
+    close,
+    forward_mode_and_second_order_agree,
+    resets_match_episodes,
+    route_by,
+    threads_change_no_bit,
+    vmap_agrees,
+)
 from np_reference import lstm_step
 
 import jlstm
@@ -100,28 +106,8 @@ def test_values_and_gradients_match_the_step_loop(flags, B, peephole):
 
 
 def test_resets_match_each_episode_run_alone():
-    B, T, I, H = 5, 10, 4, 16
-    cell, params, xs, state = _case(B, T, I, H, seed=2)
-    resets = np.asarray(jax.random.uniform(jax.random.key(4), (T, B)) < 0.25)
-    valid = np.asarray(jax.random.uniform(jax.random.key(5), (T, B)) < 0.85)
-    ct = jax.random.normal(jax.random.key(6), (T, B, H))
-
-    def loss(scan_fn):
-        def f(p, x):
-            final, ys = scan_fn(p, x)
-            return jnp.sum(ys * ct) + jnp.sum(final.h * final.c)
-        return f
-
-    def native_run(p, x):
-        return jlstm.scan(cell, p, x, state, resets=jnp.asarray(resets), mask=jnp.asarray(valid))
-
-    def episodes(p, x):
-        return run_episodes(cell, p, x, resets, valid=valid, state=state)
-
-    assert _uses_kernel(native_run, params, xs)
-    close(jax.jit(native_run)(params, xs), jax.jit(episodes)(params, xs), 2e-5)
-    got = jax.jit(jax.grad(loss(native_run), argnums=(0, 1)))(params, xs)
-    close(got, jax.jit(jax.grad(loss(episodes), argnums=(0, 1)))(params, xs), 3e-5)
+    cell, params, xs, state = _case(5, 10, 4, 16, seed=2)
+    resets_match_episodes("lstm", cell, params, xs, state, lambda final: jnp.sum(final.h * final.c))
 
 
 def _engines(B, T, I, H, seed=3, masked=True, peephole=None):

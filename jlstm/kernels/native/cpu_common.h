@@ -397,14 +397,17 @@ struct Scratch {
 // participants own ranges of groups. Iteration 0 packs each group's panels of Wᵀ (panel[k][l] =
 // w[u0 + l][k], and from row H + u0 for the second); iteration 1 + i first finishes h̄ entering step
 // t = T - i for the participant's groups, as pass (left by the previous iteration) plus g_drive_t W_hᵀ
-// unless step t reset, and (R = 2H) sets extra to g_drive_t W_cᵀ (zero at a reset); then
-// cotangents(t - 1, ub0, ub1, hbar, pass) forms step t - 1's gate cotangents of the unit blocks
-// [ub0, ub1) into g_drive (which the next iteration's GEMMs read) and their pass. hbar starts as the
+// unless step t reset, and (R = 2H) sets extra to g_drive_t W_cᵀ (zero at a reset); then, for step
+// t - 1 and each batch row b and unit block of the participant's, cotangents(valid, o, oc, row, hbar,
+// pass) forms the gate cotangents into row (g_drive_{t-1}'s [b, u0:], which the next iteration's GEMMs
+// read) and the block's pass. valid: the step's mask at b (true without one); o = b·H + u0, the
+// block's offset in [B, H] arrays, and oc = (t - 1)·B·H + o in [T, B, H] ones. hbar starts as the
 // final state's cotangent and ends as the initial state's; extra (B·H, zeros at the start) ends as
 // the cell state's part entering step 0.
 template <class Cotangents>
-inline void reverse_loop(int T, int B, int H, int R, int G, const float* w, const uint8_t* resets, float* g_drive,
-                         float* hbar, float* extra, int threads, const Spawn& spawn, Cotangents cotangents) {
+inline void reverse_loop(int T, int B, int H, int R, int G, const float* w, const uint8_t* masks,
+                         const uint8_t* resets, float* g_drive, float* hbar, float* extra, int threads,
+                         const Spawn& spawn, Cotangents cotangents) {
   const int nb = H / VW, parts = R / H;
   std::vector<std::pair<int, int>> groups;  // (first block, blocks)
   for (int ub = 0; ub < nb;) {
@@ -468,7 +471,17 @@ inline void reverse_loop(int T, int B, int H, int R, int G, const float* w, cons
         }
     }
     if (i < T) {  // the gate cotangents of step T - 1 - i, for this participant's units
-      cotangents(T - 1 - i, groups[lo].first, hi < ng ? groups[hi].first : nb, hbar, pass.data());
+      const int t = T - 1 - i;
+      const uint8_t* mt = masks ? masks + static_cast<size_t>(t) * B : nullptr;
+      const int ub0 = groups[lo].first, ub1 = hi < ng ? groups[hi].first : nb;
+      for (int b = 0; b < B; ++b) {
+        const bool valid = !mt || mt[b];
+        float* row = g_drive + (static_cast<size_t>(t) * B + b) * G;
+        for (int ub = ub0; ub < ub1; ++ub) {
+          const size_t o = static_cast<size_t>(b) * H + ub * VW;
+          cotangents(valid, o, static_cast<size_t>(t) * B * H + o, row + ub * VW, hbar, pass.data());
+        }
+      }
       fence_out();
     }
   });

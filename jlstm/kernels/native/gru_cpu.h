@@ -206,27 +206,16 @@ inline void adjoint(const AdjointArgs& A, int threads, const Spawn& spawn) {
   const int T = A.T, B = A.B, H = A.H, G = kGates * H;
   std::vector<float> hbar(A.g_dhT, A.g_dhT + static_cast<size_t>(B) * H);
   advise_huge(A.g_an, sizeof(float) * T * B * H);
-  auto cotangents = [&](int t, int ub0, int ub1, const float* hb_all, float* pass) {
-    const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
-    const size_t off_t = static_cast<size_t>(t) * B * H;
-    float* u = A.g_drive + static_cast<size_t>(t) * B * G;
-    for (int b = 0; b < B; ++b) {
-      const bool valid = !mt || mt[b];
-      for (int ub = ub0; ub < ub1; ++ub) {
-        const size_t o = static_cast<size_t>(b) * H + ub * VW;
-        const size_t oc = off_t + o;
-        const vf g = load(hb_all + o) + (valid ? load(A.g_dys + oc) : splat(0.0f));
-        const vf an = load(A.c.An + oc) * g;
-        float* row = u + static_cast<size_t>(b) * G + ub * VW;
-        store(row, load(A.c.Ar + oc) * g);
-        store(row + H, load(A.c.Az + oc) * g);
-        store(row + 2 * H, load(A.c.R + oc) * an);
-        store_out(A.g_an + oc, an);
-        store(pass + o, load(A.c.F + oc) * g);
-      }
-    }
+  auto cotangents = [&](bool valid, size_t o, size_t oc, float* row, const float* hb_all, float* pass) {
+    const vf g = load(hb_all + o) + (valid ? load(A.g_dys + oc) : splat(0.0f));
+    const vf an = load(A.c.An + oc) * g;
+    store(row, load(A.c.Ar + oc) * g);
+    store(row + H, load(A.c.Az + oc) * g);
+    store(row + 2 * H, load(A.c.R + oc) * an);
+    store_out(A.g_an + oc, an);
+    store(pass + o, load(A.c.F + oc) * g);
   };
-  reverse_loop(T, B, H, H, G, A.wh, A.r, A.g_drive, hbar.data(), nullptr, threads, spawn, cotangents);
+  reverse_loop(T, B, H, H, G, A.wh, A.m, A.r, A.g_drive, hbar.data(), nullptr, threads, spawn, cotangents);
   std::memcpy(A.g_dh0, hbar.data(), sizeof(float) * B * H);
 }
 

@@ -248,29 +248,19 @@ inline void adjoint(const AdjointArgs& A, int threads, const Spawn& spawn) {
   std::vector<float> hbar(A.g_dhT, A.g_dhT + static_cast<size_t>(B) * H);
   std::vector<float> cpart(static_cast<size_t>(B) * H, 0.0f);  // c̄'s part from W_cᵀ (full peepholes)
   std::memcpy(A.g_dc0, A.g_dcT, sizeof(float) * B * H);  // the carried c̄, in place
-  auto cotangents = [&](int t, int ub0, int ub1, const float* hb_all, float* pass) {
-    const uint8_t* mt = A.m ? A.m + static_cast<size_t>(t) * B : nullptr;
-    const size_t off_t = static_cast<size_t>(t) * B * H;
-    float* u = A.g_drive + static_cast<size_t>(t) * B * G;
-    for (int b = 0; b < B; ++b) {
-      const bool valid = !mt || mt[b];
-      for (int ub = ub0; ub < ub1; ++ub) {
-        const size_t o = static_cast<size_t>(b) * H + ub * VW;
-        const size_t oc = off_t + o;
-        const vf hb = load(hb_all + o);
-        const vf hn = load(A.g_dys + oc) + (valid ? hb : splat(0.0f));
-        store(pass + o, valid ? splat(0.0f) : hb);
-        const vf cn = load(A.g_dc0 + o) + load(cpart.data() + o) + hn * load(A.c.P + oc);
-        float* row = u + static_cast<size_t>(b) * G + ub * VW;
-        store(row, cn * load(A.c.Qi + oc));
-        store(row + H, cn * load(A.c.Qf + oc));
-        store(row + 2 * H, cn * load(A.c.Qg + oc));
-        store(row + 3 * H, hn * load(A.c.Qo + oc));
-        store(A.g_dc0 + o, cn * load(A.c.F + oc));
-      }
-    }
+  auto cotangents = [&](bool valid, size_t o, size_t oc, float* row, const float* hb_all, float* pass) {
+    const vf hb = load(hb_all + o);
+    const vf hn = load(A.g_dys + oc) + (valid ? hb : splat(0.0f));
+    store(pass + o, valid ? splat(0.0f) : hb);
+    const vf cn = load(A.g_dc0 + o) + load(cpart.data() + o) + hn * load(A.c.P + oc);
+    store(row, cn * load(A.c.Qi + oc));
+    store(row + H, cn * load(A.c.Qf + oc));
+    store(row + 2 * H, cn * load(A.c.Qg + oc));
+    store(row + 3 * H, hn * load(A.c.Qo + oc));
+    store(A.g_dc0 + o, cn * load(A.c.F + oc));
   };
-  reverse_loop(T, B, H, A.R, G, A.wh, A.r, A.g_drive, hbar.data(), cpart.data(), threads, spawn, cotangents);
+  reverse_loop(T, B, H, A.R, G, A.wh, A.m, A.r, A.g_drive, hbar.data(), cpart.data(), threads, spawn,
+               cotangents);
   std::memcpy(A.g_dh0, hbar.data(), sizeof(float) * B * H);
   for (size_t k = 0; k < cpart.size(); ++k) A.g_dc0[k] += cpart[k];  // step 0's part (zeros without W_c)
 }
